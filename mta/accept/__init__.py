@@ -1,0 +1,549 @@
+"""The one accept path: HTTP and SMTP submissions both end in `Acceptor.accept`.
+
+It validates, expands batch sends into per-recipient copies, and writes the message, its
+recipient rows and their `accepted` events in one transaction. Only when that commit has
+returned does the caller answer 200 / 250.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from mta.accept.mime import (
+    Parts,
+    address_header,
+    build_message,
+    encode_header,
+    header_name,
+    header_value,
+    personalise_mime,
+    recipient_substituter,
+    split_header_block,
+)
+from mta.config import Config
+from mta.dates import message_date
+from mta.domains import Domain, Domains
+from mta.events import event_statement, new_event, record
+from mta.store import Statement, Store
+
+log = logging.getLogger("mta.accept")
+
+_CRLF_NORMALISE = re.compile(rb"\r?\n")
+
+
+class AcceptError(Exception):
+    """A refused submission: `status` and `message` in the protocol's terms (HTTP here; the SMTP
+    listener maps them to reply codes)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@dataclass
+class Options:
+    tags: list[str] = field(default_factory=list)
+    campaigns: list[str] = field(default_factory=list)
+    dkim: bool | None = None
+    deliver_at: float | None = None
+    test_mode: bool = False
+    tracking: bool | None = None
+    tracking_clicks: bool | str | None = None  # True, False or "htmlonly"
+    tracking_opens: bool | None = None
+    tracking_pixel_top: bool | None = None
+    require_tls: bool | None = None
+    skip_verification: bool | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v not in (None, [], False)}
+
+
+@dataclass
+class Submission:
+    """A normalised submission, whichever door it came in by."""
+
+    domain: str
+    method: str  # "http" or "smtp"
+    from_: list[str] = field(default_factory=list)
+    to: list[str] = field(default_factory=list)
+    cc: list[str] = field(default_factory=list)
+    bcc: list[str] = field(default_factory=list)
+    parts: Parts | None = None
+    mime: bytes | None = None  # a pre-built message (messages.mime, SMTP), instead of parts
+    headers: list[tuple[str, str]] = field(default_factory=list)  # h:Name -> value
+    user_variables: dict[str, Any] = field(default_factory=dict)
+    recipient_variables: dict[str, Any] | None = None
+    options: Options = field(default_factory=Options)
+    envelope_sender: str | None = None
+    authenticated: bool = True
+    originating_ip: str | None = None
+
+
+@dataclass(frozen=True)
+class Address:
+    name: str
+    addr: str
+
+    @property
+    def key(self) -> str:
+        return self.addr.lower()
+
+    @property
+    def domain(self) -> str:
+        return self.addr.rpartition("@")[2].lower()
+
+
+_LOCAL_OK = re.compile(r"^[^\s<>()\[\],;:\"\\@]+$|^\"[^\"\r\n]+\"$")
+
+
+def valid_addr_spec(addr: str) -> bool:
+    local, at, domain = addr.rpartition("@")
+    if not at or not local or not domain or len(addr) > 254 or len(local) > 64:
+        return False
+    if not _LOCAL_OK.match(local) or local.startswith(".") or local.endswith(".") or ".." in local:
+        return False
+    if domain.startswith("[") and domain.endswith("]"):
+        return True
+    labels = domain.split(".")
+    return len(labels) >= 2 and all(
+        label
+        and len(label) <= 63
+        and not label.startswith("-")
+        and not label.endswith("-")
+        and all(c.isalnum() or c == "-" for c in label)
+        for label in labels
+    )
+
+
+def parse_addresses(values: list[str], param: str) -> list[Address]:
+    """Addresses from repeated and/or comma-separated values; 400 naming the parameter."""
+    out = []
+    for value in values:
+        if "\r" in value or "\n" in value:
+            raise AcceptError(
+                f"{param} parameter is not a valid address. please check documentation"
+            )
+        if not value.strip():
+            continue
+        for name, addr in email.utils.getaddresses([value]):
+            addr = addr.strip()
+            if not valid_addr_spec(addr):
+                raise AcceptError(
+                    f"{param} parameter is not a valid address. please check documentation"
+                )
+            local, _, dom = addr.rpartition("@")
+            out.append(Address(name.strip(), f"{local}@{dom.lower()}"))
+    return out
+
+
+def new_message_id(domain: str, now: float) -> str:
+    stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(now))
+    return f"{stamp}.{secrets.token_hex(8)}@{domain}"
+
+
+@dataclass
+class _Copy:
+    """One stored copy of the message and the recipients it goes to."""
+
+    to_header: str
+    recipients: list[Address]
+    mime: bytes | None  # None: the message's shared content
+    user_variables: dict[str, Any]
+
+
+class Acceptor:
+    def __init__(self, store: Store, domains: Domains, config: Config) -> None:
+        self._store = store
+        self._domains = domains
+        self._config = config
+
+    async def accept(self, sub: Submission) -> str:
+        """Validate, store and queue; returns the Message-Id (without angle brackets)."""
+        domain = await self._domains.get(sub.domain)
+        if domain is None:
+            raise AcceptError(f"Domain not found: {sub.domain}", 404)
+        try:
+            return await self._accept(domain, sub)
+        except AcceptError as exc:
+            await self._record_rejection(domain, sub, exc)
+            raise
+
+    async def _accept(self, domain: Domain, sub: Submission) -> str:
+        now = time.time()
+        limits = self._config.sending
+        if domain.is_disabled:
+            raise AcceptError(f"Domain {domain.name} is not allowed to send: domain is disabled")
+        from_ = parse_addresses(sub.from_, "from")
+        if sub.mime is None and not from_:
+            raise AcceptError("from parameter is missing")
+        to = parse_addresses(sub.to, "to")
+        if not to:
+            raise AcceptError("to parameter is missing")
+        cc = parse_addresses(sub.cc, "cc")
+        bcc = parse_addresses(sub.bcc, "bcc")
+        everyone = _unique(to + cc + bcc)
+        if len(everyone) > limits.max_recipients:
+            raise AcceptError(f"Too many recipients, max is {limits.max_recipients}")
+        if domain.is_sandbox:
+            strangers = [a.addr for a in everyone if a.key not in domain.authorized_recipients]
+            if strangers:
+                raise AcceptError(
+                    f"Domain {domain.name} is not allowed to send: Sandbox subdomains are for test"
+                    " purposes only. Please add your own domain or add the address to authorized"
+                    f" recipients: {', '.join(strangers[:5])}"
+                )
+        self._check_options(sub, now)
+        for name, value in sub.headers:
+            if not name.isascii():
+                raise AcceptError(f"Header name must be pure ASCII: {name}")
+            if not re.fullmatch(r"[!-9;-~]+", name):
+                raise AcceptError(f"Header name is not valid: {name!r}")
+            if "\r" in value or "\n" in value:
+                raise AcceptError(f"Header value of {name} must not contain CR or LF")
+        budget = sum(len(n) + len(str(v)) for n, v in sub.headers)
+        budget += sum(len(k) + len(str(v)) for k, v in sub.user_variables.items())
+        budget += sum(len(t) for t in sub.options.tags + sub.options.campaigns)
+        if budget > limits.max_options_bytes:
+            raise AcceptError(
+                "Send options (parameters starting with o:, h:, or v:) are limited to 16 kB total"
+            )
+
+        message_id = new_message_id(domain.name, now)
+        if sub.mime is not None:
+            shared, copies, message_id, headers = self._copies_from_mime(
+                sub, to, cc, bcc, message_id
+            )
+        else:
+            shared, copies, message_id, headers = self._copies_from_parts(
+                sub, from_, to, cc, bcc, message_id, now
+            )
+        biggest = max([len(shared or b"")] + [len(c.mime or b"") for c in copies])
+        if biggest > limits.max_message_bytes:
+            raise AcceptError(
+                f"Message size exceeds the {limits.max_message_bytes // (1024 * 1024)} MB limit",
+                413,
+            )
+        sender = sub.envelope_sender or (from_[0].addr if from_ else headers["from-addr"])
+        await self._store_message(domain, sub, message_id, sender, shared, copies, headers, now)
+        return message_id
+
+    def _check_options(self, sub: Submission, now: float) -> None:
+        opts = sub.options
+        if len(opts.tags) > 3:
+            raise AcceptError("Too many tags, max is 3 per message")
+        for tag in opts.tags:
+            if len(tag) > 128:
+                raise AcceptError(f"Tag is too long (max 128 characters): {tag[:32]}...")
+        if len(opts.campaigns) > 3:
+            raise AcceptError("Too many campaigns, max is 3 per message")
+        if opts.deliver_at is not None:
+            if opts.deliver_at < now - 60:
+                raise AcceptError("invalid delivery time: it is in the past")
+            if opts.deliver_at > now + self._config.sending.max_schedule_days * 86400:
+                days = self._config.sending.max_schedule_days
+                raise AcceptError(f"invalid delivery time: at most {days:g} days in the future")
+
+    # -- building the copies -----------------------------------------------------------------
+
+    def _variables_header(self, variables: dict[str, Any]) -> list[str]:
+        if not variables:
+            return []
+        return [encode_header("X-Mailgun-Variables", orjson.dumps(variables).decode())]
+
+    def _copies_from_parts(
+        self,
+        sub: Submission,
+        from_: list[Address],
+        to: list[Address],
+        cc: list[Address],
+        bcc: list[Address],
+        message_id: str,
+        now: float,
+    ) -> tuple[bytes | None, list[_Copy], str, dict[str, Any]]:
+        parts = sub.parts or Parts()
+        if parts.text is None and parts.html is None and parts.amp_html is None:
+            raise AcceptError("Need at least one of 'text' or 'html' parameters specified")
+        custom = [(n, v) for n, v in sub.headers if n.lower() not in _RESERVED_HEADERS]
+        for name, value in sub.headers:
+            if name.lower() == "message-id":
+                message_id = value.strip().strip("<>") or message_id
+        from_header = address_header("From", [(a.name, a.addr) for a in from_])
+        cc_header = [address_header("Cc", [(a.name, a.addr) for a in cc])] if cc else []
+        fixed_tail = [f"Message-Id: <{message_id}>", f"Date: {message_date(now)}"]
+        summary = {
+            "from": ", ".join(email.utils.formataddr((a.name, a.addr)) for a in from_),
+            "from-addr": from_[0].addr,
+            "subject": parts.subject,
+            "message-id": message_id,
+            "attachments": [a.summary for a in parts.attachments],
+        }
+
+        def render(to_list: list[Address], subst: Any, variables: dict[str, Any]) -> bytes:
+            personal = Parts(
+                subject=subst(parts.subject),
+                text=subst(parts.text) if parts.text is not None else None,
+                html=subst(parts.html) if parts.html is not None else None,
+                amp_html=subst(parts.amp_html) if parts.amp_html is not None else None,
+                attachments=parts.attachments,
+            )
+            headers = [
+                from_header,
+                address_header("To", [(a.name, a.addr) for a in to_list]),
+                *cc_header,
+                encode_header("Subject", personal.subject),
+                *fixed_tail,
+                *(encode_header(n, subst(v)) for n, v in custom),
+                *self._variables_header(variables),
+            ]
+            return build_message(headers, personal)
+
+        if sub.recipient_variables is None:
+            mime = render(to, _same, sub.user_variables)
+            summary["to"] = format_to(to)
+            return (
+                mime,
+                [_Copy(summary["to"], _unique(to + cc + bcc), None, sub.user_variables)],
+                message_id,
+                summary,
+            )
+        copies = []
+        for rcpt in to:
+            subst = recipient_substituter(rcpt.name, rcpt.addr, self._vars_for(sub, rcpt))
+            variables = {
+                k: subst(v) if isinstance(v, str) else v for k, v in sub.user_variables.items()
+            }
+            mime = render([rcpt], subst, variables)
+            copies.append(_Copy(format_to([rcpt]), _unique([rcpt, *cc, *bcc]), mime, variables))
+        summary["to"] = format_to(to)
+        return None, copies, message_id, summary
+
+    @staticmethod
+    def _vars_for(sub: Submission, rcpt: Address) -> dict[str, Any]:
+        assert sub.recipient_variables is not None
+        found = sub.recipient_variables.get(rcpt.addr)
+        if found is None:
+            lowered = {k.lower(): v for k, v in sub.recipient_variables.items()}
+            found = lowered.get(rcpt.key, {})
+        return found if isinstance(found, dict) else {}
+
+    def _copies_from_mime(
+        self,
+        sub: Submission,
+        to: list[Address],
+        cc: list[Address],
+        bcc: list[Address],
+        message_id: str,
+    ) -> tuple[bytes | None, list[_Copy], str, dict[str, Any]]:
+        assert sub.mime is not None
+        mime = _CRLF_NORMALISE.sub(b"\r\n", sub.mime)
+        fields, _ = split_header_block(mime)
+        found = {header_name(f): header_value(f) for f in reversed(fields)}
+        if not fields or ":" not in mime.split(b"\r\n", 1)[0].decode("latin-1"):
+            raise AcceptError("'message' parameter is not a valid MIME message")
+        added = []
+        if "message-id" in found and found["message-id"].strip("<> "):
+            message_id = found["message-id"].strip().strip("<>")
+        else:
+            added.append(f"Message-Id: <{message_id}>")
+        if "date" not in found:
+            added.append(f"Date: {message_date(time.time())}")
+        added += [encode_header(n, v) for n, v in sub.headers if n.lower() != "x-mailgun-variables"]
+        added += self._variables_header(sub.user_variables)
+        if added:
+            mime = ("\r\n".join(added) + "\r\n").encode("utf-8") + mime
+        from_header = found.get("from", "")
+        from_addrs = email.utils.getaddresses([from_header])
+        summary = {
+            "from": from_header,
+            "from-addr": from_addrs[0][1] if from_addrs and from_addrs[0][1] else "",
+            "subject": found.get("subject", ""),
+            "message-id": message_id,
+            "to": found.get("to", ""),
+            "attachments": [],
+        }
+        if not summary["from-addr"]:
+            raise AcceptError("'message' has no valid From header")
+        if sub.recipient_variables is None:
+            return (
+                mime,
+                [_Copy(summary["to"], _unique(to + cc + bcc), None, sub.user_variables)],
+                message_id,
+                summary,
+            )
+        copies = []
+        for rcpt in to:
+            subst = recipient_substituter(rcpt.name, rcpt.addr, self._vars_for(sub, rcpt))
+            copy = personalise_mime(mime, format_to([rcpt]), subst)
+            variables = {
+                k: subst(v) if isinstance(v, str) else v for k, v in sub.user_variables.items()
+            }
+            copies.append(_Copy(format_to([rcpt]), _unique([rcpt, *cc, *bcc]), copy, variables))
+        return None, copies, message_id, summary
+
+    # -- storing -----------------------------------------------------------------------------
+
+    async def _store_message(
+        self,
+        domain: Domain,
+        sub: Submission,
+        message_id: str,
+        sender: str,
+        shared: bytes | None,
+        copies: list[_Copy],
+        summary: dict[str, Any],
+        now: float,
+    ) -> None:
+        opts = sub.options
+        due = opts.deliver_at if opts.deliver_at is not None else now
+        all_recipients = [r.addr for c in copies for r in c.recipients]
+        recipient_rows, events = [], []
+        for copy in copies:
+            size = len(copy.mime if copy.mime is not None else shared or b"")
+            variables_blob = orjson.dumps(copy.user_variables) if copy.mime is not None else None
+            for rcpt in copy.recipients:
+                recipient_rows.append(
+                    (message_id, rcpt.addr, copy.mime, variables_blob, "queued", due)
+                )
+                events.append(
+                    self._accepted_event(sub, sender, rcpt, copy, summary, all_recipients, size)
+                )
+        options = orjson.dumps(opts.as_json() | {"user-variables": sub.user_variables})
+        await self._store.write(
+            Statement(
+                "INSERT INTO messages (id, domain, created_at, sender, options, mime)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(message_id, domain.name, now, sender, options, shared)],
+            ),
+            Statement(
+                "INSERT INTO recipients (message_id, address, mime, user_variables, state, due_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                recipient_rows,
+            ),
+            event_statement(domain.name, events),
+        )
+
+    def _accepted_event(
+        self,
+        sub: Submission,
+        sender: str,
+        rcpt: Address,
+        copy: _Copy,
+        summary: dict[str, Any],
+        all_recipients: list[str],
+        size: int,
+    ) -> dict[str, Any]:
+        opts = sub.options
+        payload = new_event(
+            "accepted",
+            method=sub.method,
+            recipient=rcpt.addr,
+            recipient_domain=rcpt.domain,
+            tags=opts.tags,
+            campaigns=[{"id": c, "name": c} for c in opts.campaigns],
+            user_variables=copy.user_variables,
+            flags={
+                "is-authenticated": sub.authenticated,
+                "is-test-mode": opts.test_mode,
+                "is-routed": False,
+                "is-system-test": False,
+                "is-big": len(all_recipients) > 100,
+            },
+            envelope={"sender": sender, "transport": sub.method, "targets": rcpt.addr},
+            message={
+                "headers": {
+                    "to": copy.to_header,
+                    "message-id": summary["message-id"],
+                    "from": summary["from"],
+                    "subject": summary["subject"],
+                },
+                "attachments": summary["attachments"],
+                "recipients": all_recipients,
+                "size": size,
+            },
+        )
+        if opts.deliver_at is not None:
+            payload["delivery-time"] = opts.deliver_at
+        if sub.originating_ip:
+            payload["originating-ip"] = sub.originating_ip
+        return payload
+
+    async def _record_rejection(self, domain: Domain, sub: Submission, exc: AcceptError) -> None:
+        """Refusals that got as far as a sender and a recipient leave a `rejected` event."""
+        if not (sub.from_ or sub.envelope_sender or sub.mime) or not sub.to:
+            return
+        payload = new_event(
+            "rejected",
+            reject={
+                "reason": "invalid" if exc.status < 500 else "error",
+                "description": exc.message,
+            },
+            tags=sub.options.tags,
+            campaigns=[{"id": c, "name": c} for c in sub.options.campaigns],
+            user_variables=sub.user_variables,
+            flags={"is-authenticated": sub.authenticated, "is-test-mode": sub.options.test_mode},
+            envelope={
+                "sender": sub.envelope_sender or ", ".join(sub.from_),
+                "transport": sub.method,
+                "targets": ", ".join(sub.to),
+            },
+            message={
+                "headers": {
+                    "to": ", ".join(sub.to),
+                    "message-id": "",
+                    "from": ", ".join(sub.from_),
+                    "subject": sub.parts.subject if sub.parts else "",
+                },
+                "attachments": [],
+                "size": 0,
+            },
+        )
+        if sub.originating_ip:
+            payload["originating-ip"] = sub.originating_ip
+        try:
+            await record(self._store, domain.name, [payload])
+        except Exception:  # the refusal itself must still reach the client
+            log.exception("could not record rejected event")
+
+
+_RESERVED_HEADERS = {
+    "from",
+    "to",
+    "cc",
+    "bcc",
+    "subject",
+    "date",
+    "message-id",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
+    "x-mailgun-variables",
+}
+
+
+def _same(text: str) -> str:
+    return text
+
+
+def _unique(addresses: list[Address]) -> list[Address]:
+    seen: set[str] = set()
+    out = []
+    for a in addresses:
+        if a.key not in seen:
+            seen.add(a.key)
+            out.append(a)
+    return out
+
+
+def format_to(addresses: list[Address]) -> str:
+    return ", ".join(
+        email.utils.formataddr((a.name, a.addr)) if a.name else a.addr for a in addresses
+    )

@@ -1,0 +1,96 @@
+"""The Mailgun-compatible HTTP API (aiohttp): auth and error middleware, routes."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from mta.api import domains, events, messages
+from mta.api.context import SERVICES, Services
+from mta.api.errors import ApiError, error, forbidden
+
+log = logging.getLogger("mta.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_SENDING_PATHS = ("messages", "messages.mime")
+
+
+def _credentials(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, sep, secret = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return secret if sep and user == "api" and secret else None
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """HTTP basic `api:KEY`. A domain sending key may only send for its own domain."""
+    services = request.app[SERVICES]
+    secret = _credentials(request)
+    key = await services.keys.authenticate(secret) if secret else None
+    if key is None:
+        return forbidden()
+    if key.domain is not None:
+        segments = request.path.strip("/").split("/")
+        is_send = (
+            request.method == "POST"
+            and len(segments) == 3
+            and segments[0] == "v3"
+            and segments[2] in _SENDING_PATHS
+            and segments[1].lower() == key.domain
+        )
+        if not is_send:
+            return forbidden()
+    request["api_key"] = key
+    return await handler(request)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error(exc.status, exc.message)
+    except web.HTTPRequestEntityTooLarge as exc:
+        limit = exc.text or ""
+        log.info("refused oversized request from %s: %s", request.remote, limit)
+        mib = request.app[SERVICES].config.api.max_request_bytes / (1024 * 1024)
+        return error(413, f"request size exceeds {mib:.1f}MiB limit")
+    except web.HTTPNotFound:
+        return error(404, "Not Found")
+    except web.HTTPMethodNotAllowed:
+        return error(405, "Method Not Allowed")
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            return error(exc.status, exc.reason)
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error(500, "Internal Server Error")
+
+
+def build_app(services: Services) -> web.Application:
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware],
+        client_max_size=services.config.api.max_request_bytes,
+    )
+    app[SERVICES] = services
+    routes: list[tuple[str, str, Handler]] = [
+        *messages.ROUTES,
+        *events.ROUTES,
+        *domains.ROUTES,
+    ]
+    for method, path, handler in routes:
+        app.router.add_route(method, path, handler)
+        app.router.add_route(method, path + "/", handler)  # tolerate a trailing slash
+    return app

@@ -1,0 +1,49 @@
+"""What request handlers are given: the components, built once by mta.app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from mta.accept import Acceptor
+from mta.api.errors import ApiError
+from mta.config import Config
+from mta.domains import Domain, Domains
+from mta.keys import ApiKeys
+from mta.store import Store
+
+
+@dataclass(frozen=True)
+class Services:
+    config: Config
+    store: Store
+    domains: Domains
+    keys: ApiKeys
+    acceptor: Acceptor
+
+
+SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
+
+
+def services(request: web.Request) -> Services:
+    return request.app[SERVICES]
+
+
+async def path_domain(request: web.Request, param: str = "domain") -> Domain:
+    """The domain named in the path, or a 404 in Mailgun's words."""
+    name = request.match_info[param]
+    domain = await services(request).domains.get(name)
+    if domain is None:
+        raise ApiError(404, f"Domain not found: {name}")
+    return domain
+
+
+def base_url(request: web.Request) -> str:
+    """Where clients reach us, for absolute paging links (X-Forwarded-* aware)."""
+    configured = services(request).config.api.public_url
+    if configured:
+        return configured.rstrip("/")
+    proto = request.headers.get("X-Forwarded-Proto", request.scheme).split(",")[0].strip()
+    host = request.headers.get("X-Forwarded-Host", request.host).split(",")[0].strip()
+    return f"{proto}://{host}"

@@ -1,0 +1,137 @@
+"""Domains API, served under both /v3 and /v4 (clients use either)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from mta.api.context import path_domain, services
+from mta.api.errors import ApiError, json_response
+from mta.api.forms import parse_bool, read_form
+from mta.dates import rfc2822
+from mta.domains import DnsRecord, Domain, DomainError
+
+_SPAM_ALIASES = {"delete": "block", "mark": "tag"}
+
+
+def domain_json(domain: Domain) -> dict[str, Any]:
+    return {
+        "id": domain.id,
+        "name": domain.name,
+        "created_at": rfc2822(domain.created_at),
+        "state": domain.state,
+        "type": domain.type,
+        "is_disabled": domain.is_disabled,
+        "spam_action": domain.spam_action,
+        "wildcard": domain.wildcard,
+        "require_tls": domain.require_tls,
+        "skip_verification": domain.skip_verification,
+        "smtp_login": f"postmaster@{domain.name}",
+        "web_prefix": domain.web_prefix,
+        "web_scheme": domain.web_scheme,
+    }
+
+
+def record_json(domain: Domain, record: DnsRecord) -> dict[str, Any]:
+    found = domain.dns_results.get(record.key, {})
+    out: dict[str, Any] = {
+        "record_type": record.record_type,
+        "name": record.name,
+        "value": record.value,
+        "valid": found.get("valid", "unknown"),
+        "cached": found.get("cached", []),
+        "is_active": True,
+    }
+    if record.priority is not None:
+        out["priority"] = record.priority
+    return out
+
+
+def _full(request: web.Request, domain: Domain, **extra: Any) -> dict[str, Any]:
+    domains = services(request).domains
+    return extra | {
+        "domain": domain_json(domain),
+        "receiving_dns_records": [
+            record_json(domain, r) for r in domains.receiving_records(domain)
+        ],
+        "sending_dns_records": [record_json(domain, r) for r in domains.sending_records(domain)],
+    }
+
+
+def _int_param(request: web.Request, name: str, default: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or int(raw) > high:
+        raise ApiError(400, f"'{name}' must be a whole number from 0 to {high}")
+    return int(raw)
+
+
+async def list_domains(request: web.Request) -> web.Response:
+    limit = _int_param(request, "limit", 100, 1000)
+    skip = _int_param(request, "skip", 0, 10**9)
+    state = request.query.get("state")
+    domains = await services(request).domains.all()
+    if state:
+        domains = [d for d in domains if d.state == state]
+    return json_response(
+        {
+            "total_count": len(domains),
+            "items": [domain_json(d) for d in domains[skip : skip + limit]],
+        }
+    )
+
+
+async def create_domain(request: web.Request) -> web.Response:
+    form = await read_form(request)
+    name = form.text("name")
+    if not name:
+        raise ApiError(400, "name parameter is missing")
+    spam_action = (form.text("spam_action") or "disabled").strip().lower()
+    key_size = form.text("dkim_key_size")
+    if key_size is not None and key_size.strip() not in ("1024", "2048"):
+        raise ApiError(400, "dkim_key_size must be 1024 or 2048")
+    try:
+        domain = await services(request).domains.create(
+            name,
+            spam_action=_SPAM_ALIASES.get(spam_action, spam_action),
+            wildcard=bool(parse_bool("wildcard", form.text("wildcard"))),
+            dkim_key_bits=int(key_size) if key_size else None,
+            dkim_selector=form.text("dkim_selector") or None,
+            web_scheme=(form.text("web_scheme") or "http").lower(),
+            web_prefix=form.text("web_prefix") or "email",
+        )
+    except DomainError as exc:
+        raise ApiError(400, str(exc)) from None
+    return json_response(_full(request, domain, message="Domain has been created"))
+
+
+async def get_domain(request: web.Request) -> web.Response:
+    domain = await path_domain(request, "name")
+    return json_response(_full(request, domain))
+
+
+async def delete_domain(request: web.Request) -> web.Response:
+    domain = await path_domain(request, "name")
+    await services(request).domains.delete(domain.name)
+    return json_response({"message": "Domain has been deleted"})
+
+
+async def verify_domain(request: web.Request) -> web.Response:
+    domain = await path_domain(request, "name")
+    updated = await services(request).domains.verify(domain.name)
+    return json_response(_full(request, updated, message="Domain DNS records have been updated"))
+
+
+ROUTES = [
+    route
+    for version in ("v3", "v4")
+    for route in (
+        ("GET", f"/{version}/domains", list_domains),
+        ("POST", f"/{version}/domains", create_domain),
+        ("GET", f"/{version}/domains/{{name}}", get_domain),
+        ("DELETE", f"/{version}/domains/{{name}}", delete_domain),
+        ("PUT", f"/{version}/domains/{{name}}/verify", verify_domain),
+    )
+]

@@ -1,0 +1,102 @@
+"""Builds every component in one event loop, runs them, and stops them in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from mta.accept import Acceptor
+from mta.api import build_app
+from mta.api.context import Services
+from mta.config import Config, parse_listen
+from mta.dns import Resolver
+from mta.domains import Domains
+from mta.events import purge_expired
+from mta.keys import ApiKeys
+from mta.store import Store
+
+log = logging.getLogger("mta")
+
+PURGE_INTERVAL_S = 3600
+
+
+async def open_services(config: Config) -> Services:
+    store = await Store.open(
+        config.db_path,
+        commit_window_ms=config.store.commit_window_ms,
+        max_batch=config.store.max_batch,
+        busy_timeout_ms=config.store.busy_timeout_ms,
+    )
+    domains = Domains(store, config, Resolver(config.dns))
+    return Services(
+        config=config,
+        store=store,
+        domains=domains,
+        keys=ApiKeys(store),
+        acceptor=Acceptor(store, domains, config),
+    )
+
+
+@dataclass
+class Server:
+    """A running server: `start` binds everything, `stop` shuts down cleanly."""
+
+    config: Config
+    services: Services | None = None
+    runner: web.AppRunner | None = None
+    api_port: int = 0
+    _purger: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.services = await open_services(self.config)
+        host, port = parse_listen("api.listen", self.config.api.listen)
+        self.runner = web.AppRunner(build_app(self.services), access_log=None, handle_signals=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port, reuse_address=True)
+        await site.start()
+        self.api_port = self.runner.addresses[0][1]
+        self._purger = asyncio.create_task(self._purge_loop(), name="events-purge")
+        log.info(
+            "mta: HTTP API listening on %s:%d, store %s", host, self.api_port, self.config.db_path
+        )
+
+    async def _purge_loop(self) -> None:
+        assert self.services is not None
+        while True:
+            try:
+                await purge_expired(self.services.store, self.config.events.retention_days)
+            except Exception:
+                log.exception("events purge failed")
+            await asyncio.sleep(PURGE_INTERVAL_S)
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish (their commits too), close the store."""
+        if self._purger is not None:
+            self._purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purger
+        if self.runner is not None:
+            await self.runner.cleanup()
+        if self.services is not None:
+            await self.services.store.close()
+        log.info("stopped")
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGTERM or SIGINT."""
+    server = Server(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await server.stop()

@@ -1,0 +1,182 @@
+"""`mta serve` and the admin commands. Admin commands open the same store as the server and
+may run while it does (SQLite WAL; the server notices admin changes through admin_version)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable
+
+from mta import config as config_module
+from mta.api.context import Services
+from mta.app import open_services, serve
+from mta.config import Config, ConfigError
+from mta.dates import rfc2822
+from mta.domains import DomainError
+
+
+async def _print_records(services: Services, name: str) -> None:
+    domain = await services.domains.get(name)
+    assert domain is not None
+    print(f"Domain {domain.name} ({domain.type}, {domain.state}). Publish these DNS records:")
+    records = services.domains.sending_records(domain) + services.domains.receiving_records(domain)
+    for r in records:
+        value = f"{r.priority} {r.value}" if r.priority else r.value
+        print(f"  {r.name:<40} {r.record_type:<6} {value}")
+
+
+async def _with_services(config: Config, work: Callable[[Services], Awaitable[int]]) -> int:
+    services = await open_services(config)
+    try:
+        return await work(services)
+    finally:
+        await services.store.close()
+
+
+def _domain_command(args: argparse.Namespace) -> Callable[[Services], Awaitable[int]]:
+    async def run(s: Services) -> int:
+        try:
+            if args.action == "add":
+                domain = await s.domains.create(args.name, sandbox=args.sandbox)
+                await _print_records(s, domain.name)
+            elif args.action == "list":
+                for d in await s.domains.all():
+                    print(f"{d.name}\t{d.type}\t{d.state}\tcreated {rfc2822(d.created_at)}")
+            elif args.action == "remove":
+                if not await s.domains.delete(args.name):
+                    return _fail(f"no such domain: {args.name}")
+                print(f"removed {args.name}")
+            elif args.action == "records":
+                if await s.domains.get(args.name) is None:
+                    return _fail(f"no such domain: {args.name}")
+                await _print_records(s, args.name)
+            elif args.action == "verify":
+                domain = await s.domains.verify(args.name)
+                for key, found in sorted(domain.dns_results.items()):
+                    print(f"  {found['valid']:<8} {key}")
+                print(f"{domain.name}: {domain.state}")
+            elif args.action == "authorize":
+                await s.domains.authorize(args.name, args.address)
+                print(f"{args.address} may now receive mail from {args.name}")
+            elif args.action == "deauthorize":
+                await s.domains.deauthorize(args.name, args.address)
+                print(f"{args.address} removed from {args.name}'s authorized recipients")
+        except DomainError as exc:
+            return _fail(str(exc))
+        return 0
+
+    return run
+
+
+def _key_command(args: argparse.Namespace) -> Callable[[Services], Awaitable[int]]:
+    async def run(s: Services) -> int:
+        if args.action == "create":
+            if args.domain and await s.domains.get(args.domain) is None:
+                return _fail(f"no such domain: {args.domain}")
+            _, secret = await s.keys.create(
+                domain=args.domain.lower() if args.domain else None,
+                description=args.description or "",
+            )
+            print(secret)
+        elif args.action == "list":
+            for key in await s.keys.list():
+                scope = f"sending key for {key.domain}" if key.domain else "primary"
+                state = f"revoked {rfc2822(key.revoked_at)}" if key.revoked_at else "active"
+                print(
+                    f"{key.id}\t{scope}\t{state}\tcreated {rfc2822(key.created_at)}"
+                    f"\t{key.description}"
+                )
+        elif args.action == "revoke":
+            if not await s.keys.revoke(args.id):
+                return _fail(f"no active key with id {args.id}")
+            print(f"revoked {args.id}")
+        return 0
+
+    return run
+
+
+def _fail(message: str) -> int:
+    print(f"mta: {message}", file=sys.stderr)
+    return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        default=os.environ.get("MTA_CONFIG"),
+        help="TOML config file (default: $MTA_CONFIG, else the built-in defaults)",
+    )
+    parser = argparse.ArgumentParser(prog="mta", description="Mailgun-compatible mail server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", parents=[common], help="run the server in the foreground")
+
+    domain = sub.add_parser("domain", help="manage sending domains")
+    dsub = domain.add_subparsers(dest="action", required=True)
+    add = dsub.add_parser("add", parents=[common], help="create a domain and its DKIM key")
+    add.add_argument("name")
+    add.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="may send only to its authorized recipients (at most 5)",
+    )
+    dsub.add_parser("list", parents=[common], help="list domains")
+    for action, text in (
+        ("remove", "delete a domain"),
+        ("records", "show DNS records to publish"),
+        ("verify", "check the DNS records now"),
+    ):
+        p = dsub.add_parser(action, parents=[common], help=text)
+        p.add_argument("name")
+    for action, text in (
+        ("authorize", "add an authorized recipient to a sandbox domain"),
+        ("deauthorize", "remove an authorized recipient"),
+    ):
+        p = dsub.add_parser(action, parents=[common], help=text)
+        p.add_argument("name")
+        p.add_argument("address")
+
+    key = sub.add_parser("key", help="manage API keys")
+    ksub = key.add_subparsers(dest="action", required=True)
+    create = ksub.add_parser(
+        "create", parents=[common], help="print a new API key (shown once, stored hashed)"
+    )
+    create.add_argument("--domain", help="a sending key: only POST messages for this domain")
+    create.add_argument("--description", default="")
+    ksub.add_parser("list", parents=[common], help="list keys (ids, never secrets)")
+    revoke = ksub.add_parser("revoke", parents=[common], help="revoke a key by id")
+    revoke.add_argument("id")
+
+    sub.add_parser(
+        "config", parents=[common], help="print every setting with its default and meaning (TOML)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "config":
+        sys.stdout.write(config_module.render_reference())
+        return 0
+    try:
+        config = config_module.load(args.config)
+    except ConfigError as exc:
+        print(f"mta: config error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.server.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.command == "serve":
+        try:
+            asyncio.run(serve(config))
+        except OSError as exc:
+            print(f"mta: cannot start: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    work = _domain_command(args) if args.command == "domain" else _key_command(args)
+    return asyncio.run(_with_services(config, work))

@@ -1,0 +1,274 @@
+"""The one configuration schema: every setting's name, type, default and one-line doc.
+
+Loaded once at start (TOML file, then `MTA_<SECTION>_<KEY>` environment overrides) and passed
+down; nothing else reads files or the environment for settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MiB = 1024 * 1024
+
+
+class ConfigError(Exception):
+    """A bad setting; the message is one line naming the key."""
+
+
+def setting(default: Any, doc: str) -> Any:
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass
+class ServerConfig:
+    """Process-wide settings."""
+
+    data_dir: str = setting("./var", "directory for the database and generated keys")
+    hostname: str = setting(
+        "localhost", "this server's public host name (SMTP banner, DNS records)"
+    )
+    log_level: str = setting("info", "debug, info, warning or error")
+
+
+@dataclass
+class ApiConfig:
+    """The Mailgun-compatible HTTP API."""
+
+    listen: str = setting("127.0.0.1:8080", "host:port the HTTP API listens on")
+    public_url: str = setting(
+        "", "base URL clients use (paging links); empty: taken from each request's Host"
+    )
+    max_request_bytes: int = setting(
+        54_945_382, "largest request body accepted (Mailgun: 52.4 MiB)"
+    )
+
+
+@dataclass
+class StoreConfig:
+    """The SQLite-WAL store and its group-commit writer."""
+
+    path: str = setting("", "database file; empty: <data_dir>/mta.db")
+    commit_window_ms: float = setting(
+        1.0, "how long the writer gathers more writes before one commit"
+    )
+    max_batch: int = setting(1000, "most write jobs committed in one transaction")
+    busy_timeout_ms: int = setting(10_000, "how long to wait for a lock held by another process")
+
+
+@dataclass
+class SendingConfig:
+    """Limits applied by the accept path (HTTP and SMTP alike)."""
+
+    max_message_bytes: int = setting(25 * MiB, "largest message accepted (Mailgun: 25 MB)")
+    max_recipients: int = setting(1000, "most recipients (to + cc + bcc) in one submission")
+    max_schedule_days: float = setting(3.0, "how far ahead o:deliverytime may be")
+    max_options_bytes: int = setting(16_384, "total size of o:, h: and v: values (Mailgun: 16 kB)")
+    sandbox_max_recipients: int = setting(5, "authorised recipients a sandbox domain may have")
+
+
+@dataclass
+class EventsConfig:
+    """The event log and the Events API."""
+
+    retention_days: float = setting(30.0, "how long events are kept and searchable")
+    default_limit: int = setting(100, "page size when a query gives no limit (max 300)")
+
+
+@dataclass
+class DnsConfig:
+    """Resolution for domain verification (and later delivery)."""
+
+    nameservers: list = setting([], "resolver addresses (ip or ip:port); empty: the system's")
+    timeout_s: float = setting(5.0, "lifetime of one DNS query")
+    answers: dict = setting(
+        {},
+        'fixed answers, "name TYPE" -> [records]; a listed name is never looked up '
+        "(tests, split-horizon set-ups)",
+    )
+    only_answers: bool = setting(False, "answer NXDOMAIN for anything not in answers (tests)")
+
+
+@dataclass
+class DomainsConfig:
+    """What a new domain gets and which DNS records it is told to publish."""
+
+    dkim_selector: str = setting("mta", "DKIM selector of new domains")
+    dkim_key_bits: int = setting(2048, "RSA size of new DKIM keys (1024 or 2048)")
+    spf_record: str = setting("", "SPF TXT value to publish; empty: v=spf1 a:<hostname> ~all")
+    mx_hosts: list = setting([], "MX hosts to publish; empty: [<hostname>]")
+    tracking_host: str = setting("", "CNAME target for email.<domain>; empty: <hostname>")
+
+
+@dataclass
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    sending: SendingConfig = field(default_factory=SendingConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    domains: DomainsConfig = field(default_factory=DomainsConfig)
+
+    @property
+    def db_path(self) -> Path:
+        return Path(self.store.path) if self.store.path else Path(self.server.data_dir) / "mta.db"
+
+    @property
+    def spf_record(self) -> str:
+        return self.domains.spf_record or f"v=spf1 a:{self.server.hostname} ~all"
+
+    @property
+    def mx_hosts(self) -> list[str]:
+        return list(self.domains.mx_hosts) or [self.server.hostname]
+
+    @property
+    def tracking_host(self) -> str:
+        return self.domains.tracking_host or self.server.hostname
+
+
+def sections() -> list[tuple[str, type]]:
+    return [(f.name, f.default_factory) for f in dataclasses.fields(Config)]  # type: ignore[misc]
+
+
+def _coerce(key: str, kind: type, value: Any) -> Any:
+    """Check (TOML) or convert (environment strings) one value to the schema's type."""
+    from_env = isinstance(value, str) and kind is not str
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            lowered = str(value).strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if kind is int:
+            if isinstance(value, bool):
+                raise ValueError("expected an integer")
+            return int(value) if from_env or isinstance(value, int) else _bad("an integer")
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError("expected a number")
+            if from_env or isinstance(value, (int, float)):
+                return float(value)
+            return _bad("a number")
+        if kind is str:
+            return value if isinstance(value, str) else _bad("a string")
+        if kind in (list, dict):
+            if from_env:
+                value = json.loads(value)
+            if not isinstance(value, kind):
+                _bad("a list" if kind is list else "a table")
+            return value
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    raise ConfigError(f"{key}: unsupported type")
+
+
+def _bad(what: str) -> Any:
+    raise ValueError(f"expected {what}")
+
+
+def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Config:
+    """Defaults, then the TOML file (if given), then MTA_<SECTION>_<KEY> variables."""
+    env = dict(os.environ if env is None else env)
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path}: not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+    config = Config()
+    known = dict(sections())
+    for name in raw:
+        if name not in known:
+            raise ConfigError(f"{name}: unknown section")
+    for name, cls in known.items():
+        values = raw.get(name, {})
+        if not isinstance(values, dict):
+            raise ConfigError(f"{name}: expected a table")
+        section = getattr(config, name)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for key in values:
+            if key not in fields:
+                raise ConfigError(f"{name}.{key}: unknown setting")
+        for key, f in fields.items():
+            kind = (
+                type(f.default_factory()) if f.default is dataclasses.MISSING else type(f.default)
+            )  # type: ignore[misc]
+            env_name = f"MTA_{name}_{key}".upper()
+            if env_name in env:
+                setattr(section, key, _coerce(env_name, kind, env[env_name]))
+            elif key in values:
+                setattr(section, key, _coerce(f"{name}.{key}", kind, values[key]))
+    validate(config)
+    return config
+
+
+def parse_listen(key: str, value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{key}: expected host:port, got {value!r}")
+    return host, int(port)
+
+
+def validate(config: Config) -> None:
+    parse_listen("api.listen", config.api.listen)
+    if config.server.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError("server.log_level: expected debug, info, warning or error")
+    if config.domains.dkim_key_bits not in (1024, 2048):
+        raise ConfigError("domains.dkim_key_bits: expected 1024 or 2048")
+    if not 1 <= config.events.default_limit <= 300:
+        raise ConfigError("events.default_limit: expected 1 to 300")
+    if config.store.commit_window_ms < 0 or config.store.max_batch < 1:
+        raise ConfigError("store.commit_window_ms/max_batch: must be positive")
+    for key, records in config.dns.answers.items():
+        if len(key.split()) != 2 or not isinstance(records, list):
+            raise ConfigError(f'dns.answers: expected "name TYPE" = [records], got {key!r}')
+    for name, limit in (
+        ("sending.max_message_bytes", config.sending.max_message_bytes),
+        ("sending.max_recipients", config.sending.max_recipients),
+        ("api.max_request_bytes", config.api.max_request_bytes),
+    ):
+        if limit < 1:
+            raise ConfigError(f"{name}: must be positive")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, dict):
+        return (
+            "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+        )
+    return json.dumps(value)
+
+
+def render_reference() -> str:
+    """The default configuration as a commented TOML file (config/mta.toml is exactly this)."""
+    lines = [
+        "# mta configuration: every setting with its default and what it does.",
+        "# Any key can be overridden by the environment as MTA_<SECTION>_<KEY>,",
+        "# e.g. MTA_API_LISTEN=0.0.0.0:8080 (lists and tables as JSON).",
+    ]
+    for name, cls in sections():
+        lines += ["", f"[{name}]  # {cls.__doc__}"]
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            lines.append(f"# {f.metadata['doc']}")
+            lines.append(f"{f.name} = {_toml_value(default)}")
+    return "\n".join(lines) + "\n"

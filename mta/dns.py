@@ -1,0 +1,59 @@
+"""DNS look-ups (dnspython, async), with fixed answers from config standing in for public DNS."""
+
+from __future__ import annotations
+
+import dns.asyncresolver
+import dns.exception
+import dns.resolver
+
+from mta.config import DnsConfig
+
+
+class DnsError(Exception):
+    """The look-up could not be answered (timeout, SERVFAIL): neither yes nor no."""
+
+
+def _norm(name: str) -> str:
+    return name.strip().rstrip(".").lower()
+
+
+class Resolver:
+    def __init__(self, config: DnsConfig) -> None:
+        self._answers: dict[tuple[str, str], list[str]] = {}
+        for key, records in config.answers.items():
+            name, rdtype = key.split()
+            self._answers[(_norm(name), rdtype.upper())] = [str(r) for r in records]
+        self._only_answers = config.only_answers
+        self._resolver = dns.asyncresolver.Resolver(configure=not config.nameservers)
+        if config.nameservers:
+            self._resolver.nameservers = [
+                s.rsplit(":", 1)[0] if s.count(":") == 1 else s for s in config.nameservers
+            ]
+            ports = {int(s.rsplit(":", 1)[1]) for s in config.nameservers if s.count(":") == 1}
+            if ports:
+                self._resolver.port = ports.pop()
+        self._resolver.lifetime = config.timeout_s
+
+    async def query(self, name: str, rdtype: str) -> list[str]:
+        """Records as text: TXT strings joined, MX as 'pref host', names without the final dot.
+        An empty list means the name or the record type does not exist."""
+        key = (_norm(name), rdtype.upper())
+        if key in self._answers:
+            return list(self._answers[key])
+        if self._only_answers:
+            return []
+        try:
+            answer = await self._resolver.resolve(key[0], key[1])
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return []
+        except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
+            raise DnsError(f"{name} {rdtype}: {exc.__class__.__name__}") from None
+        records = []
+        for rdata in answer:
+            if key[1] == "TXT":
+                records.append(b"".join(rdata.strings).decode("utf-8", "replace"))
+            elif key[1] == "MX":
+                records.append(f"{rdata.preference} {_norm(rdata.exchange.to_text())}")
+            else:
+                records.append(_norm(rdata.to_text()))
+        return records

@@ -1,0 +1,321 @@
+"""Sending domains: creation with a DKIM key, the DNS records to publish, verification.
+
+A domain can send as soon as it exists (the operator owns it); `state` only reports what the
+last DNS check found. Sandbox domains send to their authorised recipients only.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from mta.config import Config
+from mta.dns import DnsError, Resolver
+from mta.store import Statement, Store
+
+DOMAIN_COLUMNS = (
+    "name, id, created_at, type, state, spam_action, wildcard, require_tls, skip_verification, "
+    "web_prefix, web_scheme, dkim_selector, dkim_private_key, dkim_public_key, dns_checked_at, "
+    "dns_results"
+)
+
+
+class DomainError(Exception):
+    """A refused domain operation; the text is shown to the client as is."""
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    id: str
+    created_at: float
+    type: str
+    state: str
+    spam_action: str
+    wildcard: bool
+    require_tls: bool
+    skip_verification: bool
+    web_prefix: str
+    web_scheme: str
+    dkim_selector: str
+    dkim_private_key: str
+    dkim_public_key: str
+    dns_checked_at: float | None
+    dns_results: dict[str, Any] = field(default_factory=dict)
+    authorized_recipients: frozenset[str] = frozenset()
+
+    @property
+    def is_sandbox(self) -> bool:
+        return self.type == "sandbox"
+
+    @property
+    def is_disabled(self) -> bool:
+        return self.state == "disabled"
+
+    @property
+    def dkim_host(self) -> str:
+        return f"{self.dkim_selector}._domainkey.{self.name}"
+
+    @property
+    def dkim_record(self) -> str:
+        return f"k=rsa; p={self.dkim_public_key}"
+
+
+@dataclass(frozen=True)
+class DnsRecord:
+    record_type: str
+    name: str
+    value: str
+    priority: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.record_type} {self.name} {self.value}"
+
+
+def valid_domain_name(name: str) -> bool:
+    if not 1 <= len(name) <= 253 or "." not in name:
+        return False
+    for label in name.split("."):
+        if not 1 <= len(label) <= 63 or label.startswith("-") or label.endswith("-"):
+            return False
+        if not all(c.isalnum() or c == "-" for c in label) or not label.isascii():
+            return False
+    return True
+
+
+def generate_dkim_key(bits: int) -> tuple[str, str]:
+    """(private key PEM, public key as the base64 DER that goes into p=)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    ).decode("ascii")
+    public_der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return private_pem, base64.b64encode(public_der).decode("ascii")
+
+
+def _row_to_domain(row: sqlite3.Row, recipients: frozenset[str]) -> Domain:
+    return Domain(
+        name=row["name"],
+        id=row["id"],
+        created_at=row["created_at"],
+        type=row["type"],
+        state=row["state"],
+        spam_action=row["spam_action"],
+        wildcard=bool(row["wildcard"]),
+        require_tls=bool(row["require_tls"]),
+        skip_verification=bool(row["skip_verification"]),
+        web_prefix=row["web_prefix"],
+        web_scheme=row["web_scheme"],
+        dkim_selector=row["dkim_selector"],
+        dkim_private_key=row["dkim_private_key"],
+        dkim_public_key=row["dkim_public_key"],
+        dns_checked_at=row["dns_checked_at"],
+        dns_results=orjson.loads(row["dns_results"]) if row["dns_results"] else {},
+        authorized_recipients=recipients,
+    )
+
+
+def _spf_terms(record: str) -> set[str]:
+    return {t.lower() for t in record.split()[1:] if not t.lower().endswith("all")}
+
+
+class Domains:
+    """Owns the domains and authorized_recipients tables; reads are served from a cache that is
+    reloaded whenever admin data changed (in this process or through the CLI)."""
+
+    def __init__(self, store: Store, config: Config, resolver: Resolver) -> None:
+        self._store = store
+        self._config = config
+        self._resolver = resolver
+        self._cache: dict[str, Domain] = {}
+        self._cache_version = -1
+
+    async def _refresh(self) -> None:
+        row = self._store.peek("SELECT version FROM admin_version")
+        version = row[0] if row else 0
+        if version == self._cache_version:
+            return
+        rows = await self._store.fetchall(f"SELECT {DOMAIN_COLUMNS} FROM domains")
+        recipients: dict[str, set[str]] = {}
+        for r in await self._store.fetchall("SELECT domain, address FROM authorized_recipients"):
+            recipients.setdefault(r["domain"], set()).add(r["address"])
+        self._cache = {
+            row["name"]: _row_to_domain(row, frozenset(recipients.get(row["name"], ())))
+            for row in rows
+        }
+        self._cache_version = version
+
+    async def get(self, name: str) -> Domain | None:
+        await self._refresh()
+        return self._cache.get(name.strip().lower())
+
+    async def all(self) -> list[Domain]:
+        await self._refresh()
+        return sorted(self._cache.values(), key=lambda d: (d.created_at, d.name))
+
+    async def create(
+        self,
+        name: str,
+        *,
+        sandbox: bool = False,
+        spam_action: str = "disabled",
+        wildcard: bool = False,
+        dkim_key_bits: int | None = None,
+        dkim_selector: str | None = None,
+        web_scheme: str = "http",
+        web_prefix: str = "email",
+    ) -> Domain:
+        name = name.strip().lower().rstrip(".")
+        if not valid_domain_name(name):
+            raise DomainError(f"'{name}' is not a valid domain name")
+        if spam_action not in ("disabled", "block", "tag", "delete", "mark"):
+            raise DomainError("spam_action must be one of disabled, block or tag")
+        if web_scheme not in ("http", "https"):
+            raise DomainError("web_scheme must be http or https")
+        if await self.get(name) is not None:
+            raise DomainError("This domain name is already taken")
+        bits = dkim_key_bits or self._config.domains.dkim_key_bits
+        if bits not in (1024, 2048):
+            raise DomainError("dkim_key_size must be 1024 or 2048")
+        private_pem, public_b64 = generate_dkim_key(bits)
+        try:
+            await self._store.write(
+                Statement(
+                    "INSERT INTO domains (name, id, created_at, type, state, spam_action, wildcard,"
+                    " web_prefix, web_scheme, dkim_selector, dkim_private_key, dkim_public_key)"
+                    " VALUES (?, ?, ?, ?, 'unverified', ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            name,
+                            secrets.token_hex(12),
+                            time.time(),
+                            "sandbox" if sandbox else "custom",
+                            spam_action,
+                            int(wildcard),
+                            web_prefix,
+                            web_scheme,
+                            dkim_selector or self._config.domains.dkim_selector,
+                            private_pem,
+                            public_b64,
+                        )
+                    ],
+                )
+            )
+        except sqlite3.IntegrityError:
+            raise DomainError("This domain name is already taken") from None
+        domain = await self.get(name)
+        assert domain is not None
+        return domain
+
+    async def delete(self, name: str) -> bool:
+        domain = await self.get(name)
+        if domain is None:
+            return False
+        await self._store.write(
+            Statement("DELETE FROM domains WHERE name = ?", [(domain.name,)]),
+            Statement("DELETE FROM authorized_recipients WHERE domain = ?", [(domain.name,)]),
+        )
+        return True
+
+    async def authorize(self, name: str, address: str) -> None:
+        """Add an authorised recipient to a sandbox domain (at most sandbox_max_recipients)."""
+        domain = await self.get(name)
+        if domain is None:
+            raise DomainError(f"Domain not found: {name}")
+        if not domain.is_sandbox:
+            raise DomainError(f"{domain.name} is not a sandbox domain")
+        address = address.strip().lower()
+        limit = self._config.sending.sandbox_max_recipients
+        if (
+            address not in domain.authorized_recipients
+            and len(domain.authorized_recipients) >= limit
+        ):
+            raise DomainError(f"a sandbox domain has at most {limit} authorized recipients")
+        await self._store.write(
+            Statement(
+                "INSERT OR IGNORE INTO authorized_recipients (domain, address, created_at)"
+                " VALUES (?, ?, ?)",
+                [(domain.name, address, time.time())],
+            )
+        )
+
+    async def deauthorize(self, name: str, address: str) -> None:
+        await self._store.write(
+            Statement(
+                "DELETE FROM authorized_recipients WHERE domain = ? AND address = ?",
+                [(name.strip().lower(), address.strip().lower())],
+            )
+        )
+
+    # -- DNS ----------------------------------------------------------------------------------
+
+    def sending_records(self, domain: Domain) -> list[DnsRecord]:
+        return [
+            DnsRecord("TXT", domain.name, self._config.spf_record),
+            DnsRecord("TXT", domain.dkim_host, domain.dkim_record),
+            DnsRecord("CNAME", f"{domain.web_prefix}.{domain.name}", self._config.tracking_host),
+        ]
+
+    def receiving_records(self, domain: Domain) -> list[DnsRecord]:
+        return [DnsRecord("MX", domain.name, host, "10") for host in self._config.mx_hosts]
+
+    async def verify(self, name: str) -> Domain:
+        """Look up every record we ask the operator to publish and store what was found."""
+        domain = await self.get(name)
+        if domain is None:
+            raise DomainError(f"Domain not found: {name}")
+        results: dict[str, Any] = {}
+        for record in self.sending_records(domain) + self.receiving_records(domain):
+            try:
+                observed = await self._resolver.query(record.name, record.record_type)
+            except DnsError:
+                results[record.key] = {"valid": "unknown", "cached": []}
+                continue
+            results[record.key] = {
+                "valid": "valid" if self._matches(record, observed) else "invalid",
+                "cached": observed,
+            }
+        records = self.sending_records(domain)
+        spf_ok = results[records[0].key]["valid"] == "valid"
+        dkim_ok = results[records[1].key]["valid"] == "valid"
+        state = domain.state
+        if state != "disabled":
+            state = "active" if spf_ok and dkim_ok else "unverified"
+        await self._store.write(
+            Statement(
+                "UPDATE domains SET state = ?, dns_checked_at = ?, dns_results = ? WHERE name = ?",
+                [(state, time.time(), orjson.dumps(results), domain.name)],
+            )
+        )
+        updated = await self.get(domain.name)
+        assert updated is not None
+        return updated
+
+    @staticmethod
+    def _matches(record: DnsRecord, observed: list[str]) -> bool:
+        if record.record_type == "MX":
+            return any(o.split()[-1].rstrip(".").lower() == record.value.lower() for o in observed)
+        if record.record_type == "CNAME":
+            return any(o.rstrip(".").lower() == record.value.lower() for o in observed)
+        if record.value.startswith("v=spf1"):
+            wanted = _spf_terms(record.value)
+            return any(o.lower().startswith("v=spf1") and wanted <= _spf_terms(o) for o in observed)
+        wanted_key = record.value.split("p=", 1)[1]
+        for o in observed:
+            tags = dict(part.strip().split("=", 1) for part in o.split(";") if "=" in part)
+            if "".join(tags.get("p", "").split()) == wanted_key:
+                return True
+        return False

@@ -1,0 +1,255 @@
+"""The SQLite-WAL store: one group-committing writer, async readers.
+
+Every write goes through `Store.write`, which returns only after the transaction holding it
+has committed (synchronous=FULL), so callers may acknowledge to clients right after.
+Writes that arrive while a commit is running are gathered into the next transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from mta.store.schema import MIGRATIONS
+
+log = logging.getLogger("mta.store")
+
+Row = sqlite3.Row
+Params = Sequence[Any]
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One SQL statement run once per row of parameters (executemany)."""
+
+    sql: str
+    rows: Sequence[Params] = ((),)
+
+
+@dataclass
+class _Job:
+    statements: Sequence[Statement]
+    future: asyncio.Future[None]
+    shape: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.shape = tuple(s.sql for s in self.statements)
+
+
+class StoreClosed(Exception):
+    pass
+
+
+def _connect(path: Path, busy_timeout_ms: int, *, readonly: bool = False) -> sqlite3.Connection:
+    uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    if not readonly:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply pending migrations; safe when several processes open the file at once."""
+    for number, script in enumerate(MIGRATIONS, start=1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = conn.execute("PRAGMA user_version").fetchone()[0]
+            if current >= number:
+                conn.execute("COMMIT")
+                continue
+            for sql in _split_script(script):
+                conn.execute(sql)
+            conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+            log.info("store: applied migration %d", number)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return len(MIGRATIONS)
+
+
+def _split_script(script: str) -> list[str]:
+    """Split on statement boundaries (triggers contain ';' inside BEGIN ... END)."""
+    statements, buffer = [], ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        statements.append(buffer.strip())
+    return statements
+
+
+class Store:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        commit_window_ms: float = 1.0,
+        max_batch: int = 1000,
+        busy_timeout_ms: int = 10_000,
+        readers: int = 2,
+    ) -> None:
+        self.path = path
+        self._window = commit_window_ms / 1000
+        self._max_batch = max_batch
+        self._busy_timeout_ms = busy_timeout_ms
+        self._reader_count = readers
+        self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
+        self._write_conn: sqlite3.Connection | None = None
+        self._writer_task: asyncio.Task[None] | None = None
+        self._readers: list[aiosqlite.Connection] = []
+        self._next_reader = itertools.cycle([0])
+        self._peek_conn: sqlite3.Connection | None = None
+        self._closed = False
+        self.commits = 0
+        self.committed_jobs = 0
+
+    @classmethod
+    async def open(cls, path: Path, **kwargs: Any) -> Store:
+        store = cls(path, **kwargs)
+        await store._open()
+        return store
+
+    async def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        self._write_conn = await loop.run_in_executor(
+            None, _connect, self.path, self._busy_timeout_ms
+        )
+        await loop.run_in_executor(None, migrate, self._write_conn)
+        for _ in range(self._reader_count):
+            reader = await aiosqlite.connect(self.path, isolation_level=None)
+            reader.row_factory = sqlite3.Row
+            await reader.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            self._readers.append(reader)
+        self._next_reader = itertools.cycle(range(len(self._readers)))
+        self._peek_conn = _connect(self.path, self._busy_timeout_ms, readonly=True)
+        self._writer_task = asyncio.create_task(self._writer_loop(), name="store-writer")
+
+    async def close(self) -> None:
+        """Finish every queued write, then close all connections."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._queue.put(None)
+        if self._writer_task is not None:
+            await self._writer_task
+        for reader in self._readers:
+            await reader.close()
+        if self._peek_conn is not None:
+            self._peek_conn.close()
+        if self._write_conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._write_conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._write_conn.close()
+
+    # -- writes -------------------------------------------------------------------------------
+
+    async def write(self, *statements: Statement) -> None:
+        """Run the statements in one transaction (shared with other writers); return once durable.
+
+        Jobs committed together must be independent of each other: statements of jobs with the
+        same shape are run grouped per statement (executemany), each job's own order kept.
+        A job that fails is retried alone so that it cannot fail the others; its error is raised.
+        """
+        if self._closed:
+            raise StoreClosed("store is closed")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Job(statements, future))
+        await future
+
+    async def _writer_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        stopping = False
+        while not stopping:
+            job = await self._queue.get()
+            if job is None:
+                break
+            batch = [job]
+            if self._queue.empty() and self._window > 0:
+                await asyncio.sleep(self._window)
+            while len(batch) < self._max_batch and not self._queue.empty():
+                nxt = self._queue.get_nowait()
+                if nxt is None:
+                    stopping = True
+                    break
+                batch.append(nxt)
+            try:
+                errors = await loop.run_in_executor(None, self._commit_batch, batch)
+            except Exception as exc:  # the connection itself failed
+                errors = [exc] * len(batch)
+            for item, error in zip(batch, errors, strict=True):
+                if item.future.done():
+                    continue
+                if error is None:
+                    item.future.set_result(None)
+                else:
+                    item.future.set_exception(error)
+
+    def _commit_batch(self, batch: list[_Job]) -> list[Exception | None]:
+        try:
+            self._run_transaction(batch)
+            self.commits += 1
+            self.committed_jobs += len(batch)
+            return [None] * len(batch)
+        except sqlite3.Error as exc:
+            if len(batch) == 1:
+                return [exc]
+        errors: list[Exception | None] = []
+        for job in batch:
+            try:
+                self._run_transaction([job])
+                self.commits += 1
+                self.committed_jobs += 1
+                errors.append(None)
+            except sqlite3.Error as exc:
+                errors.append(exc)
+        return errors
+
+    def _run_transaction(self, batch: list[_Job]) -> None:
+        conn = self._write_conn
+        assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for _shape, group in itertools.groupby(batch, key=lambda job: job.shape):
+                jobs = list(group)
+                for index, statement in enumerate(jobs[0].statements):
+                    rows = [row for job in jobs for row in job.statements[index].rows]
+                    conn.executemany(statement.sql, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    # -- reads --------------------------------------------------------------------------------
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        reader = self._readers[next(self._next_reader)]
+        async with reader.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
+        reader = self._readers[next(self._next_reader)]
+        async with reader.execute(sql, params) as cursor:
+            return await cursor.fetchone()
+
+    def peek(self, sql: str, params: Params = ()) -> Row | None:
+        """A point read on the event loop's own thread, for tiny indexed look-ups on hot paths
+        (a thread hand-off would cost more than the query)."""
+        assert self._peek_conn is not None
+        return self._peek_conn.execute(sql, params).fetchone()

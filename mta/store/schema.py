@@ -1,0 +1,118 @@
+"""Versioned schema. Each migration runs once, in order, in its own transaction at open.
+
+Tables and the modules that own them (only the owner writes SQL against them):
+- domains, authorized_recipients: mta.domains
+- api_keys: mta.keys
+- messages, recipients: mta.accept (writes), the outbound scheduler (delivery state)
+- events: mta.events
+- admin_version: bumped by triggers whenever admin data changes, so in-process caches of
+  domains and keys notice changes made by another process (the `mta` CLI).
+"""
+
+MIGRATIONS: list[str] = [
+    # 1: foundation
+    """
+    CREATE TABLE admin_version (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        version INTEGER NOT NULL
+    );
+    INSERT INTO admin_version (id, version) VALUES (1, 0);
+
+    CREATE TABLE domains (
+        name TEXT PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL,
+        type TEXT NOT NULL,
+        state TEXT NOT NULL,
+        spam_action TEXT NOT NULL DEFAULT 'disabled',
+        wildcard INTEGER NOT NULL DEFAULT 0,
+        require_tls INTEGER NOT NULL DEFAULT 0,
+        skip_verification INTEGER NOT NULL DEFAULT 0,
+        web_prefix TEXT NOT NULL DEFAULT 'email',
+        web_scheme TEXT NOT NULL DEFAULT 'http',
+        dkim_selector TEXT NOT NULL,
+        dkim_private_key TEXT NOT NULL,
+        dkim_public_key TEXT NOT NULL,
+        dns_checked_at REAL,
+        dns_results BLOB
+    );
+
+    CREATE TABLE authorized_recipients (
+        domain TEXT NOT NULL,
+        address TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (domain, address)
+    );
+
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        secret_hash BLOB NOT NULL UNIQUE,
+        domain TEXT,
+        description TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        revoked_at REAL
+    );
+
+    CREATE TABLE messages (
+        id TEXT PRIMARY KEY,
+        domain TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        sender TEXT NOT NULL,
+        options BLOB NOT NULL,
+        mime BLOB
+    );
+
+    CREATE TABLE recipients (
+        id INTEGER PRIMARY KEY,
+        message_id TEXT NOT NULL,
+        address TEXT NOT NULL,
+        mime BLOB,
+        user_variables BLOB,
+        state TEXT NOT NULL,
+        due_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        lease_until REAL NOT NULL DEFAULT 0
+    );
+    CREATE INDEX recipients_due ON recipients (state, due_at);
+    CREATE INDEX recipients_message ON recipients (message_id);
+
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL,
+        domain TEXT NOT NULL,
+        ts REAL NOT NULL,
+        event TEXT NOT NULL,
+        recipient TEXT NOT NULL DEFAULT '',
+        message_id TEXT NOT NULL DEFAULT '',
+        severity TEXT NOT NULL DEFAULT '',
+        tags TEXT NOT NULL DEFAULT '',
+        from_addr TEXT NOT NULL DEFAULT '',
+        to_addr TEXT NOT NULL DEFAULT '',
+        subject TEXT NOT NULL DEFAULT '',
+        size INTEGER NOT NULL DEFAULT 0,
+        recipients TEXT NOT NULL DEFAULT '',
+        attachments TEXT NOT NULL DEFAULT '',
+        list TEXT NOT NULL DEFAULT '',
+        payload BLOB NOT NULL
+    );
+    CREATE INDEX events_domain_ts ON events (domain, ts, seq);
+    CREATE INDEX events_message ON events (message_id);
+
+    CREATE TRIGGER domains_ins AFTER INSERT ON domains
+        BEGIN UPDATE admin_version SET version = version + 1; END;
+    CREATE TRIGGER domains_upd AFTER UPDATE ON domains
+        BEGIN UPDATE admin_version SET version = version + 1; END;
+    CREATE TRIGGER domains_del AFTER DELETE ON domains
+        BEGIN UPDATE admin_version SET version = version + 1; END;
+    CREATE TRIGGER authrcpt_ins AFTER INSERT ON authorized_recipients
+        BEGIN UPDATE admin_version SET version = version + 1; END;
+    CREATE TRIGGER authrcpt_del AFTER DELETE ON authorized_recipients
+        BEGIN UPDATE admin_version SET version = version + 1; END;
+    CREATE TRIGGER keys_ins AFTER INSERT ON api_keys
+        BEGIN UPDATE admin_version SET version = version + 1; END;
+    CREATE TRIGGER keys_upd AFTER UPDATE ON api_keys
+        BEGIN UPDATE admin_version SET version = version + 1; END;
+    CREATE TRIGGER keys_del AFTER DELETE ON api_keys
+        BEGIN UPDATE admin_version SET version = version + 1; END;
+    """,
+]
