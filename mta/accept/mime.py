@@ -105,7 +105,10 @@ def _text_part(content_type: str, text: str) -> str:
             f'Content-Type: {content_type}; charset="ascii"{CRLF}'
             f"Content-Transfer-Encoding: 7bit{CRLF}{CRLF}{text}"
         )
-    body = email.quoprimime.body_encode(text, maxlinelen=76, eol=CRLF)
+    # quoprimime encodes one character per byte: hand it the UTF-8 bytes as latin-1 text
+    body = email.quoprimime.body_encode(
+        text.encode("utf-8").decode("latin-1"), maxlinelen=76, eol=CRLF
+    )
     return (
         f'Content-Type: {content_type}; charset="utf-8"{CRLF}'
         f"Content-Transfer-Encoding: quoted-printable{CRLF}{CRLF}{body}"

@@ -51,7 +51,6 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         )
         if not is_send:
             return forbidden()
-    request["api_key"] = key
     return await handler(request)
 
 

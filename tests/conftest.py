@@ -1,0 +1,158 @@
+"""Shared fixtures: a real server on an ephemeral loopback port, with a real SQLite file in a
+temporary directory, and a real HTTP client authenticated with a real API key."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from mta.app import Server
+from mta.config import Config
+
+DOMAIN = "mg.example.test"
+
+
+def make_config(tmp_path: Path, **overrides: Any) -> Config:
+    config = Config()
+    config.server.data_dir = str(tmp_path / "var")
+    config.server.hostname = "mx.mta.test"
+    config.api.listen = "127.0.0.1:0"
+    config.dns.only_answers = True
+    config.domains.dkim_key_bits = 1024  # fast key generation; 2048 is tested on its own
+    for dotted, value in overrides.items():
+        section, key = dotted.split("__")
+        setattr(getattr(config, section), key, value)
+    return config
+
+
+def auth_header(key: str) -> dict[str, str]:
+    token = base64.b64encode(f"api:{key}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+@dataclass
+class Running:
+    server: Server
+    url: str
+    key: str
+    domain: str
+
+    @property
+    def services(self) -> Any:
+        return self.server.services
+
+    def session(self, key: str | None = None) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(self.url, headers=auth_header(key if key is not None
+                                                                   else self.key))
+
+
+@pytest.fixture
+async def start_server(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    """Start a server (config overrides as section__key=value); stopped after the test."""
+    started: list[Server] = []
+
+    async def start(**overrides: Any) -> Running:
+        server = Server(make_config(tmp_path, **overrides))
+        await server.start()
+        started.append(server)
+        assert server.services is not None
+        await server.services.domains.create(DOMAIN)
+        _, key = await server.services.keys.create()
+        return Running(server, f"http://127.0.0.1:{server.api_port}", key, DOMAIN)
+
+    yield start
+    for server in started:
+        await server.stop()
+
+
+@pytest.fixture
+async def running(start_server: Callable[..., Any]) -> Running:
+    return await start_server()
+
+
+@pytest.fixture
+async def api(running: Running) -> AsyncIterator[aiohttp.ClientSession]:
+    async with running.session() as session:
+        yield session
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Process:
+    """`mta serve` in a child process, for tests about the process itself."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    env: dict[str, str]
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run_cli(self.env, *args, check=check)
+
+
+def cli_env(tmp_path: Path, port: int = 0) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "MTA_SERVER_DATA_DIR": str(tmp_path / "var"),
+        "MTA_API_LISTEN": f"127.0.0.1:{port}",
+        "MTA_DNS_ONLY_ANSWERS": "true",
+        "MTA_DOMAINS_DKIM_KEY_BITS": "1024",
+    })
+    return env
+
+
+def run_cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mta", *args], env=env, capture_output=True, text=True,
+        timeout=60, check=check,
+    )
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError("server did not start listening")
+
+
+@pytest.fixture
+def server_process(tmp_path: Path) -> Iterator[Callable[[], Process]]:
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> Process:
+        port = free_port()
+        env = cli_env(tmp_path, port)
+        log = open(tmp_path / f"serve-{len(procs)}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mta", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        procs.append(proc)
+        wait_for_port(port, proc)
+        return Process(proc, f"http://127.0.0.1:{port}", env)
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,364 @@
+"""Sending over HTTP (manual: "Sending via API", "Batch Sending", "Attaching Data to Messages",
+"Tagging", "Scheduling Delivery", "Sending in Test Mode"), checked against what was stored."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import time
+
+import aiohttp
+import pytest
+
+from tests import storeview
+from tests.conftest import DOMAIN, Running
+
+pytestmark = pytest.mark.asyncio
+
+
+def message_id_of(body: dict) -> str:
+    assert body["message"] == "Queued. Thank you."
+    assert re.fullmatch(r"<[^<>@\s]+@mg\.example\.test>", body["id"]), body["id"]
+    return body["id"].strip("<>")
+
+
+async def send(api: aiohttp.ClientSession, data, path: str = "messages") -> tuple[int, dict]:
+    async with api.post(f"/v3/{DOMAIN}/{path}", data=data) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def test_the_manuals_first_curl_example_is_queued_with_mailguns_answer(running: Running):
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [
+            "curl", "-s", "--user", f"api:{running.key}",
+            f"{running.url}/v3/{DOMAIN}/messages",
+            "-F", f"from=Excited User <mailgun@{DOMAIN}>",
+            "-F", f"to=YOU@{DOMAIN}",
+            "-F", "to=bar@example.com",
+            "-F", "subject=Hello",
+            "-F", "text=Testing some Mailgun awesomness!",
+        ],
+        capture_output=True, text=True, timeout=30, check=True,
+    )
+    body = json.loads(result.stdout)
+    assert set(body) == {"id", "message"}
+    message_id = message_id_of(body)
+    db = running.services.config.db_path
+    rows = storeview.recipients(db, message_id)
+    assert [r["address"] for r in rows] == [f"YOU@{DOMAIN}", "bar@example.com"]
+    assert {r["state"] for r in rows} == {"queued"}
+    msg = storeview.message_for(db, message_id, "bar@example.com")
+    assert msg["From"] == f"Excited User <mailgun@{DOMAIN}>"
+    assert msg["To"] == f"YOU@{DOMAIN}, bar@example.com"
+    assert msg["Subject"] == "Hello"
+    assert msg["Message-Id"] == f"<{message_id}>"
+    assert msg.get_content() == "Testing some Mailgun awesomness!"
+    accepted = storeview.events(db, "accepted")
+    assert {e["recipient"] for e in accepted} == {"bar@example.com", f"YOU@{DOMAIN}"}
+
+
+async def test_stored_message_uses_crlf_line_ends_throughout(running: Running, api):
+    status, body = await send(api, {"from": f"a@{DOMAIN}", "to": "b@example.net",
+                                    "subject": "s", "text": "one\ntwo\r\nthree"})
+    assert status == 200
+    rows = storeview.recipients(running.services.config.db_path, message_id_of(body))
+    mime = rows[0]["mime"]
+    assert b"\n" not in mime.replace(b"\r\n", b"")
+    assert b"one\r\ntwo\r\nthree" in mime
+
+
+async def test_full_send_builds_alternative_related_and_mixed_parts(running: Running, api):
+    form = aiohttp.FormData()
+    form.add_field("from", f"Sender <sender@{DOMAIN}>")
+    form.add_field("to", "Alice <alice@example.net>")
+    form.add_field("to", "bob@example.net")
+    form.add_field("cc", "carol@example.net")
+    form.add_field("bcc", "dave@example.net")
+    form.add_field("subject", "Hello")
+    form.add_field("text", "Plain body")
+    form.add_field("html", '<p>Hi <img src="cid:logo.png"></p>')
+    form.add_field("attachment", b"%PDF-1.4 fake", filename="report.pdf",
+                   content_type="application/pdf")
+    form.add_field("inline", b"\x89PNG\r\n\x1a\nfake", filename="logo.png",
+                   content_type="image/png")
+    status, body = await send(api, form)
+    assert status == 200, body
+    message_id = message_id_of(body)
+    db = running.services.config.db_path
+    rows = storeview.recipients(db, message_id)
+    assert [r["address"] for r in rows] == [
+        "alice@example.net", "bob@example.net", "carol@example.net", "dave@example.net"
+    ]
+    msg = storeview.message_for(db, message_id, "dave@example.net")
+    assert "Bcc" not in msg
+    assert "dave@example.net" not in bytes(msg).decode()
+    assert msg["To"] == "Alice <alice@example.net>, bob@example.net"
+    assert msg["Cc"] == "carol@example.net"
+    assert msg.get_content_type() == "multipart/mixed"
+    body_part, attachment = msg.get_payload()
+    assert body_part.get_content_type() == "multipart/alternative"
+    text, related = body_part.get_payload()
+    assert text.get_content() == "Plain body"
+    assert related.get_content_type() == "multipart/related"
+    html, image = related.get_payload()
+    assert html.get_content() == '<p>Hi <img src="cid:logo.png"></p>'
+    assert image["Content-ID"] == "<logo.png>"
+    assert image.get_content_disposition() == "inline"
+    assert image.get_content() == b"\x89PNG\r\n\x1a\nfake"
+    assert attachment.get_filename() == "report.pdf"
+    assert attachment.get_content_type() == "application/pdf"
+    assert attachment.get_content() == b"%PDF-1.4 fake"
+    event = storeview.events(db, "accepted")[0]
+    assert event["message"]["attachments"] == [
+        {"filename": "report.pdf", "content-type": "application/pdf", "size": 13},
+        {"filename": "logo.png", "content-type": "image/png", "size": 12},
+    ]
+
+
+async def test_inline_file_named_by_its_content_id_gets_that_content_id(running: Running, api):
+    form = aiohttp.FormData(quote_fields=False)  # file names go raw, as requests sends them
+    for name, value in (("from", f"sender@{DOMAIN}"), ("to", "alice@example.net"),
+                        ("subject", "Full"), ("text", "t"),
+                        ("html", '<img src="cid:logo123@example.test">')):
+        form.add_field(name, value)
+    form.add_field("inline", b"png", filename="logo123@example.test", content_type="image/png")
+    status, body = await send(api, form)
+    assert status == 200
+    msg = storeview.message_for(running.services.config.db_path, message_id_of(body),
+                                "alice@example.net")
+    images = [p for p in msg.walk() if p.get_content_type() == "image/png"]
+    assert [p["Content-ID"] for p in images] == ["<logo123@example.test>"]
+
+
+async def test_options_tags_variables_and_custom_headers_are_kept(running: Running, api):
+    when = time.time() + 3600
+    data = [
+        ("from", f"Sender <sender@{DOMAIN}>"), ("to", "alice@example.net"),
+        ("subject", "Hello"), ("text", "Plain body"),
+        ("o:tag", "Newsletter"), ("o:tag", "september"), ("o:campaign", "camp1"),
+        ("o:deliverytime", time.strftime("%a, %d %b %Y %H:%M:%S -0000", time.gmtime(when))),
+        ("o:testmode", "yes"), ("o:tracking", "yes"), ("o:tracking-clicks", "htmlonly"),
+        ("o:tracking-opens", "True"), ("o:require-tls", "true"),
+        ("o:skip-verification", "False"), ("o:dkim", "yes"),
+        ("h:X-Custom-Header", "custom-value"), ("h:Reply-To", "replies@example.net"),
+        ("h:X-Mailgun-Variables", '{"via": "header"}'),
+        ("v:order-id", "12345"), ("v:my-json", '{"a": 1}'),
+    ]
+    status, body = await send(api, data)
+    assert status == 200, body
+    message_id = message_id_of(body)
+    db = running.services.config.db_path
+    msg = storeview.message_for(db, message_id, "alice@example.net")
+    assert msg["X-Custom-Header"] == "custom-value"
+    assert msg["Reply-To"] == "replies@example.net"
+    assert msg.get_all("X-Mailgun-Variables") == [
+        '{"via":"header","order-id":"12345","my-json":"{\\"a\\": 1}"}'
+    ]
+    opts = storeview.options(db, message_id)
+    assert opts["tags"] == ["newsletter", "september"]
+    assert opts["campaigns"] == ["camp1"]
+    assert opts["test_mode"] is True
+    assert opts["tracking"] is True
+    assert opts["tracking_clicks"] == "htmlonly"
+    assert opts["tracking_opens"] is True
+    assert opts["require_tls"] is True
+    assert opts["dkim"] is True
+    assert "skip_verification" not in opts  # false is the default
+    (row,) = storeview.recipients(db, message_id)
+    assert row["due_at"] == pytest.approx(int(when), abs=1)
+    (event,) = storeview.events(db, "accepted")
+    assert event["tags"] == ["newsletter", "september"]
+    assert event["campaigns"] == [{"id": "camp1", "name": "camp1"}]
+    assert event["flags"]["is-test-mode"] is True
+    assert event["user-variables"] == {"via": "header", "order-id": "12345", "my-json": '{"a": 1}'}
+
+
+async def test_deliverytime_as_epoch_and_gmt_forms_are_both_understood(running: Running, api):
+    when = int(time.time()) + 7200
+    for value in (str(when), time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(when))):
+        status, body = await send(api, {"from": f"s@{DOMAIN}", "to": "a@example.net",
+                                        "text": "x", "o:deliverytime": value})
+        assert status == 200, body
+        (row,) = storeview.recipients(running.services.config.db_path, message_id_of(body))
+        assert row["due_at"] == pytest.approx(when, abs=1)
+
+
+async def test_non_ascii_subject_names_and_body_survive_encoding(running: Running, api):
+    status, body = await send(api, {
+        "from": f"Zoë Ünïcode <zoe@{DOMAIN}>", "to": "Jörg <joerg@example.net>",
+        "subject": "Grüße – ☃ " + "long " * 30, "text": "Ça va? ☃\nNächste Zeile",
+        "html": "<p>Größe ☃</p>",
+    })
+    assert status == 200, body
+    mime = storeview.recipients(running.services.config.db_path, message_id_of(body))[0]["mime"]
+    head = mime.split(b"\r\n\r\n", 1)[0]
+    assert head.isascii()
+    assert all(len(line) <= 998 for line in mime.split(b"\r\n"))
+    msg = storeview.parse(mime)
+    assert msg["Subject"] == "Grüße – ☃ " + "long " * 30
+    assert msg["From"].addresses[0].display_name == "Zoë Ünïcode"
+    assert msg["To"].addresses[0].display_name == "Jörg"
+    text, html = msg.get_payload()
+    # Python's parser keeps a quoted-printable hard line break as CRLF
+    assert text.get_content().replace("\r\n", "\n") == "Ça va? ☃\nNächste Zeile"
+    assert b"=C3=87a va? =E2=98=83\r\nN=C3=A4chste Zeile" in mime
+    assert html.get_content() == "<p>Größe ☃</p>"
+
+
+async def test_batch_with_recipient_variables_personalises_each_copy(running: Running, api):
+    data = [
+        ("from", f"Excited User <me@{DOMAIN}>"), ("to", "alice@example.com"),
+        ("to", "Bob <bob@example.com>"), ("cc", "boss@example.com"),
+        ("recipient-variables", json.dumps({
+            "bob@example.com": {"first": "Bob", "id": 1, "v:cust": "B",
+                                "h:List-Unsubscribe": "<https://u.example/b>"},
+            "alice@example.com": {"first": "Alice", "id": 2, "v:cust": "A",
+                                  "h:List-Unsubscribe": "<https://u.example/a>"},
+        })),
+        ("subject", "Hey, %recipient.first%"),
+        ("text", "If you wish to unsubscribe, click http://mailgun/unsubscribe/%recipient.id%"
+                 " (%recipient.missing%) %recipient_email%"),
+        ("v:cust", "%recipient.v:cust%"),
+        ("h:List-Unsubscribe", "%recipient.h:List-Unsubscribe%"),
+    ]
+    status, body = await send(api, data)
+    assert status == 200, body
+    message_id = message_id_of(body)
+    db = running.services.config.db_path
+    alice = storeview.message_for(db, message_id, "alice@example.com")
+    assert alice["To"] == "alice@example.com"
+    assert alice["Cc"] == "boss@example.com"
+    assert alice["Subject"] == "Hey, Alice"
+    assert alice.get_content() == (
+        "If you wish to unsubscribe, click http://mailgun/unsubscribe/2 () alice@example.com"
+    )
+    assert alice["List-Unsubscribe"] == "<https://u.example/a>"
+    assert json.loads(alice["X-Mailgun-Variables"]) == {"cust": "A"}
+    bob = storeview.message_for(db, message_id, "bob@example.com")
+    assert bob["To"] == "Bob <bob@example.com>"
+    assert bob["Subject"] == "Hey, Bob"
+    assert "unsubscribe/1 ()" in bob.get_content()
+    # the cc'd address gets each personalised copy (as Mailgun does)
+    rows = storeview.recipients(db, message_id)
+    assert [r["address"] for r in rows] == [
+        "alice@example.com", "boss@example.com", "bob@example.com", "boss@example.com"
+    ]
+    by_recipient = {}
+    for event in storeview.events(db, "accepted"):
+        by_recipient.setdefault(event["recipient"], []).append(event)
+    assert by_recipient["alice@example.com"][0]["message"]["headers"]["to"] == "alice@example.com"
+    assert by_recipient["alice@example.com"][0]["user-variables"] == {"cust": "A"}
+    assert by_recipient["bob@example.com"][0]["user-variables"] == {"cust": "B"}
+    assert len(by_recipient["boss@example.com"]) == 2
+
+
+async def test_several_to_without_recipient_variables_is_one_message_to_all(running: Running, api):
+    status, body = await send(api, [("from", f"s@{DOMAIN}"), ("to", "a@example.net"),
+                                    ("to", "b@example.net, c@example.net"),
+                                    ("subject", "Hi %recipient.first%"), ("text", "x")])
+    assert status == 200
+    rows = storeview.recipients(running.services.config.db_path, message_id_of(body))
+    assert len(rows) == 3
+    assert len({r["mime"] for r in rows}) == 1
+    msg = storeview.parse(rows[0]["mime"])
+    assert msg["To"] == "a@example.net, b@example.net, c@example.net"
+    assert msg["Subject"] == "Hi %recipient.first%"
+
+
+async def test_mime_send_accepts_message_as_file_part_and_as_text_field(running: Running, api):
+    mime = (
+        f"From: sender@{DOMAIN}\nTo: alice@example.net\nSubject: Pre-built\n"
+        "Message-Id: <prebuilt.1@client.example>\n\nHello from MIME\n"
+    )
+    as_file = aiohttp.FormData()
+    as_file.add_field("to", "alice@example.net")
+    as_file.add_field("to", "hidden@example.net")
+    as_file.add_field("message", mime.encode(), filename="message")
+    status, body = await send(api, as_file, "messages.mime")
+    assert status == 200, body
+    assert body["id"] == "<prebuilt.1@client.example>"
+    db = running.services.config.db_path
+    rows = storeview.recipients(db, "prebuilt.1@client.example")
+    assert [r["address"] for r in rows] == ["alice@example.net", "hidden@example.net"]
+    stored = rows[0]["mime"]
+    assert b"\r\n\r\nHello from MIME\r\n" in stored
+    assert b"Date: " in stored  # added when missing
+
+    as_text = aiohttp.FormData()
+    as_text.add_field("to", "alice@example.net")
+    as_text.add_field("message", mime.replace("prebuilt.1", "prebuilt.2"))
+    status, body = await send(api, as_text, "messages.mime")
+    assert status == 200, body
+    assert body["id"] == "<prebuilt.2@client.example>"
+
+
+async def test_mime_send_without_message_id_gets_one(running: Running, api):
+    form = aiohttp.FormData()
+    form.add_field("to", "alice@example.net")
+    form.add_field("o:tag", "mime")
+    form.add_field("v:k", "v")
+    form.add_field("message", f"From: s@{DOMAIN}\r\nSubject: x\r\n\r\nbody\r\n".encode(),
+                   filename="message")
+    status, body = await send(api, form, "messages.mime")
+    assert status == 200
+    message_id = message_id_of(body)
+    msg = storeview.message_for(running.services.config.db_path, message_id, "alice@example.net")
+    assert msg["Message-Id"] == f"<{message_id}>"
+    assert json.loads(msg["X-Mailgun-Variables"]) == {"k": "v"}
+    (event,) = storeview.events(running.services.config.db_path, "accepted")
+    assert event["tags"] == ["mime"]
+    assert event["message"]["headers"]["subject"] == "x"
+
+
+async def test_sandbox_domain_sends_only_to_authorised_recipients(running: Running, api):
+    domains = running.services.domains
+    await domains.create("sandbox1.example.test", sandbox=True)
+    await domains.authorize("sandbox1.example.test", "Friend@Example.net")
+    async with api.post("/v3/sandbox1.example.test/messages", data={
+        "from": "me@sandbox1.example.test", "to": "friend@example.net", "text": "hi",
+    }) as resp:
+        assert resp.status == 200
+    async with api.post("/v3/sandbox1.example.test/messages", data={
+        "from": "me@sandbox1.example.test", "to": "friend@example.net, stranger@example.net",
+        "text": "hi",
+    }) as resp:
+        assert resp.status == 400
+        message = (await resp.json())["message"]
+    assert message.startswith("Domain sandbox1.example.test is not allowed to send")
+    assert "stranger@example.net" in message
+    for n in range(4):
+        await domains.authorize("sandbox1.example.test", f"r{n}@example.net")
+    with pytest.raises(Exception, match="at most 5"):
+        await domains.authorize("sandbox1.example.test", "sixth@example.net")
+
+
+async def test_urlencoded_and_multipart_forms_are_equivalent(running: Running, api):
+    fields = {"from": f"s@{DOMAIN}", "to": "a@example.net", "subject": "same", "text": "same"}
+    status_a, body_a = await send(api, fields)
+    form = aiohttp.FormData(fields)
+    form._is_multipart = True
+    status_b, body_b = await send(api, form)
+    assert status_a == status_b == 200
+    db = running.services.config.db_path
+    a = storeview.message_for(db, message_id_of(body_a), "a@example.net")
+    b = storeview.message_for(db, message_id_of(body_b), "a@example.net")
+    assert (a["Subject"], a.get_content()) == (b["Subject"], b.get_content())
+
+
+async def test_concurrent_sends_are_each_acknowledged_after_their_commit(running: Running, api):
+    async def one(n: int) -> str:
+        status, body = await send(api, {"from": f"s@{DOMAIN}", "to": f"r{n}@example.net",
+                                        "text": str(n)})
+        assert status == 200
+        return message_id_of(body)
+
+    ids = await asyncio.gather(*(one(n) for n in range(200)))
+    db = running.services.config.db_path
+    assert storeview.counts(db)["messages"] == 200
+    for message_id in ids:
+        assert len(storeview.recipients(db, message_id)) == 1
+    store = running.services.store
+    assert store.commits < store.committed_jobs  # writes were grouped into shared commits
