@@ -49,6 +49,7 @@ class ApiConfig:
     max_request_bytes: int = setting(
         54_945_382, "largest request body accepted (Mailgun: 52.4 MiB)"
     )
+    max_form_fields: int = setting(5000, "most form fields in one request (1,000 `to` fit)")
 
 
 @dataclass

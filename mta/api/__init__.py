@@ -82,6 +82,7 @@ def build_app(services: Services) -> web.Application:
     app = web.Application(
         middlewares=[error_middleware, auth_middleware],
         client_max_size=services.config.api.max_request_bytes,
+        client_max_fields=services.config.api.max_form_fields,
     )
     app[SERVICES] = services
     routes: list[tuple[str, str, Handler]] = [
