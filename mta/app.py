@@ -54,6 +54,14 @@ class Server:
 
     async def start(self) -> None:
         self.services = await open_services(self.config)
+        try:
+            await self._start_listeners()
+        except BaseException:
+            await self.stop()  # close the store so its threads do not keep the process alive
+            raise
+
+    async def _start_listeners(self) -> None:
+        assert self.services is not None
         host, port = parse_listen("api.listen", self.config.api.listen)
         self.runner = web.AppRunner(build_app(self.services), access_log=None, handle_signals=False)
         await self.runner.setup()
@@ -61,6 +69,10 @@ class Server:
         await site.start()
         self.api_port = self.runner.addresses[0][1]
         self._purger = asyncio.create_task(self._purge_loop(), name="events-purge")
+        if not any(k.revoked_at is None for k in await self.services.keys.list()):
+            log.warning("no API keys yet: create one with `mta key create`")
+        if not await self.services.domains.all():
+            log.warning("no domains yet: add one with `mta domain add NAME`")
         log.info(
             "mta: HTTP API listening on %s:%d, store %s", host, self.api_port, self.config.db_path
         )
