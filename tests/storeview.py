@@ -31,7 +31,7 @@ def recipients(db: Path, message_id: str) -> list[dict[str, Any]]:
         rows = conn.execute(
             "SELECT r.address, r.state, r.due_at, coalesce(r.mime, m.mime) AS mime,"
             " r.user_variables, m.options, m.sender FROM recipients r"
-            " JOIN messages m ON m.id = r.message_id WHERE r.message_id = ? ORDER BY r.id",
+            " JOIN messages m ON m.key = r.message_key WHERE m.message_id = ? ORDER BY r.id",
             (message_id,),
         ).fetchall()
     return [dict(row) for row in rows]
@@ -58,5 +58,5 @@ def events(db: Path, kind: str | None = None) -> list[dict[str, Any]]:
 
 def options(db: Path, message_id: str) -> dict[str, Any]:
     with connect(db) as conn:
-        row = conn.execute("SELECT options FROM messages WHERE id = ?", (message_id,)).fetchone()
+        row = conn.execute("SELECT options FROM messages WHERE message_id = ?", (message_id,)).fetchone()
     return orjson.loads(row[0])

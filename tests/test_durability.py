@@ -48,9 +48,10 @@ async def test_every_acknowledged_message_survives_kill_9(server_process, tmp_pa
 
     db = tmp_path / "var" / "mta.db"
     with sqlite3.connect(db) as conn:
-        stored = {row[0] for row in conn.execute("SELECT id FROM messages")}
+        stored = {row[0] for row in conn.execute("SELECT message_id FROM messages")}
         per_message = dict(conn.execute(
-            "SELECT message_id, count(*) FROM recipients GROUP BY message_id"
+            "SELECT m.message_id, count(*) FROM recipients r"
+            " JOIN messages m ON m.key = r.message_key GROUP BY m.message_id"
         ).fetchall())
         events = dict(conn.execute(
             "SELECT message_id, count(*) FROM events WHERE event = 'accepted'"

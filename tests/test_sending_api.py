@@ -362,3 +362,40 @@ async def test_concurrent_sends_are_each_acknowledged_after_their_commit(running
         assert len(storeview.recipients(db, message_id)) == 1
     store = running.services.store
     assert store.commits < store.committed_jobs  # writes were grouped into shared commits
+
+
+async def test_resending_the_same_mime_message_id_queues_it_again(running: Running, api):
+    mime = f"From: s@{DOMAIN}\r\nMessage-Id: <same.1@client.example>\r\n\r\nbody\r\n".encode()
+    for _ in range(2):
+        form = aiohttp.FormData()
+        form.add_field("to", "alice@example.net")
+        form.add_field("message", mime, filename="message")
+        status, body = await send(api, form, "messages.mime")
+        assert status == 200, body
+        assert body["id"] == "<same.1@client.example>"
+    rows = storeview.recipients(running.services.config.db_path, "same.1@client.example")
+    assert [r["address"] for r in rows] == ["alice@example.net", "alice@example.net"]
+
+
+async def test_large_batches_and_bodies_do_not_stall_other_clients(running: Running, api):
+    """A 1,000-recipient batch is built off the event loop: small sends finish meanwhile."""
+    batch = [("from", f"s@{DOMAIN}"), ("subject", "Hi %recipient.n%"), ("text", "x" * 2000),
+             ("recipient-variables", json.dumps({f"r{n}@example.net": {"n": n}
+                                                 for n in range(1000)}))]
+    batch += [("to", f"r{n}@example.net") for n in range(1000)]
+    finished: list[str] = []
+
+    async def small(n: int) -> None:
+        status, _ = await send(api, {"from": f"s@{DOMAIN}", "to": f"q{n}@example.net",
+                                     "text": "x"})
+        assert status == 200
+        finished.append("small")
+
+    async def big() -> None:
+        status, _ = await send(api, batch)
+        assert status == 200
+        finished.append("big")
+
+    await asyncio.gather(big(), *(small(n) for n in range(5)))
+    assert finished[-1] == "big"
+    assert storeview.counts(running.services.config.db_path)["recipients"] == 1005

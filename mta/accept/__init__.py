@@ -7,7 +7,9 @@ returned does the caller answer 200 / 250.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import functools
 import logging
 import re
 import secrets
@@ -217,6 +219,27 @@ class Acceptor:
                 "Send options (parameters starting with o:, h:, or v:) are limited to 16 kB total"
             )
 
+        prepare = functools.partial(self._prepare, domain, sub, from_, to, cc, bcc, now)
+        if _is_heavy(sub, len(everyone)):
+            # big bodies and large batches are built off the event loop: other clients go on
+            message_id, statements = await asyncio.to_thread(prepare)
+        else:
+            message_id, statements = prepare()
+        await self._store.write(*statements)
+        return message_id
+
+    def _prepare(
+        self,
+        domain: Domain,
+        sub: Submission,
+        from_: list[Address],
+        to: list[Address],
+        cc: list[Address],
+        bcc: list[Address],
+        now: float,
+    ) -> tuple[str, list[Statement]]:
+        """Build every copy and the rows that store them (no I/O)."""
+        limits = self._config.sending
         message_id = new_message_id(domain.name, now)
         if sub.mime is not None:
             shared, copies, message_id, headers = self._copies_from_mime(
@@ -233,8 +256,8 @@ class Acceptor:
                 413,
             )
         sender = sub.envelope_sender or (from_[0].addr if from_ else headers["from-addr"])
-        await self._store_message(domain, sub, message_id, sender, shared, copies, headers, now)
-        return message_id
+        statements = self._statements(domain, sub, message_id, sender, shared, copies, headers, now)
+        return message_id, statements
 
     def _check_options(self, sub: Submission, now: float) -> None:
         opts = sub.options
@@ -391,7 +414,7 @@ class Acceptor:
 
     # -- storing -----------------------------------------------------------------------------
 
-    async def _store_message(
+    def _statements(
         self,
         domain: Domain,
         sub: Submission,
@@ -401,8 +424,9 @@ class Acceptor:
         copies: list[_Copy],
         summary: dict[str, Any],
         now: float,
-    ) -> None:
+    ) -> list[Statement]:
         opts = sub.options
+        key = secrets.token_urlsafe(24)
         due = opts.deliver_at if opts.deliver_at is not None else now
         all_recipients = [r.addr for c in copies for r in c.recipients]
         recipient_rows, events = [], []
@@ -411,25 +435,25 @@ class Acceptor:
             variables_blob = orjson.dumps(copy.user_variables) if copy.mime is not None else None
             for rcpt in copy.recipients:
                 recipient_rows.append(
-                    (message_id, rcpt.addr, copy.mime, variables_blob, "queued", due)
+                    (key, rcpt.addr, copy.mime, variables_blob, "queued", due)
                 )
                 events.append(
                     self._accepted_event(sub, sender, rcpt, copy, summary, all_recipients, size)
                 )
         options = orjson.dumps(opts.as_json() | {"user-variables": sub.user_variables})
-        await self._store.write(
+        return [
             Statement(
-                "INSERT INTO messages (id, domain, created_at, sender, options, mime)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [(message_id, domain.name, now, sender, options, shared)],
+                "INSERT INTO messages (key, message_id, domain, created_at, sender, options, mime)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(key, message_id, domain.name, now, sender, options, shared)],
             ),
             Statement(
-                "INSERT INTO recipients (message_id, address, mime, user_variables, state, due_at)"
+                "INSERT INTO recipients (message_key, address, mime, user_variables, state, due_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 recipient_rows,
             ),
             event_statement(domain.name, events),
-        )
+        ]
 
     def _accepted_event(
         self,
@@ -527,6 +551,22 @@ _RESERVED_HEADERS = {
     "content-transfer-encoding",
     "x-mailgun-variables",
 }
+
+
+_HEAVY_BYTES = 256 * 1024
+_HEAVY_RECIPIENTS = 50
+
+
+def _is_heavy(sub: Submission, recipients: int) -> bool:
+    if recipients > _HEAVY_RECIPIENTS:
+        return True
+    if sub.mime is not None:
+        return len(sub.mime) > _HEAVY_BYTES
+    parts = sub.parts
+    return parts is not None and (
+        sum(len(a.data) for a in parts.attachments) > _HEAVY_BYTES
+        or len(parts.html or "") + len(parts.text or "") > _HEAVY_BYTES
+    )
 
 
 def _same(text: str) -> str:

@@ -3,7 +3,8 @@
 Tables and the modules that own them (only the owner writes SQL against them):
 - domains, authorized_recipients: mta.domains
 - api_keys: mta.keys
-- messages, recipients: mta.accept (writes), the outbound scheduler (delivery state)
+- messages, recipients: mta.accept (writes), the outbound scheduler (delivery state).
+  A message's `key` is its storage key; its Message-Id need not be unique (clients resend).
 - events: mta.events
 - admin_version: bumped by triggers whenever admin data changes, so in-process caches of
   domains and keys notice changes made by another process (the `mta` CLI).
@@ -54,7 +55,8 @@ MIGRATIONS: list[str] = [
     );
 
     CREATE TABLE messages (
-        id TEXT PRIMARY KEY,
+        key TEXT PRIMARY KEY,
+        message_id TEXT NOT NULL,
         domain TEXT NOT NULL,
         created_at REAL NOT NULL,
         sender TEXT NOT NULL,
@@ -62,9 +64,11 @@ MIGRATIONS: list[str] = [
         mime BLOB
     );
 
+    CREATE INDEX messages_message_id ON messages (message_id);
+
     CREATE TABLE recipients (
         id INTEGER PRIMARY KEY,
-        message_id TEXT NOT NULL,
+        message_key TEXT NOT NULL,
         address TEXT NOT NULL,
         mime BLOB,
         user_variables BLOB,
@@ -74,7 +78,7 @@ MIGRATIONS: list[str] = [
         lease_until REAL NOT NULL DEFAULT 0
     );
     CREATE INDEX recipients_due ON recipients (state, due_at);
-    CREATE INDEX recipients_message ON recipients (message_id);
+    CREATE INDEX recipients_message ON recipients (message_key);
 
     CREATE TABLE events (
         seq INTEGER PRIMARY KEY,
