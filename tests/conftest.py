@@ -53,8 +53,9 @@ class Running:
         return self.server.services
 
     def session(self, key: str | None = None) -> aiohttp.ClientSession:
-        return aiohttp.ClientSession(self.url, headers=auth_header(key if key is not None
-                                                                   else self.key))
+        return aiohttp.ClientSession(
+            self.url, headers=auth_header(key if key is not None else self.key)
+        )
 
 
 @pytest.fixture
@@ -107,19 +108,27 @@ class Process:
 
 def cli_env(tmp_path: Path, port: int = 0) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({
-        "MTA_SERVER_DATA_DIR": str(tmp_path / "var"),
-        "MTA_API_LISTEN": f"127.0.0.1:{port}",
-        "MTA_DNS_ONLY_ANSWERS": "true",
-        "MTA_DOMAINS_DKIM_KEY_BITS": "1024",
-    })
+    env.update(
+        {
+            "MTA_SERVER_DATA_DIR": str(tmp_path / "var"),
+            "MTA_API_LISTEN": f"127.0.0.1:{port}",
+            "MTA_DNS_ONLY_ANSWERS": "true",
+            "MTA_DOMAINS_DKIM_KEY_BITS": "1024",
+        }
+    )
     return env
 
 
-def run_cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    env: dict[str, str], *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mta", *args], env=env, capture_output=True, text=True,
-        timeout=60, check=check,
+        [sys.executable, "-m", "mta", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=check,
     )
 
 

@@ -58,5 +58,7 @@ def events(db: Path, kind: str | None = None) -> list[dict[str, Any]]:
 
 def options(db: Path, message_id: str) -> dict[str, Any]:
     with connect(db) as conn:
-        row = conn.execute("SELECT options FROM messages WHERE message_id = ?", (message_id,)).fetchone()
+        row = conn.execute(
+            "SELECT options FROM messages WHERE message_id = ?", (message_id,)
+        ).fetchone()
     return orjson.loads(row[0])

@@ -54,14 +54,14 @@ def test_environment_wins_over_the_file(tmp_path: Path):
     ("text", "env", "names"),
     [
         ("[api]\nlisten = 8080\n", {}, "api.listen"),
-        ("[api]\nlisten = \"nonsense\"\n", {}, "api.listen"),
-        ("[api]\nlisen = \"127.0.0.1:1\"\n", {}, "api.lisen: unknown setting"),
+        ('[api]\nlisten = "nonsense"\n', {}, "api.listen"),
+        ('[api]\nlisen = "127.0.0.1:1"\n', {}, "api.lisen: unknown setting"),
         ("[nosuch]\nx = 1\n", {}, "nosuch: unknown section"),
-        ("[sending]\nmax_recipients = \"many\"\n", {}, "sending.max_recipients"),
+        ('[sending]\nmax_recipients = "many"\n', {}, "sending.max_recipients"),
         ("", {"MTA_SENDING_MAX_RECIPIENTS": "many"}, "MTA_SENDING_MAX_RECIPIENTS"),
         ("", {"MTA_DNS_ONLY_ANSWERS": "perhaps"}, "MTA_DNS_ONLY_ANSWERS"),
         ("[domains]\ndkim_key_bits = 4096\n", {}, "domains.dkim_key_bits"),
-        ("[dns]\nanswers = { \"nospace\" = [] }\n", {}, "dns.answers"),
+        ('[dns]\nanswers = { "nospace" = [] }\n', {}, "dns.answers"),
         ("[api\n", {}, "config file"),
     ],
 )

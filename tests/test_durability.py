@@ -27,13 +27,17 @@ async def test_every_acknowledged_message_survives_kill_9(server_process, tmp_pa
         n = 0
         while not stop.is_set():
             n += 1
-            data = [("from", f"s@{DOMAIN}"), ("to", f"w{worker}-{n}@example.net"),
-                    ("to", f"copy{worker}-{n}@example.net"), ("text", "x" * 500)]
+            data = [
+                ("from", f"s@{DOMAIN}"),
+                ("to", f"w{worker}-{n}@example.net"),
+                ("to", f"copy{worker}-{n}@example.net"),
+                ("text", "x" * 500),
+            ]
             try:
                 async with session.post(f"/v3/{DOMAIN}/messages", data=data) as resp:
                     if resp.status == 200:
                         acknowledged.append((await resp.json())["id"].strip("<>"))
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 return
 
     async with aiohttp.ClientSession(proc.url, headers=auth_header(key)) as session:
@@ -49,14 +53,18 @@ async def test_every_acknowledged_message_survives_kill_9(server_process, tmp_pa
     db = tmp_path / "var" / "mta.db"
     with sqlite3.connect(db) as conn:
         stored = {row[0] for row in conn.execute("SELECT message_id FROM messages")}
-        per_message = dict(conn.execute(
-            "SELECT m.message_id, count(*) FROM recipients r"
-            " JOIN messages m ON m.key = r.message_key GROUP BY m.message_id"
-        ).fetchall())
-        events = dict(conn.execute(
-            "SELECT message_id, count(*) FROM events WHERE event = 'accepted'"
-            " GROUP BY message_id"
-        ).fetchall())
+        per_message = dict(
+            conn.execute(
+                "SELECT m.message_id, count(*) FROM recipients r"
+                " JOIN messages m ON m.key = r.message_key GROUP BY m.message_id"
+            ).fetchall()
+        )
+        events = dict(
+            conn.execute(
+                "SELECT message_id, count(*) FROM events WHERE event = 'accepted'"
+                " GROUP BY message_id"
+            ).fetchall()
+        )
     missing = [m for m in acknowledged if m not in stored]
     assert not missing, f"{len(missing)} acknowledged messages lost"
     # nothing half-written: every stored message has both recipients and both events
@@ -66,8 +74,9 @@ async def test_every_acknowledged_message_survives_kill_9(server_process, tmp_pa
 
     # and the restarted server serves the same store
     restarted = server_process()
-    async with aiohttp.ClientSession(restarted.url, headers=auth_header(key)) as session:
-        async with session.get(f"/v3/{DOMAIN}/events",
-                               params={"message-id": acknowledged[0]}) as resp:
-            assert resp.status == 200
-            assert len((await resp.json())["items"]) == 2
+    async with (
+        aiohttp.ClientSession(restarted.url, headers=auth_header(key)) as session,
+        session.get(f"/v3/{DOMAIN}/events", params={"message-id": acknowledged[0]}) as resp,
+    ):
+        assert resp.status == 200
+        assert len((await resp.json())["items"]) == 2

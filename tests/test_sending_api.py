@@ -33,15 +33,26 @@ async def test_the_manuals_first_curl_example_is_queued_with_mailguns_answer(run
     result = await asyncio.to_thread(
         subprocess.run,
         [
-            "curl", "-s", "--user", f"api:{running.key}",
+            "curl",
+            "-s",
+            "--user",
+            f"api:{running.key}",
             f"{running.url}/v3/{DOMAIN}/messages",
-            "-F", f"from=Excited User <mailgun@{DOMAIN}>",
-            "-F", f"to=YOU@{DOMAIN}",
-            "-F", "to=bar@example.com",
-            "-F", "subject=Hello",
-            "-F", "text=Testing some Mailgun awesomness!",
+            "-F",
+            f"from=Excited User <mailgun@{DOMAIN}>",
+            "-F",
+            f"to=YOU@{DOMAIN}",
+            "-F",
+            "to=bar@example.com",
+            "-F",
+            "subject=Hello",
+            "-F",
+            "text=Testing some Mailgun awesomness!",
         ],
-        capture_output=True, text=True, timeout=30, check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     )
     body = json.loads(result.stdout)
     assert set(body) == {"id", "message"}
@@ -61,8 +72,10 @@ async def test_the_manuals_first_curl_example_is_queued_with_mailguns_answer(run
 
 
 async def test_stored_message_uses_crlf_line_ends_throughout(running: Running, api):
-    status, body = await send(api, {"from": f"a@{DOMAIN}", "to": "b@example.net",
-                                    "subject": "s", "text": "one\ntwo\r\nthree"})
+    status, body = await send(
+        api,
+        {"from": f"a@{DOMAIN}", "to": "b@example.net", "subject": "s", "text": "one\ntwo\r\nthree"},
+    )
     assert status == 200
     rows = storeview.recipients(running.services.config.db_path, message_id_of(body))
     mime = rows[0]["mime"]
@@ -80,17 +93,22 @@ async def test_full_send_builds_alternative_related_and_mixed_parts(running: Run
     form.add_field("subject", "Hello")
     form.add_field("text", "Plain body")
     form.add_field("html", '<p>Hi <img src="cid:logo.png"></p>')
-    form.add_field("attachment", b"%PDF-1.4 fake", filename="report.pdf",
-                   content_type="application/pdf")
-    form.add_field("inline", b"\x89PNG\r\n\x1a\nfake", filename="logo.png",
-                   content_type="image/png")
+    form.add_field(
+        "attachment", b"%PDF-1.4 fake", filename="report.pdf", content_type="application/pdf"
+    )
+    form.add_field(
+        "inline", b"\x89PNG\r\n\x1a\nfake", filename="logo.png", content_type="image/png"
+    )
     status, body = await send(api, form)
     assert status == 200, body
     message_id = message_id_of(body)
     db = running.services.config.db_path
     rows = storeview.recipients(db, message_id)
     assert [r["address"] for r in rows] == [
-        "alice@example.net", "bob@example.net", "carol@example.net", "dave@example.net"
+        "alice@example.net",
+        "bob@example.net",
+        "carol@example.net",
+        "dave@example.net",
     ]
     msg = storeview.message_for(db, message_id, "dave@example.net")
     assert "Bcc" not in msg
@@ -120,15 +138,20 @@ async def test_full_send_builds_alternative_related_and_mixed_parts(running: Run
 
 async def test_inline_file_named_by_its_content_id_gets_that_content_id(running: Running, api):
     form = aiohttp.FormData(quote_fields=False)  # file names go raw, as requests sends them
-    for name, value in (("from", f"sender@{DOMAIN}"), ("to", "alice@example.net"),
-                        ("subject", "Full"), ("text", "t"),
-                        ("html", '<img src="cid:logo123@example.test">')):
+    for name, value in (
+        ("from", f"sender@{DOMAIN}"),
+        ("to", "alice@example.net"),
+        ("subject", "Full"),
+        ("text", "t"),
+        ("html", '<img src="cid:logo123@example.test">'),
+    ):
         form.add_field(name, value)
     form.add_field("inline", b"png", filename="logo123@example.test", content_type="image/png")
     status, body = await send(api, form)
     assert status == 200
-    msg = storeview.message_for(running.services.config.db_path, message_id_of(body),
-                                "alice@example.net")
+    msg = storeview.message_for(
+        running.services.config.db_path, message_id_of(body), "alice@example.net"
+    )
     images = [p for p in msg.walk() if p.get_content_type() == "image/png"]
     assert [p["Content-ID"] for p in images] == ["<logo123@example.test>"]
 
@@ -136,16 +159,26 @@ async def test_inline_file_named_by_its_content_id_gets_that_content_id(running:
 async def test_options_tags_variables_and_custom_headers_are_kept(running: Running, api):
     when = time.time() + 3600
     data = [
-        ("from", f"Sender <sender@{DOMAIN}>"), ("to", "alice@example.net"),
-        ("subject", "Hello"), ("text", "Plain body"),
-        ("o:tag", "Newsletter"), ("o:tag", "september"), ("o:campaign", "camp1"),
+        ("from", f"Sender <sender@{DOMAIN}>"),
+        ("to", "alice@example.net"),
+        ("subject", "Hello"),
+        ("text", "Plain body"),
+        ("o:tag", "Newsletter"),
+        ("o:tag", "september"),
+        ("o:campaign", "camp1"),
         ("o:deliverytime", time.strftime("%a, %d %b %Y %H:%M:%S -0000", time.gmtime(when))),
-        ("o:testmode", "yes"), ("o:tracking", "yes"), ("o:tracking-clicks", "htmlonly"),
-        ("o:tracking-opens", "True"), ("o:require-tls", "true"),
-        ("o:skip-verification", "False"), ("o:dkim", "yes"),
-        ("h:X-Custom-Header", "custom-value"), ("h:Reply-To", "replies@example.net"),
+        ("o:testmode", "yes"),
+        ("o:tracking", "yes"),
+        ("o:tracking-clicks", "htmlonly"),
+        ("o:tracking-opens", "True"),
+        ("o:require-tls", "true"),
+        ("o:skip-verification", "False"),
+        ("o:dkim", "yes"),
+        ("h:X-Custom-Header", "custom-value"),
+        ("h:Reply-To", "replies@example.net"),
         ("h:X-Mailgun-Variables", '{"via": "header"}'),
-        ("v:order-id", "12345"), ("v:my-json", '{"a": 1}'),
+        ("v:order-id", "12345"),
+        ("v:my-json", '{"a": 1}'),
     ]
     status, body = await send(api, data)
     assert status == 200, body
@@ -179,19 +212,26 @@ async def test_options_tags_variables_and_custom_headers_are_kept(running: Runni
 async def test_deliverytime_as_epoch_and_gmt_forms_are_both_understood(running: Running, api):
     when = int(time.time()) + 7200
     for value in (str(when), time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(when))):
-        status, body = await send(api, {"from": f"s@{DOMAIN}", "to": "a@example.net",
-                                        "text": "x", "o:deliverytime": value})
+        status, body = await send(
+            api,
+            {"from": f"s@{DOMAIN}", "to": "a@example.net", "text": "x", "o:deliverytime": value},
+        )
         assert status == 200, body
         (row,) = storeview.recipients(running.services.config.db_path, message_id_of(body))
         assert row["due_at"] == pytest.approx(when, abs=1)
 
 
 async def test_non_ascii_subject_names_and_body_survive_encoding(running: Running, api):
-    status, body = await send(api, {
-        "from": f"Zoë Ünïcode <zoe@{DOMAIN}>", "to": "Jörg <joerg@example.net>",
-        "subject": "Grüße – ☃ " + "long " * 30, "text": "Ça va? ☃\nNächste Zeile",
-        "html": "<p>Größe ☃</p>",
-    })
+    status, body = await send(
+        api,
+        {
+            "from": f"Zoë Ünïcode <zoe@{DOMAIN}>",
+            "to": "Jörg <joerg@example.net>",
+            "subject": "Grüße – ☃ " + "long " * 30,
+            "text": "Ça va? ☃\nNächste Zeile",
+            "html": "<p>Größe ☃</p>",
+        },
+    )
     assert status == 200, body
     mime = storeview.recipients(running.services.config.db_path, message_id_of(body))[0]["mime"]
     head = mime.split(b"\r\n\r\n", 1)[0]
@@ -210,17 +250,35 @@ async def test_non_ascii_subject_names_and_body_survive_encoding(running: Runnin
 
 async def test_batch_with_recipient_variables_personalises_each_copy(running: Running, api):
     data = [
-        ("from", f"Excited User <me@{DOMAIN}>"), ("to", "alice@example.com"),
-        ("to", "Bob <bob@example.com>"), ("cc", "boss@example.com"),
-        ("recipient-variables", json.dumps({
-            "bob@example.com": {"first": "Bob", "id": 1, "v:cust": "B",
-                                "h:List-Unsubscribe": "<https://u.example/b>"},
-            "alice@example.com": {"first": "Alice", "id": 2, "v:cust": "A",
-                                  "h:List-Unsubscribe": "<https://u.example/a>"},
-        })),
+        ("from", f"Excited User <me@{DOMAIN}>"),
+        ("to", "alice@example.com"),
+        ("to", "Bob <bob@example.com>"),
+        ("cc", "boss@example.com"),
+        (
+            "recipient-variables",
+            json.dumps(
+                {
+                    "bob@example.com": {
+                        "first": "Bob",
+                        "id": 1,
+                        "v:cust": "B",
+                        "h:List-Unsubscribe": "<https://u.example/b>",
+                    },
+                    "alice@example.com": {
+                        "first": "Alice",
+                        "id": 2,
+                        "v:cust": "A",
+                        "h:List-Unsubscribe": "<https://u.example/a>",
+                    },
+                }
+            ),
+        ),
         ("subject", "Hey, %recipient.first%"),
-        ("text", "If you wish to unsubscribe, click http://mailgun/unsubscribe/%recipient.id%"
-                 " (%recipient.missing%) %recipient_email%"),
+        (
+            "text",
+            "If you wish to unsubscribe, click http://mailgun/unsubscribe/%recipient.id%"
+            " (%recipient.missing%) %recipient_email%",
+        ),
         ("v:cust", "%recipient.v:cust%"),
         ("h:List-Unsubscribe", "%recipient.h:List-Unsubscribe%"),
     ]
@@ -244,7 +302,10 @@ async def test_batch_with_recipient_variables_personalises_each_copy(running: Ru
     # the cc'd address gets each personalised copy (as Mailgun does)
     rows = storeview.recipients(db, message_id)
     assert [r["address"] for r in rows] == [
-        "alice@example.com", "boss@example.com", "bob@example.com", "boss@example.com"
+        "alice@example.com",
+        "boss@example.com",
+        "bob@example.com",
+        "boss@example.com",
     ]
     by_recipient = {}
     for event in storeview.events(db, "accepted"):
@@ -256,9 +317,16 @@ async def test_batch_with_recipient_variables_personalises_each_copy(running: Ru
 
 
 async def test_several_to_without_recipient_variables_is_one_message_to_all(running: Running, api):
-    status, body = await send(api, [("from", f"s@{DOMAIN}"), ("to", "a@example.net"),
-                                    ("to", "b@example.net, c@example.net"),
-                                    ("subject", "Hi %recipient.first%"), ("text", "x")])
+    status, body = await send(
+        api,
+        [
+            ("from", f"s@{DOMAIN}"),
+            ("to", "a@example.net"),
+            ("to", "b@example.net, c@example.net"),
+            ("subject", "Hi %recipient.first%"),
+            ("text", "x"),
+        ],
+    )
     assert status == 200
     rows = storeview.recipients(running.services.config.db_path, message_id_of(body))
     assert len(rows) == 3
@@ -300,8 +368,9 @@ async def test_mime_send_without_message_id_gets_one(running: Running, api):
     form.add_field("to", "alice@example.net")
     form.add_field("o:tag", "mime")
     form.add_field("v:k", "v")
-    form.add_field("message", f"From: s@{DOMAIN}\r\nSubject: x\r\n\r\nbody\r\n".encode(),
-                   filename="message")
+    form.add_field(
+        "message", f"From: s@{DOMAIN}\r\nSubject: x\r\n\r\nbody\r\n".encode(), filename="message"
+    )
     status, body = await send(api, form, "messages.mime")
     assert status == 200
     message_id = message_id_of(body)
@@ -317,14 +386,23 @@ async def test_sandbox_domain_sends_only_to_authorised_recipients(running: Runni
     domains = running.services.domains
     await domains.create("sandbox1.example.test", sandbox=True)
     await domains.authorize("sandbox1.example.test", "Friend@Example.net")
-    async with api.post("/v3/sandbox1.example.test/messages", data={
-        "from": "me@sandbox1.example.test", "to": "friend@example.net", "text": "hi",
-    }) as resp:
+    async with api.post(
+        "/v3/sandbox1.example.test/messages",
+        data={
+            "from": "me@sandbox1.example.test",
+            "to": "friend@example.net",
+            "text": "hi",
+        },
+    ) as resp:
         assert resp.status == 200
-    async with api.post("/v3/sandbox1.example.test/messages", data={
-        "from": "me@sandbox1.example.test", "to": "friend@example.net, stranger@example.net",
-        "text": "hi",
-    }) as resp:
+    async with api.post(
+        "/v3/sandbox1.example.test/messages",
+        data={
+            "from": "me@sandbox1.example.test",
+            "to": "friend@example.net, stranger@example.net",
+            "text": "hi",
+        },
+    ) as resp:
         assert resp.status == 400
         message = (await resp.json())["message"]
     assert message.startswith("Domain sandbox1.example.test is not allowed to send")
@@ -350,8 +428,9 @@ async def test_urlencoded_and_multipart_forms_are_equivalent(running: Running, a
 
 async def test_concurrent_sends_are_each_acknowledged_after_their_commit(running: Running, api):
     async def one(n: int) -> str:
-        status, body = await send(api, {"from": f"s@{DOMAIN}", "to": f"r{n}@example.net",
-                                        "text": str(n)})
+        status, body = await send(
+            api, {"from": f"s@{DOMAIN}", "to": f"r{n}@example.net", "text": str(n)}
+        )
         assert status == 200
         return message_id_of(body)
 
@@ -379,15 +458,17 @@ async def test_resending_the_same_mime_message_id_queues_it_again(running: Runni
 
 async def test_large_batches_and_bodies_do_not_stall_other_clients(running: Running, api):
     """A 1,000-recipient batch is built off the event loop: small sends finish meanwhile."""
-    batch = [("from", f"s@{DOMAIN}"), ("subject", "Hi %recipient.n%"), ("text", "x" * 2000),
-             ("recipient-variables", json.dumps({f"r{n}@example.net": {"n": n}
-                                                 for n in range(1000)}))]
+    batch = [
+        ("from", f"s@{DOMAIN}"),
+        ("subject", "Hi %recipient.n%"),
+        ("text", "x" * 2000),
+        ("recipient-variables", json.dumps({f"r{n}@example.net": {"n": n} for n in range(1000)})),
+    ]
     batch += [("to", f"r{n}@example.net") for n in range(1000)]
     finished: list[str] = []
 
     async def small(n: int) -> None:
-        status, _ = await send(api, {"from": f"s@{DOMAIN}", "to": f"q{n}@example.net",
-                                     "text": "x"})
+        status, _ = await send(api, {"from": f"s@{DOMAIN}", "to": f"q{n}@example.net", "text": "x"})
         assert status == 200
         finished.append("small")
 

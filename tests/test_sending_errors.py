@@ -14,12 +14,17 @@ from tests.conftest import DOMAIN, Running, auth_header
 
 pytestmark = pytest.mark.asyncio
 
-GOOD = {"from": f"Sender <sender@{DOMAIN}>", "to": "alice@example.net", "subject": "Hi",
-        "text": "body"}
+GOOD = {
+    "from": f"Sender <sender@{DOMAIN}>",
+    "to": "alice@example.net",
+    "subject": "Hi",
+    "text": "body",
+}
 
 
-async def post(api: aiohttp.ClientSession, data, path: str = f"/v3/{DOMAIN}/messages",
-               **kwargs) -> tuple[int, str]:
+async def post(
+    api: aiohttp.ClientSession, data, path: str = f"/v3/{DOMAIN}/messages", **kwargs
+) -> tuple[int, str]:
     async with api.post(path, data=data, **kwargs) as resp:
         return resp.status, await resp.text()
 
@@ -44,11 +49,16 @@ def resp_message(text: str) -> str:
 
 async def test_wrong_or_missing_api_key_is_401_forbidden_and_stores_nothing(running: Running):
     db = running.services.config.db_path
-    for headers in ({}, auth_header("key-wrong"), {"Authorization": "Basic !!!"},
-                    {"Authorization": "Bearer " + running.key}):
-        async with aiohttp.ClientSession(running.url, headers=headers) as anon, anon.post(
-            f"/v3/{DOMAIN}/messages", data=GOOD
-        ) as resp:
+    for headers in (
+        {},
+        auth_header("key-wrong"),
+        {"Authorization": "Basic !!!"},
+        {"Authorization": "Bearer " + running.key},
+    ):
+        async with (
+            aiohttp.ClientSession(running.url, headers=headers) as anon,
+            anon.post(f"/v3/{DOMAIN}/messages", data=GOOD) as resp,
+        ):
             assert resp.status == 401
             assert await resp.text() == "Forbidden"
     assert storeview.counts(db)["messages"] == 0
@@ -71,22 +81,43 @@ async def test_unknown_path_is_404_json(running: Running, api):
     [
         ({"from": None}, "from parameter is missing"),
         ({"to": None}, "to parameter is missing"),
-        ({"to": "not-an-address"}, "to parameter is not a valid address. please check documentation"),
-        ({"to": "a@b@c.example"}, "to parameter is not a valid address. please check documentation"),
-        ({"from": "Sender <sender@>"},
-         "from parameter is not a valid address. please check documentation"),
-        ({"cc": "x y@example.net"}, "cc parameter is not a valid address. please check documentation"),
+        (
+            {"to": "not-an-address"},
+            "to parameter is not a valid address. please check documentation",
+        ),
+        (
+            {"to": "a@b@c.example"},
+            "to parameter is not a valid address. please check documentation",
+        ),
+        (
+            {"from": "Sender <sender@>"},
+            "from parameter is not a valid address. please check documentation",
+        ),
+        (
+            {"cc": "x y@example.net"},
+            "cc parameter is not a valid address. please check documentation",
+        ),
         ({"text": None}, "Need at least one of 'text' or 'html' parameters specified"),
-        ({"recipient-variables": "{not json"}, "'recipient-variables' parameter is not a valid JSON"),
+        (
+            {"recipient-variables": "{not json"},
+            "'recipient-variables' parameter is not a valid JSON",
+        ),
         ({"recipient-variables": "[1, 2]"}, "'recipient-variables' parameter is not a valid JSON"),
         ({"o:deliverytime": "next tuesday"}, "next tuesday is not an RFC-2822 compliant date"),
-        ({"o:testmode": "perhaps"}, "'o:testmode' must be one of yes, no, true, false, got 'perhaps'"),
-        ({"h:X-Evil": "a\r\nBcc: victim@example.net"},
-         "Header value of X-Evil must not contain CR or LF"),
+        (
+            {"o:testmode": "perhaps"},
+            "'o:testmode' must be one of yes, no, true, false, got 'perhaps'",
+        ),
+        (
+            {"h:X-Evil": "a\r\nBcc: victim@example.net"},
+            "Header value of X-Evil must not contain CR or LF",
+        ),
         ({"h:X-Bad Name": "v"}, "Header name is not valid: 'X-Bad Name'"),
         ({"h:X-Ünicode": "v"}, "Header name must be pure ASCII: X-Ünicode"),
-        ({"v:big": "x" * 17_000},
-         "Send options (parameters starting with o:, h:, or v:) are limited to 16 kB total"),
+        (
+            {"v:big": "x" * 17_000},
+            "Send options (parameters starting with o:, h:, or v:) are limited to 16 kB total",
+        ),
     ],
 )
 async def test_bad_field_is_400_naming_the_problem(running: Running, api, change, message):
@@ -96,8 +127,9 @@ async def test_bad_field_is_400_naming_the_problem(running: Running, api, change
 
 async def test_to_with_crlf_injection_is_refused(running: Running, api):
     data = GOOD | {"to": "alice@example.net\r\nBcc: victim@example.net"}
-    await assert_refused(running, api, data, 400,
-                         "to parameter is not a valid address. please check documentation")
+    await assert_refused(
+        running, api, data, 400, "to parameter is not a valid address. please check documentation"
+    )
 
 
 async def test_more_than_1000_recipients_is_refused(running: Running, api):
@@ -120,13 +152,13 @@ async def test_more_than_three_tags_is_refused(running: Running, api):
 
 
 async def test_tag_longer_than_128_characters_is_refused(running: Running, api):
-    status, text = await post(api, list(GOOD.items()) + [("o:tag", "t" * 129)])
+    status, text = await post(api, [*list(GOOD.items()), ("o:tag", "t" * 129)])
     assert status == 400
     assert resp_message(text).startswith("Tag is too long")
 
 
 async def test_tags_are_ascii_only_and_case_insensitive(running: Running, api):
-    data = list(GOOD.items()) + [("o:tag", "Größe"), ("o:tag", "☃☃"), ("o:tag", "NEWS")]
+    data = [*list(GOOD.items()), ("o:tag", "Größe"), ("o:tag", "☃☃"), ("o:tag", "NEWS")]
     status, _ = await post(api, data)
     assert status == 200
     (event,) = storeview.events(running.services.config.db_path, "accepted")
@@ -135,14 +167,24 @@ async def test_tags_are_ascii_only_and_case_insensitive(running: Running, api):
 
 async def test_deliverytime_in_the_past_or_beyond_three_days_is_refused(running: Running, api):
     past = time.strftime("%a, %d %b %Y %H:%M:%S -0000", time.gmtime(time.time() - 3600))
-    await assert_refused(running, api, GOOD | {"o:deliverytime": past}, 400,
-                         "invalid delivery time: it is in the past")
-    await assert_refused(running, api, GOOD | {"o:deliverytime": str(int(time.time()) + 4 * 86400)},
-                         400, "invalid delivery time: at most 3 days in the future")
+    await assert_refused(
+        running,
+        api,
+        GOOD | {"o:deliverytime": past},
+        400,
+        "invalid delivery time: it is in the past",
+    )
+    await assert_refused(
+        running,
+        api,
+        GOOD | {"o:deliverytime": str(int(time.time()) + 4 * 86400)},
+        400,
+        "invalid delivery time: at most 3 days in the future",
+    )
 
 
 async def test_malformed_multipart_is_400(running: Running, api):
-    body = b"--XYZ\r\nContent-Disposition: form-data; name=\"from\"\r\n\r\nx@y.z\r\n--XY"
+    body = b'--XYZ\r\nContent-Disposition: form-data; name="from"\r\n\r\nx@y.z\r\n--XY'
     status, text = await post(
         api, body, headers={"Content-Type": "multipart/form-data; boundary=XYZ"}
     )
@@ -168,8 +210,10 @@ async def test_message_over_25_mb_is_413_and_not_stored(running: Running, api):
     assert storeview.counts(running.services.config.db_path) == before | {
         "events": before["events"] + 1  # the rejected event
     }
-    assert storeview.events(running.services.config.db_path, "rejected")[-1]["reject"][
-        "description"] == "Message size exceeds the 25 MB limit"
+    assert (
+        storeview.events(running.services.config.db_path, "rejected")[-1]["reject"]["description"]
+        == "Message size exceeds the 25 MB limit"
+    )
 
 
 async def test_request_over_the_size_limit_is_413_while_others_are_served(start_server):
@@ -212,7 +256,7 @@ async def test_mime_send_without_from_header_is_400(running: Running, api):
 
 
 async def test_a_client_that_stalls_mid_body_does_not_block_others(running: Running, api):
-    reader, writer = await asyncio.open_connection("127.0.0.1", running.server.api_port)
+    _reader, writer = await asyncio.open_connection("127.0.0.1", running.server.api_port)
     headers = auth_header(running.key)["Authorization"]
     writer.write(
         f"POST /v3/{DOMAIN}/messages HTTP/1.1\r\nHost: x\r\nAuthorization: {headers}\r\n"

@@ -38,7 +38,8 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path):
     assert mta, "the mta console script must be installed"
     unit = tmp_path / "mta.service"
     unit.write_text(UNIT.read_text().replace("/usr/local/bin/mta", mta))
-    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert "mta.service" not in result.stderr, result.stderr
