@@ -32,14 +32,18 @@ async def open_services(config: Config) -> Services:
         max_batch=config.store.max_batch,
         busy_timeout_ms=config.store.busy_timeout_ms,
     )
-    domains = Domains(store, config, Resolver(config.dns))
-    return Services(
-        config=config,
-        store=store,
-        domains=domains,
-        keys=ApiKeys(store),
-        acceptor=Acceptor(store, domains, config),
-    )
+    try:
+        domains = Domains(store, config, Resolver(config.dns))
+        return Services(
+            config=config,
+            store=store,
+            domains=domains,
+            keys=ApiKeys(store),
+            acceptor=Acceptor(store, domains, config),
+        )
+    except BaseException:
+        await store.close()  # its threads would otherwise keep the process alive
+        raise
 
 
 @dataclass

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import logging
 import os
+import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
 
@@ -171,12 +172,13 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    if args.command == "serve":
-        try:
+    try:
+        if args.command == "serve":
             asyncio.run(serve(config))
-        except OSError as exc:
-            print(f"mta: cannot start: {exc}", file=sys.stderr)
-            return 1
-        return 0
-    work = _domain_command(args) if args.command == "domain" else _key_command(args)
-    return asyncio.run(_with_services(config, work))
+            return 0
+        work = _domain_command(args) if args.command == "domain" else _key_command(args)
+        return asyncio.run(_with_services(config, work))
+    except sqlite3.Error as exc:  # an unusable store file: one line, not a traceback
+        return _fail(f"cannot open the store {config.db_path}: {exc}")
+    except OSError as exc:
+        return _fail(f"cannot start: {exc}")

@@ -7,6 +7,7 @@ down; nothing else reads files or the environment for settings.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import tomllib
@@ -225,8 +226,28 @@ def parse_listen(key: str, value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def parse_nameserver(key: str, value: str) -> tuple[str, int]:
+    """'ip', 'ip:port', 'v6' or '[v6]:port' -> (address, port)."""
+    text = str(value).strip()
+    address, port = text, "53"
+    if text.startswith("["):
+        address, _, rest = text[1:].partition("]")
+        port = rest.removeprefix(":") or "53"
+    elif text.count(":") == 1:
+        address, port = text.split(":")
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise ConfigError(f"{key}: expected ip, ip:port or [ipv6]:port, got {value!r}") from None
+    if not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ConfigError(f"{key}: expected ip, ip:port or [ipv6]:port, got {value!r}")
+    return address, int(port)
+
+
 def validate(config: Config) -> None:
     parse_listen("api.listen", config.api.listen)
+    for server in config.dns.nameservers:
+        parse_nameserver("dns.nameservers", server)
     if config.server.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError("server.log_level: expected debug, info, warning or error")
     if config.domains.dkim_key_bits not in (1024, 2048):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dns.asyncresolver
 import dns.exception
+import dns.nameserver
 import dns.resolver
 
-from mta.config import DnsConfig
+from mta.config import DnsConfig, parse_nameserver
 
 
 class DnsError(Exception):
@@ -23,15 +24,15 @@ class Resolver:
         for key, records in config.answers.items():
             name, rdtype = key.split()
             self._answers[(_norm(name), rdtype.upper())] = [str(r) for r in records]
+        # a listed name is answered only from config, for every type (split horizon)
+        self._listed = {name for name, _ in self._answers}
         self._only_answers = config.only_answers
         self._resolver = dns.asyncresolver.Resolver(configure=not config.nameservers)
         if config.nameservers:
             self._resolver.nameservers = [
-                s.rsplit(":", 1)[0] if s.count(":") == 1 else s for s in config.nameservers
+                dns.nameserver.Do53Nameserver(*parse_nameserver("dns.nameservers", s))
+                for s in config.nameservers
             ]
-            ports = {int(s.rsplit(":", 1)[1]) for s in config.nameservers if s.count(":") == 1}
-            if ports:
-                self._resolver.port = ports.pop()
         self._resolver.lifetime = config.timeout_s
 
     async def query(self, name: str, rdtype: str) -> list[str]:
@@ -40,7 +41,7 @@ class Resolver:
         key = (_norm(name), rdtype.upper())
         if key in self._answers:
             return list(self._answers[key])
-        if self._only_answers:
+        if self._only_answers or key[0] in self._listed:
             return []
         try:
             answer = await self._resolver.resolve(key[0], key[1])

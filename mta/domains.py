@@ -128,8 +128,21 @@ def _row_to_domain(row: sqlite3.Row, recipients: frozenset[str]) -> Domain:
     )
 
 
+def _dkim_tags(record: str) -> dict[str, str]:
+    """A DKIM key record's tags. RFC 6376 allows whitespace around '=' and inside values (long
+    keys are often published split), so it is removed before comparing."""
+    tags = {}
+    for part in record.split(";"):
+        name, sep, value = part.partition("=")
+        if sep:
+            tags[name.strip().lower()] = "".join(value.split())
+    return tags
+
+
 def _spf_terms(record: str) -> set[str]:
-    return {t.lower() for t in record.split()[1:] if not t.lower().endswith("all")}
+    """Mechanisms and modifiers other than `all`; '+' is the default qualifier, so dropped."""
+    terms = {t.lower().removeprefix("+") for t in record.split()[1:]}
+    return {t for t in terms if not t.endswith("all")}
 
 
 class Domains:
@@ -239,18 +252,20 @@ class Domains:
             raise DomainError(f"{domain.name} is not a sandbox domain")
         address = address.strip().lower()
         limit = self._config.sending.sandbox_max_recipients
-        if (
-            address not in domain.authorized_recipients
-            and len(domain.authorized_recipients) >= limit
-        ):
-            raise DomainError(f"a sandbox domain has at most {limit} authorized recipients")
+        # the limit is checked inside the insert, so concurrent admin commands cannot pass it
         await self._store.write(
             Statement(
                 "INSERT OR IGNORE INTO authorized_recipients (domain, address, created_at)"
-                " VALUES (?, ?, ?)",
-                [(domain.name, address, time.time())],
+                " SELECT ?, ?, ? WHERE (SELECT count(*) FROM authorized_recipients"
+                " WHERE domain = ?) < ?",
+                [(domain.name, address, time.time(), domain.name, limit)],
             )
         )
+        updated = await self.get(domain.name)
+        if updated is None:
+            raise DomainError(f"Domain not found: {name}")
+        if address not in updated.authorized_recipients:
+            raise DomainError(f"a sandbox domain has at most {limit} authorized recipients")
 
     async def deauthorize(self, name: str, address: str) -> None:
         await self._store.write(
@@ -312,10 +327,8 @@ class Domains:
             return any(o.rstrip(".").lower() == record.value.lower() for o in observed)
         if record.value.startswith("v=spf1"):
             wanted = _spf_terms(record.value)
-            return any(o.lower().startswith("v=spf1") and wanted <= _spf_terms(o) for o in observed)
+            return any(
+                o.lower().split()[:1] == ["v=spf1"] and wanted <= _spf_terms(o) for o in observed
+            )
         wanted_key = record.value.split("p=", 1)[1]
-        for o in observed:
-            tags = dict(part.strip().split("=", 1) for part in o.split(";") if "=" in part)
-            if "".join(tags.get("p", "").split()) == wanted_key:
-                return True
-        return False
+        return any(_dkim_tags(o).get("p") == wanted_key for o in observed)

@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from mta.api.context import path_domain, services
+from mta.api.context import services
 from mta.api.errors import ApiError, json_response
 from mta.api.forms import parse_bool, read_form
 from mta.dates import rfc2822
@@ -59,6 +59,15 @@ def _full(request: web.Request, domain: Domain, **extra: Any) -> dict[str, Any]:
     }
 
 
+async def _named_domain(request: web.Request) -> Domain:
+    """The domain in the path. Mailgun's domain endpoints answer a bare "Domain not found"
+    (the sending and events endpoints name the domain)."""
+    domain = await services(request).domains.get(request.match_info["name"])
+    if domain is None:
+        raise ApiError(404, "Domain not found")
+    return domain
+
+
 def _int_param(request: web.Request, name: str, default: int, high: int) -> int:
     raw = request.query.get(name)
     if raw is None or raw == "":
@@ -108,18 +117,18 @@ async def create_domain(request: web.Request) -> web.Response:
 
 
 async def get_domain(request: web.Request) -> web.Response:
-    domain = await path_domain(request, "name")
+    domain = await _named_domain(request)
     return json_response(_full(request, domain))
 
 
 async def delete_domain(request: web.Request) -> web.Response:
-    domain = await path_domain(request, "name")
+    domain = await _named_domain(request)
     await services(request).domains.delete(domain.name)
     return json_response({"message": "Domain has been deleted"})
 
 
 async def verify_domain(request: web.Request) -> web.Response:
-    domain = await path_domain(request, "name")
+    domain = await _named_domain(request)
     updated = await services(request).domains.verify(domain.name)
     return json_response(_full(request, updated, message="Domain DNS records have been updated"))
 

@@ -210,9 +210,9 @@ class EventQuery:
                 query.end = _date(name, value)
             elif name == "ascending":
                 lowered = value.strip().lower()
-                if lowered not in ("yes", "no", "true", "false"):
+                if lowered not in _TRUE + _FALSE:
                     raise QueryError("'ascending' must be yes or no")
-                ascending = lowered in ("yes", "true")
+                ascending = lowered in _TRUE
             elif name == "limit":
                 if not value.strip().isdigit():
                     raise QueryError("'limit' must be a whole number")
@@ -275,13 +275,24 @@ class EventQuery:
         if rows:
             first, last = (rows[0]["ts"], rows[0]["seq"]), (rows[-1]["ts"], rows[-1]["seq"])
             return items, (self.token(last, False), self.token(first, True))
-        # an empty page: next re-reads from the same place (a live tail when ascending);
-        # previous of a first page is empty too
-        start = self.cursor or ((0.0, 0) if self.ascending else (_FAR_FUTURE, 0))
-        return items, (self.token(self.cursor, False), self.token(start, True))
+        if self.cursor is None:
+            # an empty first page: next re-reads it (a live tail when ascending); nothing is
+            # before it
+            edge = (0.0, 0) if self.ascending else (_FAR_FUTURE, 0)
+            return items, (self.token(None, False), self.token(edge, True))
+        # An empty page stays at its cursor in its own direction (a live tail). Turning back must
+        # include the cursor's own event (the page that led here showed it, the cursor excludes
+        # it), so the turned page starts one seq step beyond the cursor, on this page's side.
+        ts, seq = self.cursor
+        later = 1 if self.ascending else -1  # the seq step that moves later in the query's order
+        if self.backwards:
+            return items, (self.token((ts, seq - later), False), self.token(self.cursor, True))
+        return items, (self.token(self.cursor, False), self.token((ts, seq + later), True))
 
 
 _FAR_FUTURE = 1e12
+_TRUE = ("yes", "true", "1", "on")  # the boolean spellings clients send (Python SDK: True)
+_FALSE = ("no", "false", "0", "off")
 
 
 def _date(name: str, value: str) -> float:

@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import logging
 import sqlite3
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,9 +56,24 @@ def _connect(path: Path, busy_timeout_ms: int, *, readonly: bool = False) -> sql
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     if not readonly:
-        conn.execute("PRAGMA journal_mode = WAL")
+        _set_wal(conn, busy_timeout_ms)
         conn.execute("PRAGMA synchronous = FULL")
     return conn
+
+
+def _set_wal(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
+    """Switching a new file to WAL takes a lock busy_timeout does not wait for: retry."""
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def migrate(conn: sqlite3.Connection) -> int:
