@@ -199,7 +199,7 @@ async def test_options_tags_variables_and_custom_headers_are_kept(running: Runni
     assert opts["tracking_opens"] is True
     assert opts["require_tls"] is True
     assert opts["dkim"] is True
-    assert "skip_verification" not in opts  # false is the default
+    assert opts["skip_verification"] is False
     (row,) = storeview.recipients(db, message_id)
     assert row["due_at"] == pytest.approx(int(when), abs=1)
     (event,) = storeview.events(db, "accepted")
@@ -480,3 +480,107 @@ async def test_large_batches_and_bodies_do_not_stall_other_clients(running: Runn
     await asyncio.gather(big(), *(small(n) for n in range(5)))
     assert finished[-1] == "big"
     assert storeview.counts(running.services.config.db_path)["recipients"] == 1005
+
+
+async def test_mime_send_honours_and_removes_x_mailgun_control_headers(running: Running, api):
+    when = int(time.time()) + 3600
+    mime = (
+        f"X-Mailgun-Tag: First\r\nX-Mailgun-Tag: second\r\nX-Mailgun-Campaign-Id: c1\r\n"
+        f"X-Mailgun-Dkim: no\r\nX-Mailgun-Deliver-By: {when}\r\nX-Mailgun-Drop-Message: yes\r\n"
+        "X-Mailgun-Track: no\r\nX-Mailgun-Track-Clicks: htmlonly\r\nX-Mailgun-Track-Opens: yes\r\n"
+        "X-Mailgun-Require-TLS: yes\r\nX-Mailgun-Skip-Verification: true\r\n"
+        'X-Mailgun-Variables: {"first_name": "John"}\r\n'
+        'X-Mailgun-Variables: {"my_message_id": 123}\r\n'
+        "X-Mailgun-Sending-Ip: 192.0.2.1\r\n"
+        f"From: me@{DOMAIN}\r\nTo: alice@example.net\r\nSubject: opts\r\n\r\nbody\r\n"
+    ).encode()
+    form = aiohttp.FormData()
+    form.add_field("to", "alice@example.net")
+    form.add_field("message", mime, filename="message")
+    status, body = await send(api, form, "messages.mime")
+    assert status == 200, body
+    message_id = message_id_of(body)
+    db = running.services.config.db_path
+    msg = storeview.message_for(db, message_id, "alice@example.net")
+    assert [k for k in msg if k.lower().startswith("x-mailgun")] == [
+        "X-Mailgun-Variables", "X-Mailgun-Variables"
+    ]
+    opts = storeview.options(db, message_id)
+    assert opts["tags"] == ["first", "second"]
+    assert opts["campaigns"] == ["c1"]
+    assert opts["dkim"] is False
+    assert opts["test_mode"] is True
+    assert opts["tracking"] is False
+    assert opts["tracking_clicks"] == "htmlonly"
+    assert opts["tracking_opens"] is True
+    assert opts["require_tls"] is True
+    assert opts["skip_verification"] is True
+    assert storeview.recipients(db, message_id)[0]["due_at"] == pytest.approx(when)
+    (event,) = storeview.events(db, "accepted")
+    assert event["user-variables"] == {"first_name": "John", "my_message_id": 123}
+
+
+async def test_mime_send_with_recipient_variables_header_is_a_batch(running: Running, api):
+    mime = (
+        'X-Mailgun-Recipient-Variables: {"bob@example.com": {"first":"Bob", "id":1},\r\n'
+        ' "alice@example.com": {"first":"Alice", "id": 2}}\r\n'
+        f"From: me@{DOMAIN}\r\nTo: alice@example.com, bob@example.com\r\n"
+        "Subject: Hello, %recipient.first%!\r\n"
+        'Content-Type: text/plain; charset="us-ascii"\r\n'
+        "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        "Hi, %recipient.first%,\r\n=20\r\nPlease review example.com/orders/%recipient.id%.\r\n"
+    ).encode()
+    form = aiohttp.FormData()
+    form.add_field("to", "alice@example.com")
+    form.add_field("to", "bob@example.com")
+    form.add_field("message", mime, filename="message")
+    status, body = await send(api, form, "messages.mime")
+    assert status == 200, body
+    db = running.services.config.db_path
+    bob = storeview.message_for(db, message_id_of(body), "bob@example.com")
+    assert bob["To"] == "bob@example.com"
+    assert bob["Subject"] == "Hello, Bob!"
+    assert "X-Mailgun-Recipient-Variables" not in bob
+    assert bob.get_content().replace("\r\n", "\n") == (
+        "Hi, Bob,\n \nPlease review example.com/orders/1.\n"
+    )
+
+
+async def test_mime_variables_container_is_unwrapped(running: Running, api):
+    import base64
+
+    variables = base64.b64encode(json.dumps(
+        {"alice@example.net": {"description": "klmzhentas"}}).encode()).decode()
+    mime = (
+        'Content-Type: multipart/mailgun-variables; boundary="8686cc907910484e9d21c54776cd791c"\r\n'
+        f"Mime-Version: 1.0\r\nFrom: bob@{DOMAIN}\r\n\r\n"
+        "--8686cc907910484e9d21c54776cd791c\r\nMime-Version: 1.0\r\n"
+        "Content-Type: application/json\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        f"{variables}\r\n\r\n"
+        "--8686cc907910484e9d21c54776cd791c\r\nContent-Type: message/rfc822\r\n"
+        "Mime-Version: 1.0\r\n\r\n"
+        "To: %recipient.description% <alice@example.net>\r\n"
+        f"From: bob@{DOMAIN}\r\nSubject: (rackspace) Hello\r\n\r\n"
+        "support %recipient.description%\r\n\r\n"
+        "--8686cc907910484e9d21c54776cd791c--\r\n"
+    ).encode()
+    form = aiohttp.FormData()
+    form.add_field("to", "alice@example.net")
+    form.add_field("message", mime, filename="message")
+    status, body = await send(api, form, "messages.mime")
+    assert status == 200, body
+    msg = storeview.message_for(running.services.config.db_path, message_id_of(body),
+                                "alice@example.net")
+    assert msg["Subject"] == "(rackspace) Hello"
+    assert msg.get_content_type() == "text/plain"
+    assert msg.get_content().strip() == "support klmzhentas"
+
+
+async def test_mime_send_with_bad_control_header_is_400(running: Running, api):
+    form = aiohttp.FormData()
+    form.add_field("to", "alice@example.net")
+    form.add_field("message", f"X-Mailgun-Dkim: maybe\r\nFrom: a@{DOMAIN}\r\n\r\nb".encode(),
+                   filename="message")
+    status, body = await send(api, form, "messages.mime")
+    assert status == 400
+    assert body["message"] == "X-Mailgun-Dkim must be yes or no, got 'maybe'"

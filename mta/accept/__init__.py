@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from mta.accept.headers import HeaderOptionError, consume_control_headers
 from mta.accept.mime import (
     Parts,
     address_header,
@@ -66,7 +67,8 @@ class Options:
     skip_verification: bool | None = None
 
     def as_json(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v not in (None, [], False)}
+        """Set options only: None means "not given, use the domain's setting"."""
+        return {k: v for k, v in self.__dict__.items() if v is not None and v != []}
 
 
 @dataclass
@@ -82,7 +84,9 @@ class Submission:
     parts: Parts | None = None
     mime: bytes | None = None  # a pre-built message (messages.mime, SMTP), instead of parts
     headers: list[tuple[str, str]] = field(default_factory=list)  # h:Name -> value
-    user_variables: dict[str, Any] = field(default_factory=dict)
+    user_variables: dict[str, Any] = field(default_factory=dict)  # v:* (API), added as a header
+    # X-Mailgun-Variables already inside a pre-built message (they stay there)
+    message_variables: dict[str, Any] = field(default_factory=dict)
     recipient_variables: dict[str, Any] | None = None
     options: Options = field(default_factory=Options)
     envelope_sender: str | None = None
@@ -184,6 +188,8 @@ class Acceptor:
         limits = self._config.sending
         if domain.is_disabled:
             raise AcceptError(f"Domain {domain.name} is not allowed to send: domain is disabled")
+        if sub.mime is not None:
+            _apply_message_options(sub)
         from_ = parse_addresses(sub.from_, "from")
         if sub.mime is None and not from_:
             raise AcceptError("from parameter is missing")
@@ -261,6 +267,7 @@ class Acceptor:
 
     def _check_options(self, sub: Submission, now: float) -> None:
         opts = sub.options
+        opts.tags = normalise_tags(opts.tags)
         if len(opts.tags) > 3:
             raise AcceptError("Too many tags, max is 3 per message")
         for tag in opts.tags:
@@ -395,10 +402,11 @@ class Acceptor:
         }
         if not summary["from-addr"]:
             raise AcceptError("'message' has no valid From header")
+        merged = sub.message_variables | sub.user_variables
         if sub.recipient_variables is None:
             return (
                 mime,
-                [_Copy(summary["to"], _unique(to + cc + bcc), None, sub.user_variables)],
+                [_Copy(summary["to"], _unique(to + cc + bcc), None, merged)],
                 message_id,
                 summary,
             )
@@ -406,9 +414,7 @@ class Acceptor:
         for rcpt in to:
             subst = recipient_substituter(rcpt.name, rcpt.addr, self._vars_for(sub, rcpt))
             copy = personalise_mime(mime, format_to([rcpt]), subst)
-            variables = {
-                k: subst(v) if isinstance(v, str) else v for k, v in sub.user_variables.items()
-            }
+            variables = {k: subst(v) if isinstance(v, str) else v for k, v in merged.items()}
             copies.append(_Copy(format_to([rcpt]), _unique([rcpt, *cc, *bcc]), copy, variables))
         return None, copies, message_id, summary
 
@@ -440,7 +446,9 @@ class Acceptor:
                 events.append(
                     self._accepted_event(sub, sender, rcpt, copy, summary, all_recipients, size)
                 )
-        options = orjson.dumps(opts.as_json() | {"user-variables": sub.user_variables})
+        options = orjson.dumps(
+            opts.as_json() | {"user-variables": sub.message_variables | sub.user_variables}
+        )
         return [
             Statement(
                 "INSERT INTO messages (key, message_id, domain, created_at, sender, options, mime)"
@@ -551,6 +559,34 @@ _RESERVED_HEADERS = {
     "content-transfer-encoding",
     "x-mailgun-variables",
 }
+
+
+def normalise_tags(tags: list[str]) -> list[str]:
+    """ASCII only (other characters dropped), case-insensitive, each once; an all-unicode tag
+    is ignored."""
+    cleaned = ("".join(c for c in tag if c.isascii()).strip().lower() for tag in tags)
+    return list(dict.fromkeys(t for t in cleaned if t))
+
+
+def _apply_message_options(sub: Submission) -> None:
+    """Merge the X-Mailgun-* headers (and a variables container) of a pre-built message into the
+    submission; options given outside the message (API fields) win."""
+    assert sub.mime is not None
+    try:
+        sub.mime, found = consume_control_headers(sub.mime)
+    except HeaderOptionError as exc:
+        raise AcceptError(str(exc)) from None
+    opts = sub.options
+    opts.tags = opts.tags + found.tags
+    opts.campaigns = opts.campaigns + [c for c in found.campaigns if c not in opts.campaigns]
+    if opts.deliver_at is None:
+        opts.deliver_at = found.deliver_at
+    for name, value in found.flags.items():
+        if getattr(opts, name) in (None, False):
+            setattr(opts, name, value)
+    sub.message_variables = found.user_variables
+    if sub.recipient_variables is None:
+        sub.recipient_variables = found.recipient_variables
 
 
 _HEAVY_BYTES = 256 * 1024

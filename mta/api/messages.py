@@ -33,16 +33,9 @@ def _recipient_variables(form: Form) -> dict[str, Any] | None:
     return value
 
 
-def _clean_tag(tag: str) -> str | None:
-    """ASCII only (other characters dropped), case-insensitive; an all-unicode tag is ignored."""
-    ascii_only = "".join(c for c in tag if c.isascii()).strip()
-    return ascii_only.lower() or None
-
-
 def _options(form: Form) -> Options:
     opts = Options()
-    opts.tags = [t for t in (_clean_tag(v) for v in form.texts("o:tag")) if t]
-    opts.tags = list(dict.fromkeys(opts.tags))
+    opts.tags = form.texts("o:tag")
     opts.campaigns = [c for c in form.texts("o:campaign") if c.strip()]
     when = form.text("o:deliverytime")
     if when is not None and when.strip():

@@ -3,6 +3,7 @@
 Tables and the modules that own them (only the owner writes SQL against them):
 - domains, authorized_recipients: mta.domains
 - api_keys: mta.keys
+- credentials: mta.credentials
 - messages, recipients: mta.accept (writes), the outbound scheduler (delivery state).
   A message's `key` is its storage key; its Message-Id need not be unique (clients resend).
 - events: mta.events
@@ -118,5 +119,23 @@ MIGRATIONS: list[str] = [
         BEGIN UPDATE admin_version SET version = version + 1; END;
     CREATE TRIGGER keys_del AFTER DELETE ON api_keys
         BEGIN UPDATE admin_version SET version = version + 1; END;
+    """,
+    # 2: SMTP credentials
+    """
+    CREATE TABLE credentials (
+        login TEXT PRIMARY KEY,
+        domain TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX credentials_domain ON credentials (domain);
+    CREATE TRIGGER credentials_ins AFTER INSERT ON credentials
+        BEGIN UPDATE admin_version SET version = version + 1; END;
+    CREATE TRIGGER credentials_upd AFTER UPDATE ON credentials
+        BEGIN UPDATE admin_version SET version = version + 1; END;
+    CREATE TRIGGER credentials_del AFTER DELETE ON credentials
+        BEGIN UPDATE admin_version SET version = version + 1; END;
+    CREATE TRIGGER domains_del_credentials AFTER DELETE ON domains
+        BEGIN DELETE FROM credentials WHERE domain = old.name; END;
     """,
 ]

@@ -1,0 +1,149 @@
+"""Sending options carried inside a message (SMTP and messages.mime): the X-Mailgun-* control
+headers and the multipart/mailgun-variables container.
+
+The control headers are consumed (removed before delivery); X-Mailgun-Variables stays in the
+message, as Mailgun leaves it.
+"""
+
+from __future__ import annotations
+
+import binascii
+import email.parser
+import email.policy
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from mta.accept.mime import header_name, header_value, split_header_block
+from mta.dates import parse_date
+
+log = logging.getLogger("mta.accept")
+
+CONSUMED = {
+    "x-mailgun-tag", "x-mailgun-campaign-id", "x-mailgun-dkim", "x-mailgun-deliver-by",
+    "x-mailgun-drop-message", "x-mailgun-track", "x-mailgun-track-clicks",
+    "x-mailgun-track-opens", "x-mailgun-require-tls", "x-mailgun-skip-verification",
+    "x-mailgun-recipient-variables", "x-mailgun-sending-ip", "x-mailgun-sending-ip-pool",
+    "x-mailgun-template-name", "x-mailgun-template-version", "x-mailgun-template-variables",
+    "x-mailgun-delivery-time-optimize-period", "x-mailgun-time-zone-localize",
+}
+_TRUE = {"yes", "true", "1", "on"}
+_FALSE = {"no", "false", "0", "off"}
+
+
+class HeaderOptionError(ValueError):
+    """A control header whose value cannot be used; the text names the header."""
+
+
+@dataclass
+class HeaderOptions:
+    tags: list[str] = field(default_factory=list)
+    campaigns: list[str] = field(default_factory=list)
+    flags: dict[str, bool | str] = field(default_factory=dict)  # Options field -> value
+    deliver_at: float | None = None
+    user_variables: dict[str, Any] = field(default_factory=dict)
+    recipient_variables: dict[str, Any] | None = None
+
+
+_FLAG_HEADERS = {
+    "x-mailgun-dkim": "dkim",
+    "x-mailgun-drop-message": "test_mode",
+    "x-mailgun-track": "tracking",
+    "x-mailgun-track-clicks": "tracking_clicks",
+    "x-mailgun-track-opens": "tracking_opens",
+    "x-mailgun-require-tls": "require_tls",
+    "x-mailgun-skip-verification": "skip_verification",
+}
+
+
+def _flag(name: str, value: str) -> bool | str:
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    if lowered == "htmlonly" and name.lower() == "x-mailgun-track-clicks":
+        return "htmlonly"
+    raise HeaderOptionError(f"{name} must be yes or no, got {value!r}")
+
+
+def _json_object(name: str, value: str) -> dict[str, Any]:
+    try:
+        parsed = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        raise HeaderOptionError(f"{name} is not valid JSON") from None
+    if not isinstance(parsed, dict):
+        raise HeaderOptionError(f"{name} is not a JSON object")
+    return parsed
+
+
+def unwrap_variables_container(mime: bytes) -> tuple[bytes, dict[str, Any] | None]:
+    """A multipart/mailgun-variables message -> (the inner message, its recipient variables)."""
+    fields, _ = split_header_block(mime)
+    content_type = next((header_value(f) for f in fields if header_name(f) == "content-type"), "")
+    if not content_type.lower().startswith("multipart/mailgun-variables"):
+        return mime, None
+    outer = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(mime)
+    variables: dict[str, Any] | None = None
+    inner: bytes | None = None
+    for part in outer.get_payload() if outer.is_multipart() else []:
+        kind = part.get_content_type()
+        if kind == "application/json" and variables is None:
+            try:
+                raw = part.get_payload(decode=True) or b""
+                variables = orjson.loads(raw)
+            except (orjson.JSONDecodeError, binascii.Error, ValueError):
+                raise HeaderOptionError("the mailgun-variables JSON part is not valid") from None
+            if not isinstance(variables, dict):
+                raise HeaderOptionError("the mailgun-variables JSON part is not an object")
+        elif kind == "message/rfc822" and inner is None:
+            payload = part.get_payload()
+            inner = payload[0].as_bytes() if isinstance(payload, list) and payload else None
+    if inner is None:
+        raise HeaderOptionError("the mailgun-variables container has no message/rfc822 part")
+    return re.sub(rb"\r?\n", b"\r\n", inner), variables
+
+
+def consume_control_headers(mime: bytes) -> tuple[bytes, HeaderOptions]:
+    """Read and remove the X-Mailgun-* control headers; keep X-Mailgun-Variables."""
+    mime, container_variables = unwrap_variables_container(mime)
+    fields, rest = split_header_block(mime)
+    options = HeaderOptions(recipient_variables=container_variables)
+    kept: list[bytes] = []
+    for raw in fields:
+        name = header_name(raw)
+        if not name.startswith("x-mailgun-"):
+            kept.append(raw)
+            continue
+        value = header_value(raw)
+        shown = raw.split(b":", 1)[0].decode("ascii", "replace").strip()
+        if name == "x-mailgun-variables":
+            kept.append(raw)
+            try:
+                options.user_variables.update(_json_object(shown, value))
+            except HeaderOptionError:
+                log.warning("ignoring an X-Mailgun-Variables header that is not a JSON object")
+            continue
+        if name not in CONSUMED:
+            kept.append(raw)
+            continue
+        if name == "x-mailgun-tag":
+            options.tags.append(value)
+        elif name == "x-mailgun-campaign-id":
+            options.campaigns.append(value)
+        elif name == "x-mailgun-deliver-by":
+            options.deliver_at = parse_date(value)
+            if options.deliver_at is None:
+                raise HeaderOptionError(f"X-Mailgun-Deliver-By is not a valid date: {value!r}")
+        elif name == "x-mailgun-recipient-variables":
+            parsed = _json_object(shown, value)
+            options.recipient_variables = (options.recipient_variables or {}) | parsed
+        elif name in _FLAG_HEADERS:
+            options.flags[_FLAG_HEADERS[name]] = _flag(shown, value)
+        # sending-ip(-pool), template, STO and TZO headers: consumed, not acted on
+    if len(kept) == len(fields):
+        return mime, options
+    return b"\r\n".join(kept) + rest, options

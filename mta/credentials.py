@@ -1,0 +1,167 @@
+"""SMTP credentials: logins are full addresses on a domain of ours, passwords stored as scrypt.
+
+scrypt is deliberately slow (tens of ms), so a successful check is remembered, keyed by an HMAC
+of login, password and stored hash under a per-process secret: a relayhost that opens a
+connection per message pays the cost once, a wrong password pays it every time, and a changed
+password invalidates the memory (the stored hash is part of the key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass
+
+from mta.store import Statement, Store
+
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+MIN_PASSWORD, MAX_PASSWORD = 5, 128
+
+
+class CredentialError(Exception):
+    """A refused credentials operation; the text goes back to the client."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Credential:
+    login: str
+    domain: str
+    created_at: float
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = _scrypt(password, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
+    return "$".join(("scrypt", str(SCRYPT_N), str(SCRYPT_R), str(SCRYPT_P),
+                     base64.b64encode(salt).decode(), base64.b64encode(digest).decode()))
+
+
+def check_password(password: str, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        expected = base64.b64decode(digest)
+        actual = _scrypt(password, base64.b64decode(salt), int(n), int(r), int(p))
+    except ValueError:
+        return False
+    return scheme == "scrypt" and hmac.compare_digest(actual, expected)
+
+
+def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p,
+                          maxmem=64 * 1024 * 1024, dklen=32)
+
+
+_DUMMY_HASH = hash_password(secrets.token_hex(8))  # checked for unknown logins: same cost
+
+
+def full_login(login: str, domain: str) -> str:
+    """`alice` and `alice@<domain>` name the same credential."""
+    login = login.strip().lower()
+    return login if "@" in login else f"{login}@{domain}"
+
+
+class Credentials:
+    """Owns the credentials table."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._hashes: dict[str, tuple[str, str]] = {}  # login -> (domain, hash)
+        self._cache_version = -1
+        self._verified: set[bytes] = set()
+        self._secret = secrets.token_bytes(32)
+
+    async def _refresh(self) -> None:
+        row = self._store.peek("SELECT version FROM admin_version")
+        version = row[0] if row else 0
+        if version == self._cache_version:
+            return
+        rows = await self._store.fetchall("SELECT login, domain, password_hash FROM credentials")
+        self._hashes = {r["login"]: (r["domain"], r["password_hash"]) for r in rows}
+        self._cache_version = version
+
+    async def verify(self, login: str, password: str) -> Credential | None:
+        """The credential if the password is right; checked off the event loop."""
+        await self._refresh()
+        login = login.strip().lower()
+        domain, stored = self._hashes.get(login, ("", _DUMMY_HASH))
+        mark = hmac.new(self._secret, f"{login}\0{password}\0{stored}".encode(),
+                        hashlib.sha256).digest()
+        if mark in self._verified:
+            return Credential(login, domain, 0.0)
+        if not await asyncio.to_thread(check_password, password, stored) or not domain:
+            return None
+        if len(self._verified) > 100_000:
+            self._verified.clear()
+        self._verified.add(mark)
+        return Credential(login, domain, 0.0)
+
+    async def create(self, domain: str, login: str, password: str) -> Credential:
+        login = full_login(login, domain)
+        local, _, login_domain = login.rpartition("@")
+        if not local or login_domain != domain or any(c.isspace() for c in login):
+            raise CredentialError(f"login must be an address on {domain}: {login}")
+        _check_length(password)
+        credential = Credential(login, domain, time.time())
+        hashed = await asyncio.to_thread(hash_password, password)
+        try:
+            await self._store.write(Statement(
+                "INSERT INTO credentials (login, domain, password_hash, created_at)"
+                " VALUES (?, ?, ?, ?)",
+                [(login, domain, hashed, credential.created_at)],
+            ))
+        except sqlite3.IntegrityError:
+            raise CredentialError(f"Credentials already exist: {login}") from None
+        return credential
+
+    async def list(self, domain: str) -> list[Credential]:
+        rows = await self._store.fetchall(
+            "SELECT login, domain, created_at FROM credentials WHERE domain = ?"
+            " ORDER BY created_at, login", (domain,)
+        )
+        return [Credential(r["login"], r["domain"], r["created_at"]) for r in rows]
+
+    async def set_password(self, domain: str, login: str, password: str) -> None:
+        login = full_login(login, domain)
+        _check_length(password)
+        await self._require(domain, login)
+        hashed = await asyncio.to_thread(hash_password, password)
+        await self._store.write(Statement(
+            "UPDATE credentials SET password_hash = ? WHERE login = ? AND domain = ?",
+            [(hashed, login, domain)],
+        ))
+
+    async def delete(self, domain: str, login: str) -> str:
+        login = full_login(login, domain)
+        await self._require(domain, login)
+        await self._store.write(Statement(
+            "DELETE FROM credentials WHERE login = ? AND domain = ?", [(login, domain)]
+        ))
+        return login
+
+    async def delete_all(self, domain: str) -> int:
+        count = len(await self.list(domain))
+        await self._store.write(Statement("DELETE FROM credentials WHERE domain = ?", [(domain,)]))
+        return count
+
+    async def _require(self, domain: str, login: str) -> None:
+        row = await self._store.fetchone(
+            "SELECT 1 FROM credentials WHERE login = ? AND domain = ?", (login, domain)
+        )
+        if row is None:
+            raise CredentialError("Credentials not found", 404)
+
+
+def _check_length(password: str) -> None:
+    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+        raise CredentialError(
+            f"Password length must be between {MIN_PASSWORD} and {MAX_PASSWORD} characters"
+        )
