@@ -314,6 +314,10 @@ async def test_batch_with_recipient_variables_personalises_each_copy(running: Ru
     assert by_recipient["alice@example.com"][0]["user-variables"] == {"cust": "A"}
     assert by_recipient["bob@example.com"][0]["user-variables"] == {"cust": "B"}
     assert len(by_recipient["boss@example.com"]) == 2
+    # each personalised copy is its own message: its events list only its own recipients
+    assert by_recipient["bob@example.com"][0]["message"]["recipients"] == [
+        "bob@example.com", "boss@example.com"
+    ]
 
 
 async def test_several_to_without_recipient_variables_is_one_message_to_all(running: Running, api):

@@ -434,17 +434,18 @@ class Acceptor:
         opts = sub.options
         key = secrets.token_urlsafe(24)
         due = opts.deliver_at if opts.deliver_at is not None else now
-        all_recipients = [r.addr for c in copies for r in c.recipients]
         recipient_rows, events = [], []
         for copy in copies:
             size = len(copy.mime if copy.mime is not None else shared or b"")
             variables_blob = orjson.dumps(copy.user_variables) if copy.mime is not None else None
+            # each copy is its own message to its own recipients (a batch: one `to` each)
+            copy_recipients = [r.addr for r in copy.recipients]
             for rcpt in copy.recipients:
                 recipient_rows.append(
                     (key, rcpt.addr, copy.mime, variables_blob, "queued", due)
                 )
                 events.append(
-                    self._accepted_event(sub, sender, rcpt, copy, summary, all_recipients, size)
+                    self._accepted_event(sub, sender, rcpt, copy, summary, copy_recipients, size)
                 )
         options = orjson.dumps(
             opts.as_json() | {"user-variables": sub.message_variables | sub.user_variables}
@@ -470,7 +471,7 @@ class Acceptor:
         rcpt: Address,
         copy: _Copy,
         summary: dict[str, Any],
-        all_recipients: list[str],
+        recipients: list[str],
         size: int,
     ) -> dict[str, Any]:
         opts = sub.options
@@ -487,7 +488,7 @@ class Acceptor:
                 "is-test-mode": opts.test_mode,
                 "is-routed": False,
                 "is-system-test": False,
-                "is-big": len(all_recipients) > 100,
+                "is-big": len(recipients) > 100,
             },
             envelope={"sender": sender, "transport": sub.method, "targets": rcpt.addr},
             message={
@@ -498,7 +499,7 @@ class Acceptor:
                     "subject": summary["subject"],
                 },
                 "attachments": summary["attachments"],
-                "recipients": all_recipients,
+                "recipients": recipients,
                 "size": size,
             },
         )
