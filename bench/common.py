@@ -82,6 +82,7 @@ class BenchServer:
         done = subprocess.run(
             [sys.executable, "-m", "mta", *args],
             env=self.env,
+            cwd=self.data_dir.parent,
             capture_output=True,
             text=True,
             timeout=120,
@@ -121,27 +122,40 @@ class BenchServer:
 
 @contextlib.contextmanager
 def bench_server(
-    *, uvloop: bool = False, extra_env: dict[str, str] | None = None, keep: bool = False
+    *,
+    uvloop: bool = False,
+    stats: Path | None = None,
+    extra_env: dict[str, str] | None = None,
+    keep: bool = False,
 ) -> Iterator[BenchServer]:
-    """Start `python -m mta serve` (or the uvloop wrapper) on a free loopback port."""
+    """Start `python -m mta serve` on a free loopback port; with `uvloop` or `stats`, the
+    bench/serve.py wrapper (same CLI, uvloop policy and/or group-commit statistics)."""
     tmp = Path(tempfile.mkdtemp(prefix="mta-bench-"))
     port = free_port()
     env = dict(os.environ)
-    env.update({
-        "MTA_SERVER_DATA_DIR": str(tmp / "var"),
-        "MTA_API_LISTEN": f"127.0.0.1:{port}",
-        "MTA_SERVER_LOG_LEVEL": "warning",
-        "MTA_DNS_ONLY_ANSWERS": "true",  # never look anything up off this machine
-    })
+    env.update(
+        {
+            "MTA_SERVER_DATA_DIR": str(tmp / "var"),
+            "MTA_API_LISTEN": f"127.0.0.1:{port}",
+            "MTA_SERVER_LOG_LEVEL": "warning",
+            "MTA_DNS_ONLY_ANSWERS": "true",  # never look anything up off this machine
+        }
+    )
     env.update(extra_env or {})
+    if uvloop:
+        env["MTA_BENCH_UVLOOP"] = "1"
+    if stats is not None:
+        env["MTA_BENCH_STATS"] = str(stats)
     cmd = (
-        [sys.executable, str(BENCH_DIR / "uvloop_serve.py")]
-        if uvloop
+        [sys.executable, str(BENCH_DIR / "serve.py")]
+        if uvloop or stats is not None or "MTA_BENCH_SWITCH_INTERVAL" in env
         else [sys.executable, "-m", "mta", "serve"]
     )
     log_path = tmp / "serve.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        # cwd: the temporary directory, so that `-m mta` imports the installed package (or
+        # PYTHONPATH), never a checkout the bench happens to be started from
+        proc = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
     server = BenchServer(proc, port, env, tmp / "var", log_path)
     try:
         wait_for_port(port, proc)

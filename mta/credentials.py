@@ -80,8 +80,7 @@ class Credentials:
         self._secret = secrets.token_bytes(32)
 
     async def _refresh(self) -> None:
-        row = self._store.peek("SELECT version FROM admin_version")
-        version = row[0] if row else 0
+        version = self._store.admin_version()
         if version == self._cache_version:
             return
         rows = await self._store.fetchall("SELECT login, domain, password_hash FROM credentials")

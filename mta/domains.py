@@ -157,8 +157,7 @@ class Domains:
         self._cache_version = -1
 
     async def _refresh(self) -> None:
-        row = self._store.peek("SELECT version FROM admin_version")
-        version = row[0] if row else 0
+        version = self._store.admin_version()
         if version == self._cache_version:
             return
         rows = await self._store.fetchall(f"SELECT {DOMAIN_COLUMNS} FROM domains")

@@ -267,3 +267,12 @@ async def test_a_client_that_stalls_mid_body_does_not_block_others(running: Runn
     statuses = await asyncio.gather(*(post(api, GOOD) for _ in range(10)))
     assert [s for s, _ in statuses] == [200] * 10
     writer.close()
+
+
+async def test_too_many_form_fields_is_413_saying_so(start_server):
+    running = await start_server(api__max_form_fields=50)
+    async with running.session() as api:
+        data = [*GOOD.items()] + [(f"v:k{n}", "v") for n in range(60)]
+        status, text = await post(api, data)
+    assert status == 413
+    assert resp_message(text) == "too many form fields, max is 50"

@@ -61,9 +61,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except ApiError as exc:
         return error(exc.status, exc.message)
     except web.HTTPRequestEntityTooLarge as exc:
-        limit = exc.text or ""
-        log.info("refused oversized request from %s: %s", request.remote, limit)
-        mib = request.app[SERVICES].config.api.max_request_bytes / (1024 * 1024)
+        api_config = request.app[SERVICES].config.api
+        log.info("refused oversized request from %s: %s", request.remote, exc.text)
+        if (exc.text or "").startswith("Maximum number of form fields"):
+            return error(413, f"too many form fields, max is {api_config.max_form_fields}")
+        mib = api_config.max_request_bytes / (1024 * 1024)
         return error(413, f"request size exceeds {mib:.1f}MiB limit")
     except web.HTTPNotFound:
         return error(404, "Not Found")

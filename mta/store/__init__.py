@@ -25,6 +25,7 @@ from mta.store.schema import MIGRATIONS
 log = logging.getLogger("mta.store")
 
 Row = sqlite3.Row
+ADMIN_VERSION_MAX_AGE_S = 0.05
 Params = Sequence[Any]
 
 
@@ -131,6 +132,8 @@ class Store:
         self._readers: list[aiosqlite.Connection] = []
         self._next_reader = itertools.cycle([0])
         self._peek_conn: sqlite3.Connection | None = None
+        self._admin_version: int | None = None
+        self._admin_read_at = 0.0
         self._closed = False
         self.commits = 0
         self.committed_jobs = 0
@@ -209,6 +212,7 @@ class Store:
                 errors = await loop.run_in_executor(None, self._commit_batch, batch)
             except Exception as exc:  # the connection itself failed
                 errors = [exc] * len(batch)
+            self._admin_version = None  # what we just committed may have changed admin data
             for item, error in zip(batch, errors, strict=True):
                 if item.future.done():
                     continue
@@ -264,8 +268,16 @@ class Store:
         async with reader.execute(sql, params) as cursor:
             return await cursor.fetchone()
 
-    def peek(self, sql: str, params: Params = ()) -> Row | None:
-        """A point read on the event loop's own thread, for tiny indexed look-ups on hot paths
-        (a thread hand-off would cost more than the query)."""
-        assert self._peek_conn is not None
-        return self._peek_conn.execute(sql, params).fetchone()
+    def admin_version(self) -> int:
+        """A counter bumped (by triggers) whenever domains, keys or credentials change; caches of
+        them reload when it moves. Re-read after each commit of ours and at least every
+        ADMIN_VERSION_MAX_AGE_S (changes made by another process, e.g. the CLI). The read runs
+        on the loop's own thread: a thread hand-off would cost more than the query."""
+        now = time.monotonic()
+        if self._admin_version is None or now - self._admin_read_at > ADMIN_VERSION_MAX_AGE_S:
+            assert self._peek_conn is not None
+            self._admin_version = self._peek_conn.execute(
+                "SELECT version FROM admin_version"
+            ).fetchone()[0]
+            self._admin_read_at = now
+        return self._admin_version
