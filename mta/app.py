@@ -14,6 +14,7 @@ from mta.accept import Acceptor
 from mta.api import build_app
 from mta.api.context import Services
 from mta.config import Config, parse_listen
+from mta.credentials import Credentials
 from mta.dns import Resolver
 from mta.domains import Domains
 from mta.events import purge_expired
@@ -39,6 +40,7 @@ async def open_services(config: Config) -> Services:
             store=store,
             domains=domains,
             keys=ApiKeys(store),
+            credentials=Credentials(store),
             acceptor=Acceptor(store, domains, config),
         )
     except BaseException:

@@ -9,6 +9,7 @@ from aiohttp import web
 from mta.accept import Acceptor
 from mta.api.errors import ApiError
 from mta.config import Config
+from mta.credentials import Credentials
 from mta.domains import Domain, Domains
 from mta.keys import ApiKeys
 from mta.store import Store
@@ -20,6 +21,7 @@ class Services:
     store: Store
     domains: Domains
     keys: ApiKeys
+    credentials: Credentials
     acceptor: Acceptor
 
 
