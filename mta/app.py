@@ -19,6 +19,7 @@ from mta.dns import Resolver
 from mta.domains import Domains
 from mta.events import purge_expired
 from mta.keys import ApiKeys
+from mta.smtp import SubmissionListeners
 from mta.store import Store
 
 log = logging.getLogger("mta")
@@ -56,6 +57,7 @@ class Server:
     services: Services | None = None
     runner: web.AppRunner | None = None
     api_port: int = 0
+    smtp: SubmissionListeners | None = None
     _purger: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -74,6 +76,8 @@ class Server:
         site = web.TCPSite(self.runner, host, port, reuse_address=True)
         await site.start()
         self.api_port = self.runner.addresses[0][1]
+        self.smtp = SubmissionListeners(self.services)
+        await self.smtp.start()
         self._purger = asyncio.create_task(self._purge_loop(), name="events-purge")
         if not any(k.revoked_at is None for k in await self.services.keys.list()):
             log.warning("no API keys yet: create one with `mta key create`")
@@ -98,6 +102,8 @@ class Server:
             self._purger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._purger
+        if self.smtp is not None:
+            await self.smtp.stop()
         if self.runner is not None:
             await self.runner.cleanup()
         if self.services is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
 import os
 import sqlite3
@@ -15,6 +16,7 @@ from mta import config as config_module
 from mta.api.context import Services
 from mta.app import open_services, serve
 from mta.config import Config, ConfigError
+from mta.credentials import CredentialError, full_login
 from mta.dates import rfc2822
 from mta.domains import DomainError
 
@@ -99,6 +101,42 @@ def _key_command(args: argparse.Namespace) -> Callable[[Services], Awaitable[int
     return run
 
 
+def _read_password(args: argparse.Namespace) -> str:
+    """--password, else one line from stdin (a prompt without echo on a terminal): a password
+    on the command line is visible in `ps` and shell history."""
+    if args.password is not None:
+        return args.password
+    if sys.stdin.isatty():
+        return getpass.getpass("Password: ")
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def _credential_command(args: argparse.Namespace) -> Callable[[Services], Awaitable[int]]:
+    async def run(s: Services) -> int:
+        domain = await s.domains.get(args.domain)
+        if domain is None:
+            return _fail(f"no such domain: {args.domain}")
+        try:
+            if args.action == "add":
+                credential = await s.credentials.create(
+                    domain.name, args.login, _read_password(args)
+                )
+                print(f"created {credential.login}")
+            elif args.action == "list":
+                for c in await s.credentials.list(domain.name):
+                    print(f"{c.login}\tcreated {rfc2822(c.created_at)}")
+            elif args.action == "passwd":
+                await s.credentials.set_password(domain.name, args.login, _read_password(args))
+                print(f"password changed for {full_login(args.login, domain.name)}")
+            elif args.action == "remove":
+                print(f"removed {await s.credentials.delete(domain.name, args.login)}")
+        except CredentialError as exc:
+            return _fail(str(exc))
+        return 0
+
+    return run
+
+
 def _fail(message: str) -> int:
     print(f"mta: {message}", file=sys.stderr)
     return 1
@@ -151,6 +189,21 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = ksub.add_parser("revoke", parents=[common], help="revoke a key by id")
     revoke.add_argument("id")
 
+    credential = sub.add_parser("credential", help="manage SMTP credentials (SMTP AUTH logins)")
+    csub = credential.add_subparsers(dest="action", required=True)
+    for action, text in (
+        ("add", "create a login (password from stdin unless --password)"),
+        ("passwd", "change a login's password (from stdin unless --password)"),
+        ("remove", "delete a login"),
+        ("list", "list a domain's logins"),
+    ):
+        p = csub.add_parser(action, parents=[common], help=text)
+        p.add_argument("domain")
+        if action != "list":
+            p.add_argument("login", help="local part or full address on the domain")
+        if action in ("add", "passwd"):
+            p.add_argument("--password", help="visible to other local users in `ps`; prefer stdin")
+
     sub.add_parser(
         "config", parents=[common], help="print every setting with its default and meaning (TOML)"
     )
@@ -176,7 +229,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             asyncio.run(serve(config))
             return 0
-        work = _domain_command(args) if args.command == "domain" else _key_command(args)
+        commands = {
+            "domain": _domain_command,
+            "key": _key_command,
+            "credential": _credential_command,
+        }
+        work = commands[args.command](args)
         return asyncio.run(_with_services(config, work))
     except sqlite3.Error as exc:  # an unusable store file: one line, not a traceback
         return _fail(f"cannot open the store {config.db_path}: {exc}")

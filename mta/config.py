@@ -54,6 +54,31 @@ class ApiConfig:
 
 
 @dataclass
+class SmtpConfig:
+    """SMTP listeners. An empty address turns a listener off."""
+
+    submission: str = setting("127.0.0.1:1587", "submission with STARTTLS, AUTH after TLS (587)")
+    submission_tls: str = setting("127.0.0.1:1465", "submission over implicit TLS (465)")
+    submission_alt: str = setting("127.0.0.1:2525", "submission like 587 on another port (2525)")
+    tls_cert: str = setting("", "PEM certificate chain; empty: a self-signed pair in data_dir")
+    tls_key: str = setting("", "PEM private key for tls_cert")
+    foreign_senders: str = setting(
+        "allow",
+        "senders on domains not hosted here: allow (relayhost cron mail) or reject; senders on "
+        "another hosted domain are always refused",
+    )
+    idle_timeout_s: float = setting(300.0, "close a session silent this long (RFC 5321: 5 min)")
+    session_timeout_s: float = setting(1800.0, "close any session this old")
+    max_line_bytes: int = setting(2048, "longest command or message line accepted")
+    max_header_bytes: int = setting(262_144, "largest header block of a message")
+    max_connections: int = setting(2000, "concurrent SMTP sessions in all")
+    max_connections_per_ip: int = setting(50, "concurrent SMTP sessions from one address")
+    auth_failures: int = setting(5, "failed AUTH attempts from one address before it is blocked")
+    auth_failure_window_s: float = setting(300.0, "window in which auth_failures are counted")
+    auth_block_s: float = setting(300.0, "how long a blocked address gets 454/421")
+
+
+@dataclass
 class StoreConfig:
     """The SQLite-WAL store and its group-commit writer."""
 
@@ -113,6 +138,7 @@ class DomainsConfig:
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     sending: SendingConfig = field(default_factory=SendingConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
@@ -246,6 +272,18 @@ def parse_nameserver(key: str, value: str) -> tuple[str, int]:
 
 def validate(config: Config) -> None:
     parse_listen("api.listen", config.api.listen)
+    for name in ("submission", "submission_tls", "submission_alt"):
+        value = getattr(config.smtp, name)
+        if value:
+            parse_listen(f"smtp.{name}", value)
+    if bool(config.smtp.tls_cert) != bool(config.smtp.tls_key):
+        raise ConfigError("smtp.tls_cert/tls_key: give both or neither")
+    if config.smtp.foreign_senders not in ("allow", "reject"):
+        raise ConfigError("smtp.foreign_senders: expected allow or reject")
+    for name in ("max_line_bytes", "max_header_bytes", "max_connections",
+                 "max_connections_per_ip", "auth_failures"):
+        if getattr(config.smtp, name) < 1:
+            raise ConfigError(f"smtp.{name}: must be positive")
     for server in config.dns.nameservers:
         parse_nameserver("dns.nameservers", server)
     if config.server.log_level.lower() not in ("debug", "info", "warning", "error"):

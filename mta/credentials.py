@@ -108,7 +108,7 @@ class Credentials:
         local, _, login_domain = login.rpartition("@")
         if not local or login_domain != domain or any(c.isspace() for c in login):
             raise CredentialError(f"login must be an address on {domain}: {login}")
-        _check_length(password)
+        check_password_length(password)
         credential = Credential(login, domain, time.time())
         hashed = await asyncio.to_thread(hash_password, password)
         try:
@@ -130,7 +130,7 @@ class Credentials:
 
     async def set_password(self, domain: str, login: str, password: str) -> None:
         login = full_login(login, domain)
-        _check_length(password)
+        check_password_length(password)
         await self._require(domain, login)
         hashed = await asyncio.to_thread(hash_password, password)
         await self._store.write(Statement(
@@ -159,7 +159,7 @@ class Credentials:
             raise CredentialError("Credentials not found", 404)
 
 
-def _check_length(password: str) -> None:
+def check_password_length(password: str) -> None:
     if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
         raise CredentialError(
             f"Password length must be between {MIN_PASSWORD} and {MAX_PASSWORD} characters"

@@ -19,15 +19,31 @@ import pytest
 
 from mta.app import Server
 from mta.config import Config
+from mta.smtp.tls import certificate_paths
 
 DOMAIN = "mg.example.test"
 
 
-def make_config(tmp_path: Path, **overrides: Any) -> Config:
+@pytest.fixture(scope="session")
+def tls_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """One self-signed certificate for every test server (making one costs ~0.1 s)."""
+    config = Config()
+    config.server.data_dir = str(tmp_path_factory.mktemp("tls"))
+    config.server.hostname = "mx.mta.test"
+    cert, key = certificate_paths(config)
+    return str(cert), str(key)
+
+
+def make_config(tmp_path: Path, tls: tuple[str, str] | None = None, **overrides: Any) -> Config:
     config = Config()
     config.server.data_dir = str(tmp_path / "var")
     config.server.hostname = "mx.mta.test"
     config.api.listen = "127.0.0.1:0"
+    config.smtp.submission = "127.0.0.1:0"
+    config.smtp.submission_tls = "127.0.0.1:0"
+    config.smtp.submission_alt = "127.0.0.1:0"
+    if tls is not None:
+        config.smtp.tls_cert, config.smtp.tls_key = tls
     config.dns.only_answers = True
     config.domains.dkim_key_bits = 1024  # fast key generation; 2048 is tested on its own
     for dotted, value in overrides.items():
@@ -59,12 +75,14 @@ class Running:
 
 
 @pytest.fixture
-async def start_server(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+async def start_server(
+    tmp_path: Path, tls_pair: tuple[str, str]
+) -> AsyncIterator[Callable[..., Any]]:
     """Start a server (config overrides as section__key=value); stopped after the test."""
     started: list[Server] = []
 
     async def start(**overrides: Any) -> Running:
-        server = Server(make_config(tmp_path, **overrides))
+        server = Server(make_config(tmp_path, tls_pair, **overrides))
         await server.start()
         started.append(server)
         assert server.services is not None
@@ -112,6 +130,9 @@ def cli_env(tmp_path: Path, port: int = 0) -> dict[str, str]:
         {
             "MTA_SERVER_DATA_DIR": str(tmp_path / "var"),
             "MTA_API_LISTEN": f"127.0.0.1:{port}",
+            "MTA_SMTP_SUBMISSION": "127.0.0.1:0",
+            "MTA_SMTP_SUBMISSION_TLS": "127.0.0.1:0",
+            "MTA_SMTP_SUBMISSION_ALT": "127.0.0.1:0",
             "MTA_DNS_ONLY_ANSWERS": "true",
             "MTA_DOMAINS_DKIM_KEY_BITS": "1024",
         }

@@ -47,10 +47,18 @@ class AcceptError(Exception):
     """A refused submission: `status` and `message` in the protocol's terms (HTTP here; the SMTP
     listener maps them to reply codes)."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, smtp: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
+        self._smtp = smtp
+
+    @property
+    def smtp_reply(self) -> str:
+        """The refusal as an SMTP reply: code, enhanced code, text on one line."""
+        code = self._smtp or {413: "552 5.3.4", 404: "550 5.1.2"}.get(self.status, "550 5.6.0")
+        text = " ".join(self.message.split())
+        return f"{code} {text}"
 
 
 @dataclass
@@ -93,6 +101,8 @@ class Submission:
     envelope_sender: str | None = None
     authenticated: bool = True
     originating_ip: str | None = None
+    # an SMTP login: senders must not be on another hosted domain (see _check_senders)
+    sender_login: str | None = None
 
 
 @dataclass(frozen=True)
@@ -217,6 +227,8 @@ class Acceptor:
         from_ = parse_addresses(sub.from_, "from")
         if sub.mime is None and not from_:
             raise AcceptError("from parameter is missing")
+        if sub.sender_login is not None:
+            await self._check_senders(domain, sub, from_)
         to = parse_addresses(sub.to, "to")
         if not to:
             raise AcceptError("to parameter is missing")
@@ -224,14 +236,17 @@ class Acceptor:
         bcc = parse_addresses(sub.bcc, "bcc")
         everyone = _unique(to + cc + bcc)
         if len(everyone) > limits.max_recipients:
-            raise AcceptError(f"Too many recipients, max is {limits.max_recipients}")
+            raise AcceptError(
+                f"Too many recipients, max is {limits.max_recipients}", smtp="452 4.5.3"
+            )
         if domain.is_sandbox:
             strangers = [a.addr for a in everyone if a.key not in domain.authorized_recipients]
             if strangers:
                 raise AcceptError(
                     f"Domain {domain.name} is not allowed to send: Sandbox subdomains are for test"
                     " purposes only. Please add your own domain or add the address to authorized"
-                    f" recipients: {', '.join(strangers[:5])}"
+                    f" recipients: {', '.join(strangers[:5])}",
+                    smtp="550 5.7.1",
                 )
         self._check_options(sub, now)
         for name, value in sub.headers:
@@ -288,6 +303,35 @@ class Acceptor:
         sender = sub.envelope_sender or (from_[0].addr if from_ else headers["from-addr"])
         statements = self._statements(domain, sub, message_id, sender, shared, copies, headers, now)
         return message_id, statements
+
+    async def _check_senders(self, domain: Domain, sub: Submission, from_: list[Address]) -> None:
+        """An SMTP login sends for its own domain: envelope and From addresses on another domain
+        hosted here are refused (a stolen login cannot speak for other customers); addresses on
+        domains not hosted here pass when smtp.foreign_senders = "allow" (a relayhost's cron
+        mail from root@host), and are refused when it is "reject"."""
+        addresses = [a.addr for a in from_]
+        if sub.envelope_sender:
+            addresses.append(sub.envelope_sender)
+        if sub.mime is not None:
+            fields, _ = split_header_block(sub.mime)
+            for field_ in fields:
+                if header_name(field_) in ("from", "sender"):
+                    addresses += [a for _, a in email.utils.getaddresses([header_value(field_)])]
+        for addr in addresses:
+            sender_domain = addr.rpartition("@")[2].lower().rstrip(".")
+            if sender_domain == domain.name or sender_domain.endswith("." + domain.name):
+                continue
+            if await self._domains.get(sender_domain) is not None:
+                raise AcceptError(
+                    f"Sender {addr} is on {sender_domain}; {sub.sender_login} may only send"
+                    f" for {domain.name}",
+                    smtp="550 5.7.1",
+                )
+            if self._config.smtp.foreign_senders == "reject":
+                raise AcceptError(
+                    f"Sender {addr} is not on {domain.name}, the domain of {sub.sender_login}",
+                    smtp="550 5.7.1",
+                )
 
     def _check_options(self, sub: Submission, now: float) -> None:
         opts = sub.options

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from mta.api import domains, events, messages
+from mta.api import credentials, domains, events, messages
 from mta.api.context import SERVICES, Services
 from mta.api.errors import ApiError, error, forbidden
 
@@ -91,6 +91,7 @@ def build_app(services: Services) -> web.Application:
         *messages.ROUTES,
         *events.ROUTES,
         *domains.ROUTES,
+        *credentials.ROUTES,
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)

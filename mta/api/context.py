@@ -32,13 +32,25 @@ def services(request: web.Request) -> Services:
     return request.app[SERVICES]
 
 
-async def path_domain(request: web.Request, param: str = "domain") -> Domain:
-    """The domain named in the path, or a 404 in Mailgun's words."""
+async def path_domain(
+    request: web.Request, param: str = "domain", *, name_in_message: bool = True
+) -> Domain:
+    """The domain named in the path, or a 404 in Mailgun's words: the sending and events
+    endpoints name the domain, the domain-admin endpoints answer a bare "Domain not found"."""
     name = request.match_info[param]
     domain = await services(request).domains.get(name)
     if domain is None:
-        raise ApiError(404, f"Domain not found: {name}")
+        raise ApiError(404, f"Domain not found: {name}" if name_in_message else "Domain not found")
     return domain
+
+
+def query_int(request: web.Request, name: str, default: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or int(raw) > high:
+        raise ApiError(400, f"'{name}' must be a whole number from 0 to {high}")
+    return int(raw)
 
 
 def base_url(request: web.Request) -> str:

@@ -6,9 +6,10 @@ from typing import Any
 
 from aiohttp import web
 
-from mta.api.context import services
+from mta.api.context import path_domain, query_int, services
 from mta.api.errors import ApiError, json_response
 from mta.api.forms import parse_bool, read_form
+from mta.credentials import CredentialError, check_password_length
 from mta.dates import rfc2822
 from mta.domains import DnsRecord, Domain, DomainError
 
@@ -59,27 +60,9 @@ def _full(request: web.Request, domain: Domain, **extra: Any) -> dict[str, Any]:
     }
 
 
-async def _named_domain(request: web.Request) -> Domain:
-    """The domain in the path. Mailgun's domain endpoints answer a bare "Domain not found"
-    (the sending and events endpoints name the domain)."""
-    domain = await services(request).domains.get(request.match_info["name"])
-    if domain is None:
-        raise ApiError(404, "Domain not found")
-    return domain
-
-
-def _int_param(request: web.Request, name: str, default: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    if not raw.isdigit() or int(raw) > high:
-        raise ApiError(400, f"'{name}' must be a whole number from 0 to {high}")
-    return int(raw)
-
-
 async def list_domains(request: web.Request) -> web.Response:
-    limit = _int_param(request, "limit", 100, 1000)
-    skip = _int_param(request, "skip", 0, 10**9)
+    limit = query_int(request, "limit", 100, 1000)
+    skip = query_int(request, "skip", 0, 10**9)
     state = request.query.get("state")
     domains = await services(request).domains.all()
     if state:
@@ -101,7 +84,10 @@ async def create_domain(request: web.Request) -> web.Response:
     key_size = form.text("dkim_key_size")
     if key_size is not None and key_size.strip() not in ("1024", "2048"):
         raise ApiError(400, "dkim_key_size must be 1024 or 2048")
+    smtp_password = form.text("smtp_password")
     try:
+        if smtp_password is not None:
+            check_password_length(smtp_password)  # before the domain exists: no half-created domain
         domain = await services(request).domains.create(
             name,
             spam_action=_SPAM_ALIASES.get(spam_action, spam_action),
@@ -111,24 +97,28 @@ async def create_domain(request: web.Request) -> web.Response:
             web_scheme=(form.text("web_scheme") or "http").lower(),
             web_prefix=form.text("web_prefix") or "email",
         )
-    except DomainError as exc:
+        if smtp_password is not None:
+            await services(request).credentials.create(
+                domain.name, f"postmaster@{domain.name}", smtp_password
+            )
+    except (DomainError, CredentialError) as exc:
         raise ApiError(400, str(exc)) from None
     return json_response(_full(request, domain, message="Domain has been created"))
 
 
 async def get_domain(request: web.Request) -> web.Response:
-    domain = await _named_domain(request)
+    domain = await path_domain(request, "name", name_in_message=False)
     return json_response(_full(request, domain))
 
 
 async def delete_domain(request: web.Request) -> web.Response:
-    domain = await _named_domain(request)
+    domain = await path_domain(request, "name", name_in_message=False)
     await services(request).domains.delete(domain.name)
     return json_response({"message": "Domain has been deleted"})
 
 
 async def verify_domain(request: web.Request) -> web.Response:
-    domain = await _named_domain(request)
+    domain = await path_domain(request, "name", name_in_message=False)
     updated = await services(request).domains.verify(domain.name)
     return json_response(_full(request, updated, message="Domain DNS records have been updated"))
 

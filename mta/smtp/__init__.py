@@ -1,0 +1,346 @@
+"""SMTP submission listeners (587 STARTTLS, 465 implicit TLS, 2525) on aiosmtpd, in the server's
+own event loop. Every message goes through the same accept path as the HTTP API.
+
+aiosmtpd does the protocol; this module adds what a submission server needs around it:
+AUTH PLAIN/LOGIN against SMTP credentials (checked off the loop), enhanced status codes on
+every reply, PIPELINING, per-address connection and AUTH-failure limits, a session age limit,
+a header-size limit, and the sender policy of a credential (see `Acceptor`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import logging
+import re
+import ssl
+from base64 import b64decode
+from dataclasses import dataclass
+from typing import Any
+
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
+
+from mta.accept import AcceptError, Submission
+from mta.accept.mime import split_header_block
+from mta.api.context import Services
+from mta.config import Config, parse_listen
+from mta.credentials import Credential
+from mta.smtp.guard import Guard
+from mta.smtp.tls import server_context
+
+log = logging.getLogger("mta.smtp")
+logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command at INFO
+
+_HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
+# enhanced codes for aiosmtpd's own replies, by reply code (RFC 3463)
+_DEFAULT_ENHANCED = {
+    "220": "2.0.0", "221": "2.0.0", "235": "2.7.0", "250": "2.0.0", "251": "2.1.5",
+    "334": "", "354": "", "421": "4.3.0", "451": "4.3.0", "452": "4.5.3", "454": "4.7.0",
+    "500": "5.5.2", "501": "5.5.4", "502": "5.5.1", "503": "5.5.1", "504": "5.5.4",
+    "530": "5.7.0", "535": "5.7.8", "538": "5.7.11", "550": "5.7.1", "552": "5.3.4",
+    "553": "5.1.3", "554": "5.3.0", "555": "5.5.4",
+}
+
+
+def with_enhanced_code(line: str) -> str:
+    """Give a reply line an RFC 3463 code when it has none (the 220 banner and EHLO keywords
+    are not status replies and are left alone)."""
+    code, sep, text = line[:3], line[3:4], line[4:]
+    if code in ("220", "334", "354") or sep == "-" or not code.isdigit():
+        return line
+    if _HAS_ENHANCED.match(line):
+        return line
+    if code == "250" and line[4:].isupper() and " " not in line[4:]:
+        return line  # the last EHLO keyword
+    enhanced = _DEFAULT_ENHANCED.get(code, f"{code[0]}.0.0")
+    text = text.replace("Error: ", "")
+    return f"{code}{sep}{enhanced} {text}" if enhanced else line
+
+
+def _printable(text: str) -> str:
+    """What goes back to the client of its own input: no CR/LF, no control characters."""
+    return "".join(c if c.isprintable() else "?" for c in text)[:64]
+
+
+@dataclass
+class ListenerSpec:
+    name: str
+    listen: str
+    implicit_tls: bool
+
+
+class SubmissionSession(SMTP):
+    """One SMTP connection on a submission port."""
+
+    def __init__(
+        self, handler: SubmissionHandler, spec: ListenerSpec, line_limit: int, **kwargs: Any
+    ) -> None:
+        self.line_length_limit = line_limit  # read by SMTP.__init__ for its stream reader
+        super().__init__(handler, **kwargs)
+        self.close_after_reply = False
+        self.spec = spec
+        self.guard = handler.guard
+        self.peer_ip = ""
+        self._refused = False
+        self._age_limit: asyncio.TimerHandle | None = None
+        if spec.implicit_tls:
+            self._auth_require_tls = False  # the whole session is already encrypted
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is None:  # a new connection, not the STARTTLS upgrade of one
+            peer = transport.get_extra_info("peername") or ("", 0)
+            self.peer_ip = str(peer[0])
+            refusal = self.guard.connect(self.peer_ip)
+            if refusal is not None:
+                self._refused = True
+                log.info("refused %s on %s: %s", self.peer_ip, self.spec.name, refusal)
+                transport.write(refusal.encode() + b"\r\n")  # type: ignore[attr-defined]
+                transport.close()
+                return
+            limit = self.event_handler.config.smtp.session_timeout_s
+            self._age_limit = asyncio.get_running_loop().call_later(limit, self._too_old)
+            self.event_handler.sessions.add(self)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        if self._age_limit is not None:
+            self._age_limit.cancel()
+            self._age_limit = None
+            self.guard.disconnect(self.peer_ip)
+            self.event_handler.sessions.discard(self)
+        super().connection_lost(error)
+
+    def _too_old(self) -> None:
+        log.info("closing %s: session older than the limit", self.peer_ip)
+        self.goodbye("421 4.4.2 Session too long, closing")
+
+    def goodbye(self, reply: str) -> None:
+        if self.transport is not None:
+            self._writer.write(reply.encode() + b"\r\n")
+            self.transport.close()
+
+    async def push(self, status: Any) -> None:
+        if isinstance(status, bytes):
+            status = status.decode("utf-8", "replace")
+        if status.startswith('500 Error: command "'):  # aiosmtpd echoes the client's input
+            command = status.split('"', 2)[1]
+            status = f'500 5.5.2 Error: command "{_printable(command)}" not recognized'
+        await super().push(with_enhanced_code(status))
+        if self.close_after_reply and self.transport is not None:
+            self.transport.close()
+
+
+class SubmissionHandler:
+    """aiosmtpd hooks: AUTH, MAIL, RCPT and DATA for authenticated submission."""
+
+    def __init__(self, services: Services, guard: Guard) -> None:
+        self.services = services
+        self.config: Config = services.config
+        self.guard = guard
+        self.sessions: set[SubmissionSession] = set()
+        self.busy = 0  # sessions inside DATA, waiting for their commit
+        self.closing = False
+
+    async def handle_EHLO(
+        self, server: SubmissionSession, session: Session, envelope: Envelope, hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        extra = ["250-PIPELINING", "250-ENHANCEDSTATUSCODES"]
+        if server.spec.implicit_tls and not any(r.startswith("250-AUTH") for r in responses):
+            extra.append("250-AUTH LOGIN PLAIN")
+        return [responses[0], *extra, *responses[1:]]
+
+    async def handle_AUTH(
+        self, server: SubmissionSession, session: Session, envelope: Envelope, args: list[str]
+    ) -> str | None:
+        """PLAIN and LOGIN, answered only after the password check (scrypt, off the loop)."""
+        if self.guard.blocked(server.peer_ip):
+            server.close_after_reply = True
+            return "421 4.7.0 Too many authentication failures from your address, try later"
+        mechanism = args[0].upper()
+        initial = args[1] if len(args) > 1 else None
+        login = password = None
+        if mechanism == "PLAIN":
+            blob = await self._initial_or_challenge(server, initial, "")
+            if blob is None:
+                return None
+            parts = blob.split(b"\0")
+            if len(parts) != 3:
+                return "501 5.5.2 Can't split auth value"
+            authzid, login_b, password_b = parts
+            if authzid and authzid != login_b:  # Sendmail sends login\0login\0password
+                return "535 5.7.8 Authentication credentials invalid"
+            login, password = login_b, password_b
+        elif mechanism == "LOGIN":
+            login = await self._initial_or_challenge(server, initial, "Username:")
+            if login is None:
+                return None
+            password = await self._initial_or_challenge(server, None, "Password:")
+            if password is None:
+                return None
+        else:
+            return "504 5.5.4 Unrecognized authentication type"
+        credential = await self._verify(login, password)
+        if credential is None:
+            if self.guard.auth_failed(server.peer_ip):
+                log.warning("blocking %s after repeated authentication failures", server.peer_ip)
+            log.info("authentication failed for %r from %s",
+                     _printable(login.decode("utf-8", "replace")), server.peer_ip)
+            return "535 5.7.8 Authentication credentials invalid"
+        session.authenticated = True
+        session.auth_data = credential
+        return "235 2.7.0 Authentication successful"
+
+    async def _initial_or_challenge(
+        self, server: SubmissionSession, initial: str | None, prompt: str
+    ) -> bytes | None:
+        if initial is not None and initial != "=":
+            try:
+                return b64decode(initial, validate=True)
+            except binascii.Error:
+                await server.push("501 5.5.2 Can't decode base64")
+                return None
+        if initial == "=":
+            return b""
+        answer = await server.challenge_auth(prompt)
+        return None if answer is MISSING else answer  # type: ignore[return-value]
+
+    async def _verify(self, login: bytes, password: bytes) -> Credential | None:
+        try:
+            return await self.services.credentials.verify(
+                login.decode("utf-8"), password.decode("utf-8")
+            )
+        except UnicodeDecodeError:
+            return None
+
+    async def handle_RCPT(
+        self, server: SubmissionSession, session: Session, envelope: Envelope, address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        if len(envelope.rcpt_tos) >= self.config.sending.max_recipients:
+            return f"452 4.5.3 Too many recipients (at most {self.config.sending.max_recipients})"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 OK"
+
+    async def handle_MAIL(
+        self, server: SubmissionSession, session: Session, envelope: Envelope, address: str,
+        mail_options: list[str],
+    ) -> str:
+        if self.closing:
+            server.close_after_reply = True
+            return "421 4.3.2 Server shutting down, try again later"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
+    async def handle_DATA(
+        self, server: SubmissionSession, session: Session, envelope: Envelope
+    ) -> str:
+        credential: Credential = session.auth_data
+        content = envelope.original_content or b""
+        head, _ = split_header_block(content[: self.config.smtp.max_header_bytes + 4])
+        if sum(len(f) + 2 for f in head) > self.config.smtp.max_header_bytes:
+            return f"552 5.3.4 Message header exceeds {self.config.smtp.max_header_bytes} bytes"
+        submission = Submission(
+            domain=credential.domain,
+            method="smtp",
+            to=list(envelope.rcpt_tos),
+            mime=content,
+            envelope_sender=envelope.mail_from or "",
+            authenticated=True,
+            originating_ip=server.peer_ip,
+            sender_login=credential.login,
+        )
+        self.busy += 1
+        try:
+            message_id = await self.services.acceptor.accept(submission)
+        except AcceptError as exc:
+            return exc.smtp_reply
+        except Exception:
+            log.exception("could not accept a message from %s", credential.login)
+            return "451 4.3.0 Temporary failure, please try again"
+        finally:
+            self.busy -= 1
+        return f"250 2.0.0 OK: queued as <{message_id}>"
+
+
+class SubmissionListeners:
+    """Starts and stops the configured submission listeners."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.guard = Guard(services.config.smtp)
+        self.handler = SubmissionHandler(services, self.guard)
+        self.servers: dict[str, asyncio.Server] = {}
+
+    def specs(self) -> list[ListenerSpec]:
+        smtp = self.services.config.smtp
+        return [
+            ListenerSpec(name, listen, name == "submission_tls")
+            for name, listen in (("submission", smtp.submission),
+                                 ("submission_tls", smtp.submission_tls),
+                                 ("submission_alt", smtp.submission_alt))
+            if listen
+        ]
+
+    async def start(self) -> None:
+        config = self.services.config
+        specs = self.specs()
+        if not specs:
+            return
+        context = server_context(config)
+        loop = asyncio.get_running_loop()
+        for spec in specs:
+            host, port = parse_listen(f"smtp.{spec.name}", spec.listen)
+            server = await loop.create_server(
+                lambda spec=spec: self._session(spec, context),
+                host, port, ssl=context if spec.implicit_tls else None,
+                reuse_address=True, backlog=1024,
+            )
+            self.servers[spec.name] = server
+            bound = server.sockets[0].getsockname()
+            log.info("SMTP %s listening on %s:%d%s", spec.name, bound[0], bound[1],
+                     " (implicit TLS)" if spec.implicit_tls else " (STARTTLS)")
+
+    def _session(self, spec: ListenerSpec, context: ssl.SSLContext) -> SubmissionSession:
+        config = self.services.config
+        session = SubmissionSession(
+            self.handler,
+            spec,
+            hostname=config.server.hostname,
+            ident="mta ESMTP",
+            tls_context=None if spec.implicit_tls else context,
+            require_starttls=False,
+            auth_required=True,
+            auth_require_tls=True,
+            data_size_limit=config.sending.max_message_bytes,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            timeout=config.smtp.idle_timeout_s,
+            command_call_limit={"AUTH": 10, "*": 100_000},
+            line_limit=config.smtp.max_line_bytes,
+        )
+        return session
+
+    def port(self, name: str) -> int:
+        return self.servers[name].sockets[0].getsockname()[1]
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop listening, let messages already in DATA be committed and answered, then say
+        421 to every remaining session."""
+        for server in self.servers.values():
+            server.close()
+        self.handler.closing = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while self.handler.busy and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for session in list(self.handler.sessions):
+            session.goodbye("421 4.3.2 Server shutting down, try again later")
+        for server in self.servers.values():
+            await server.wait_closed()
+        self.servers.clear()
