@@ -97,15 +97,19 @@ class Server:
             await asyncio.sleep(PURGE_INTERVAL_S)
 
     async def stop(self) -> None:
-        """Stop accepting, let in-flight requests finish (their commits too), close the store."""
+        """Stop accepting, let in-flight requests and SMTP transactions finish (their commits
+        too), close the store. Safe to call twice."""
         if self._purger is not None:
             self._purger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._purger
+            self._purger = None
         if self.smtp is not None:
             await self.smtp.stop()
+            self.smtp = None
         if self.runner is not None:
             await self.runner.cleanup()
+            self.runner = None
         if self.services is not None:
             await self.services.store.close()
         log.info("stopped")
