@@ -98,20 +98,24 @@ class Server:
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests and SMTP transactions finish (their commits
-        too), close the store. Safe to call twice."""
-        if self._purger is not None:
-            self._purger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._purger
-            self._purger = None
-        if self.smtp is not None:
-            await self.smtp.stop()
-            self.smtp = None
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
-        if self.services is not None:
-            await self.services.store.close()
+        too), close the store. Safe to call twice; the store is closed even if a step fails."""
+        try:
+            if self._purger is not None:
+                self._purger.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._purger
+                self._purger = None
+            if self.smtp is not None:
+                smtp, self.smtp = self.smtp, None
+                await smtp.stop()
+        finally:
+            try:
+                if self.runner is not None:
+                    runner, self.runner = self.runner, None
+                    await runner.cleanup()
+            finally:
+                if self.services is not None:
+                    await self.services.store.close()
         log.info("stopped")
 
 

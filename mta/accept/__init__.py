@@ -297,10 +297,12 @@ class Acceptor:
         biggest = max([len(shared or b"")] + [len(c.mime or b"") for c in copies])
         if biggest > limits.max_message_bytes:
             raise AcceptError(
-                f"Message size exceeds the {limits.max_message_bytes // (1024 * 1024)} MB limit",
-                413,
+                f"Message size exceeds the {_size(limits.max_message_bytes)} limit", 413
             )
-        sender = sub.envelope_sender or (from_[0].addr if from_ else headers["from-addr"])
+        if sub.envelope_sender is not None:  # "" is the null sender of a bounce: keep it
+            sender = sub.envelope_sender
+        else:
+            sender = from_[0].addr if from_ else headers["from-addr"]
         statements = self._statements(domain, sub, message_id, sender, shared, copies, headers, now)
         return message_id, statements
 
@@ -626,6 +628,11 @@ _RESERVED_HEADERS = {
     "content-transfer-encoding",
     "x-mailgun-variables",
 }
+
+
+def _size(limit: int) -> str:
+    mib, rest = divmod(limit, 1024 * 1024)
+    return f"{mib} MB" if mib and not rest else f"{limit} bytes"
 
 
 def normalise_tags(tags: list[str]) -> list[str]:

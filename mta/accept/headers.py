@@ -7,10 +7,11 @@ message, as Mailgun leaves it.
 
 from __future__ import annotations
 
+import base64
 import binascii
-import email.parser
-import email.policy
+import email.message
 import logging
+import quopri
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,29 +81,63 @@ def _json_object(name: str, value: str) -> dict[str, Any]:
     return parsed
 
 
+def _multipart_parts(body: bytes, boundary: str) -> list[bytes]:
+    """The raw parts of a multipart body, between its delimiter lines (RFC 2046 5.1.1)."""
+    delimiter = re.compile(
+        rb"(?:\A|\r?\n)--" + re.escape(boundary.encode("ascii", "replace"))
+        + rb"(--)?[ \t]*(?=\r?\n|\Z)"
+    )
+    parts: list[bytes] = []
+    start: int | None = None
+    for match in delimiter.finditer(body):
+        if start is not None:
+            parts.append(body[start : match.start()])
+        if match.group(1):
+            break
+        newline = body.find(b"\n", match.end())
+        start = None if newline < 0 else newline + 1
+    return parts
+
+
+def _part_content(part: bytes) -> tuple[dict[str, str], bytes]:
+    """(header values by lower-cased name, the content after the blank line)."""
+    fields, rest = split_header_block(part)
+    headers = {header_name(f): header_value(f) for f in fields}
+    return headers, re.sub(rb"\A\r?\n\r?\n", b"", rest, count=1)
+
+
 def unwrap_variables_container(mime: bytes) -> tuple[bytes, dict[str, Any] | None]:
-    """A multipart/mailgun-variables message -> (the inner message, its recipient variables)."""
-    fields, _ = split_header_block(mime)
+    """A multipart/mailgun-variables message -> (the inner message, its recipient variables).
+
+    The inner message is cut out of the container as it is, not parsed and generated again:
+    that would refold its long header lines (and break a DKIM signature already on it)."""
+    fields, rest = split_header_block(mime)
     content_type = next((header_value(f) for f in fields if header_name(f) == "content-type"), "")
     if not content_type.lower().startswith("multipart/mailgun-variables"):
         return mime, None
-    outer = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(mime)
+    params = email.message.Message()
+    params["Content-Type"] = content_type
+    boundary = params.get_boundary()
     variables: dict[str, Any] | None = None
     inner: bytes | None = None
-    for part in outer.get_payload() if outer.is_multipart() else []:
-        kind = part.get_content_type()
+    for part in _multipart_parts(rest, boundary) if boundary else []:
+        headers, content = _part_content(part)
+        kind = headers.get("content-type", "text/plain").split(";")[0].strip().lower()
         if kind == "application/json" and variables is None:
+            encoding = headers.get("content-transfer-encoding", "").strip().lower()
             try:
-                raw = part.get_payload(decode=True) or b""
-                variables = orjson.loads(raw)
+                if encoding == "base64":
+                    content = base64.b64decode(content)
+                elif encoding == "quoted-printable":
+                    content = quopri.decodestring(content)
+                variables = orjson.loads(content)
             except (orjson.JSONDecodeError, binascii.Error, ValueError):
                 raise HeaderOptionError("the mailgun-variables JSON part is not valid") from None
             if not isinstance(variables, dict):
                 raise HeaderOptionError("the mailgun-variables JSON part is not an object")
         elif kind == "message/rfc822" and inner is None:
-            payload = part.get_payload()
-            inner = payload[0].as_bytes() if isinstance(payload, list) and payload else None
-    if inner is None:
+            inner = content
+    if not inner:
         raise HeaderOptionError("the mailgun-variables container has no message/rfc822 part")
     return re.sub(rb"\r?\n", b"\r\n", inner), variables
 

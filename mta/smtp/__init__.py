@@ -20,7 +20,7 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
 
-from mta.accept import AcceptError, Submission
+from mta.accept import AcceptError, Submission, valid_addr_spec
 from mta.accept.mime import split_header_block
 from mta.api.context import Services
 from mta.config import Config, parse_listen
@@ -31,6 +31,7 @@ from mta.smtp.tls import server_context
 log = logging.getLogger("mta.smtp")
 logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command at INFO
 
+NULL_SENDER = "<>"
 _HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
 # enhanced codes for aiosmtpd's own replies, by reply code (RFC 3463)
 _DEFAULT_ENHANCED = {
@@ -43,18 +44,26 @@ _DEFAULT_ENHANCED = {
 
 
 def with_enhanced_code(line: str) -> str:
-    """Give a reply line an RFC 3463 code when it has none (the 220 banner and EHLO keywords
-    are not status replies and are left alone)."""
+    """Give a reply line an RFC 3463 code when it has none (the 220 banner, challenges and
+    continuation lines are not status replies and are left alone)."""
     code, sep, text = line[:3], line[3:4], line[4:]
     if code in ("220", "334", "354") or sep == "-" or not code.isdigit():
         return line
     if _HAS_ENHANCED.match(line):
         return line
-    if code == "250" and line[4:].isupper() and " " not in line[4:]:
-        return line  # the last EHLO keyword
     enhanced = _DEFAULT_ENHANCED.get(code, f"{code[0]}.0.0")
     text = text.replace("Error: ", "")
     return f"{code}{sep}{enhanced} {text}" if enhanced else line
+
+
+def _is_utf8(text: str) -> bool:
+    """aiosmtpd decodes command arguments with surrogateescape: bytes that were not UTF-8 come
+    through as lone surrogates, which nothing downstream (JSON, the store) can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _printable(text: str) -> str:
@@ -83,6 +92,9 @@ class SubmissionSession(SMTP):
         self.peer_ip = ""
         self._refused = False
         self._age_limit: asyncio.TimerHandle | None = None
+        self._last_heard = self.loop.time()
+        # the next replies are EHLO/HELO lines, which carry no enhanced code (RFC 2034 §3)
+        self.verbatim_replies = 0
         if spec.implicit_tls:
             self._auth_require_tls = False  # the whole session is already encrypted
 
@@ -112,14 +124,38 @@ class SubmissionSession(SMTP):
             self.event_handler.sessions.discard(self)
         super().connection_lost(error)
 
+    def eof_received(self) -> bool | None:
+        if self._refused:  # never started: aiosmtpd's own handler would fail on it
+            return False
+        return super().eof_received()
+
+    def data_received(self, data: bytes) -> None:
+        self._last_heard = self.loop.time()
+        super().data_received(data)
+
+    def _timeout_cb(self) -> None:
+        """aiosmtpd re-arms its idle timer only when a command arrives, so a long DATA upload
+        would be cut off: close only when nothing at all came in for the whole period, and
+        say why (RFC 5321 4.5.3.2)."""
+        quiet = self.loop.time() - self._last_heard
+        if quiet < self._timeout_duration:
+            self._reset_timeout(self._timeout_duration - quiet)
+            return
+        log.info("closing %s: idle for %.1f s", self.peer_ip, quiet)
+        self.goodbye("421 4.4.2 Idle too long, closing")
+
     def _too_old(self) -> None:
         log.info("closing %s: session older than the limit", self.peer_ip)
         self.goodbye("421 4.4.2 Session too long, closing")
 
     def goodbye(self, reply: str) -> None:
-        if self.transport is not None:
-            self._writer.write(reply.encode() + b"\r\n")
-            self.transport.close()
+        """A last reply, then close. Not on a connection already closing: a TLS transport
+        closed twice loses its protocol and raises on the next write."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(reply.encode() + b"\r\n")  # type: ignore[attr-defined]
+        transport.close()
 
     async def push(self, status: Any) -> None:
         if isinstance(status, bytes):
@@ -127,7 +163,12 @@ class SubmissionSession(SMTP):
         if status.startswith('500 Error: command "'):  # aiosmtpd echoes the client's input
             command = status.split('"', 2)[1]
             status = f'500 5.5.2 Error: command "{_printable(command)}" not recognized'
-        await super().push(with_enhanced_code(status))
+        if self.verbatim_replies and status.startswith("250"):
+            self.verbatim_replies -= 1
+        else:
+            self.verbatim_replies = 0
+            status = with_enhanced_code(status)
+        await super().push(status)
         if self.close_after_reply and self.transport is not None:
             self.transport.close()
 
@@ -143,15 +184,27 @@ class SubmissionHandler:
         self.busy = 0  # sessions inside DATA, waiting for their commit
         self.closing = False
 
+    async def handle_exception(self, error: Exception) -> str:
+        """An unexpected failure is temporary for the client: it keeps the message and retries
+        (aiosmtpd's default would be a permanent 500 quoting the exception)."""
+        log.error("SMTP session error: %r", error, exc_info=error)
+        return "451 4.3.0 Temporary server error, please try again"
+
     async def handle_EHLO(
         self, server: SubmissionSession, session: Session, envelope: Envelope, hostname: str,
         responses: list[str],
     ) -> list[str]:
         session.host_name = hostname
-        extra = ["250-PIPELINING", "250-ENHANCEDSTATUSCODES"]
-        if server.spec.implicit_tls and not any(r.startswith("250-AUTH") for r in responses):
-            extra.append("250-AUTH LOGIN PLAIN")
-        return [responses[0], *extra, *responses[1:]]
+        lines = [responses[0], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", *responses[1:]]
+        server.verbatim_replies = len(lines)
+        return lines
+
+    async def handle_HELO(
+        self, server: SubmissionSession, session: Session, envelope: Envelope, hostname: str
+    ) -> str:
+        session.host_name = hostname
+        server.verbatim_replies = 1
+        return f"250 {server.hostname}"
 
     async def handle_AUTH(
         self, server: SubmissionSession, session: Session, envelope: Envelope, args: list[str]
@@ -222,6 +275,9 @@ class SubmissionHandler:
     ) -> str:
         if len(envelope.rcpt_tos) >= self.config.sending.max_recipients:
             return f"452 4.5.3 Too many recipients (at most {self.config.sending.max_recipients})"
+        if not _is_utf8(address) or not valid_addr_spec(address):
+            # refused here, rather than the whole message after DATA
+            return "553 5.1.3 Recipient address syntax is not valid"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 OK"
@@ -233,6 +289,8 @@ class SubmissionHandler:
         if self.closing:
             server.close_after_reply = True
             return "421 4.3.2 Server shutting down, try again later"
+        if not _is_utf8(address):
+            return "553 5.1.7 Sender address is not valid UTF-8"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
@@ -250,7 +308,8 @@ class SubmissionHandler:
             method="smtp",
             to=list(envelope.rcpt_tos),
             mime=content,
-            envelope_sender=envelope.mail_from or "",
+            # aiosmtpd spells the null sender (a relayhost passing on a bounce) "<>"
+            envelope_sender="" if envelope.mail_from == NULL_SENDER else envelope.mail_from,
             authenticated=True,
             originating_ip=server.peer_ip,
             sender_login=credential.login,
