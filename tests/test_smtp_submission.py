@@ -153,10 +153,16 @@ class Clients:
         self._raw: list[Raw] = []
         self._smtp: list[aiosmtplib.SMTP] = []
 
-    async def raw(self, running: Running, listener: str = "submission_tls") -> Raw:
+    async def raw(
+        self, running: Running, listener: str = "submission_tls", source: str = "127.0.0.1"
+    ) -> Raw:
+        """`source` picks the client's loopback address (127.0.0.0/8), i.e. who the server
+        thinks is connecting."""
         port = running.server.smtp.port(listener)
         tls = client_tls() if listener == "submission_tls" else None
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=tls, local_addr=(source, 0)
+        )
         raw = Raw(reader, writer)
         self._raw.append(raw)
         raw.banner = await raw.reply()
@@ -779,6 +785,14 @@ async def test_repeated_auth_failures_block_the_address_for_a_while_but_not_live
     ]
     assert await newcomer.closed()
     queued_id(await submit(before, message()))
+    # a client from another address is not affected by the block
+    neighbour = await clients.raw(running, source="127.0.0.2")
+    assert neighbour.banner == ["220 mx.mta.test mta ESMTP"]
+    await neighbour.login()
+    assert await neighbour.command(f"MAIL FROM:<alice@{DOMAIN}>") == ["250 2.1.0 OK"]
+    assert await neighbour.command("RCPT TO:<bob@example.net>") == ["250 2.1.5 OK"]
+    assert await neighbour.command("DATA") == ["354 End data with <CR><LF>.<CR><LF>"]
+    queued_id((await neighbour.data(message()))[0])
     await asyncio.sleep(max(0.0, blocked_at + 1.6 - time.monotonic()))
     after = await clients.raw(running)
     assert after.banner == ["220 mx.mta.test mta ESMTP"]
