@@ -123,6 +123,18 @@ class SubmissionSession(SMTP):
             self.guard.disconnect(self.peer_ip)
             self.event_handler.sessions.discard(self)
         super().connection_lost(error)
+        task = self._handler_coroutine
+        if task is not None:
+            task.add_done_callback(self._forget)
+
+    def _forget(self, _task: asyncio.Task[None]) -> None:
+        """Once the session's work is over, break its reference cycles so that its buffers
+        (a TLS session holds ~400 KiB) are freed now, not at the next full garbage collection."""
+        for name in ("_tls_protocol", "_original_transport", "_reader", "_writer",
+                     "_handler_coroutine", "session", "envelope", "_client_connected_cb"):
+            setattr(self, name, None)
+        # aiosmtpd keeps tables of its own bound methods: a cycle through the session itself
+        self._smtp_methods = self._auth_methods = self._handle_hooks = {}
 
     def eof_received(self) -> bool | None:
         if self._refused:  # never started: aiosmtpd's own handler would fail on it
