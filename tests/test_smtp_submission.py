@@ -738,6 +738,7 @@ async def test_sender_on_another_hosted_domain_is_refused_and_recorded(
     assert rejected["reject"]["description"] == reply[len("550 5.7.1 "):]
     assert rejected["envelope"]["transport"] == "smtp"
     assert rejected["envelope"]["targets"] == "bob@example.net"
+    assert rejected["message"]["headers"]["from"] == from_header  # read from the message
     assert domains_of_rows(mail)[1] == {DOMAIN}
 
 

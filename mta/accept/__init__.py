@@ -581,6 +581,22 @@ class Acceptor:
         """Refusals that got as far as a sender and a recipient leave a `rejected` event."""
         if not (sub.from_ or sub.envelope_sender or sub.mime) or not sub.to:
             return
+        headers = {
+            "to": ", ".join(sub.to),
+            "message-id": "",
+            "from": ", ".join(sub.from_),
+            "subject": sub.parts.subject if sub.parts else "",
+        }
+        if sub.mime is not None:  # a pre-built message says it itself
+            fields, _ = split_header_block(sub.mime)
+            for field_ in fields:
+                name = header_name(field_)
+                if name in ("to", "from", "subject", "message-id"):
+                    headers[name] = (
+                        header_value(field_).strip("<> ")
+                        if name == "message-id"
+                        else header_value(field_)
+                    )
         payload = new_event(
             "rejected",
             reject={
@@ -596,16 +612,7 @@ class Acceptor:
                 "transport": sub.method,
                 "targets": ", ".join(sub.to),
             },
-            message={
-                "headers": {
-                    "to": ", ".join(sub.to),
-                    "message-id": "",
-                    "from": ", ".join(sub.from_),
-                    "subject": sub.parts.subject if sub.parts else "",
-                },
-                "attachments": [],
-                "size": 0,
-            },
+            message={"headers": headers, "attachments": [], "size": 0},
         )
         if sub.originating_ip:
             payload["originating-ip"] = sub.originating_ip
