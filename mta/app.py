@@ -83,9 +83,7 @@ class Server:
             log.warning("no API keys yet: create one with `mta key create`")
         if not await self.services.domains.all():
             log.warning("no domains yet: add one with `mta domain add NAME`")
-        log.info(
-            "mta: HTTP API listening on %s:%d, store %s", host, self.api_port, self.config.db_path
-        )
+        log.info("HTTP API listening on %s:%d, store %s", host, self.api_port, self.config.db_path)
 
     async def _purge_loop(self) -> None:
         assert self.services is not None

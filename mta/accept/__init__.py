@@ -214,6 +214,13 @@ class Acceptor:
         try:
             return await self._accept(domain, sub)
         except AcceptError as exc:
+            log.info(
+                "rejected a %s submission for %s from %s: %s",
+                sub.method,
+                domain.name,
+                sub.originating_ip or "-",
+                exc.message,
+            )
             await self._record_rejection(domain, sub, exc)
             raise
 
@@ -271,6 +278,14 @@ class Acceptor:
         else:
             message_id, statements = prepare()
         await self._store.write(*statements)
+        log.info(
+            "accepted <%s> for %s via %s: %d recipient(s), sender <%s>",
+            message_id,
+            domain.name,
+            sub.method,
+            len(everyone),
+            sub.envelope_sender or (from_[0].addr if from_ else ""),
+        )
         return message_id
 
     def _prepare(
