@@ -172,3 +172,13 @@ def median(values: list[float]) -> float:
     ordered = sorted(values)
     mid = len(ordered) // 2
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def parse_load_lines(text: str) -> dict[str, str]:
+    """The `load_name: value` lines a load generator prints, as {name: value}."""
+    out = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition(": ")
+        if sep and name.startswith("load_"):
+            out[name[5:]] = value.strip()
+    return out

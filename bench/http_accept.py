@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlencode
 
-from common import BENCH_DIR, DOMAIN, BenchServer, bench_server, cpu_seconds
+from common import BENCH_DIR, DOMAIN, BenchServer, bench_server, cpu_seconds, parse_load_lines
 
 # ~200 bytes urlencoded, like a typical transactional message
 MESSAGE = {
@@ -37,15 +37,6 @@ MESSAGE = {
     "subject": "Your order has shipped",
     "text": "Hello, your order 12345 has shipped and will arrive on Tuesday. Thank you!",
 }
-
-
-def parse_lines(text: str) -> dict[str, str]:
-    out = {}
-    for line in text.splitlines():
-        name, sep, value = line.partition(": ")
-        if sep and name.startswith("load_"):
-            out[name[5:]] = value.strip()
-    return out
 
 
 def thread_cpu(pid: int) -> dict[int, float]:
@@ -117,7 +108,7 @@ class Generator:
         if done.returncode != 0:
             raise RuntimeError(f"load generator failed: {done.stdout}{done.stderr}".strip())
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        figures = parse_lines(done.stdout)
+        figures = parse_load_lines(done.stdout)
         if "ok" not in figures:
             raise RuntimeError(f"load generator printed no figures: {done.stdout}{done.stderr}")
         used = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime

@@ -169,20 +169,45 @@ def main() -> None:
         for label in {f.label for f in frames}:
             total_time[label] += count
 
+    print_report(
+        per_thread,
+        loop_cats,
+        part_self,
+        self_time,
+        total_time,
+        writer_lines,
+        loop_samples,
+        args.top,
+        examples=4,
+    )
+
+
+def print_report(
+    per_thread: collections.Counter[str],
+    parts: collections.Counter[str],
+    part_self: dict[str, collections.Counter[str]],
+    self_time: collections.Counter[str],
+    total_time: collections.Counter[str],
+    writer_lines: collections.Counter[str],
+    loop_samples: int,
+    top: int,
+    examples: int,
+) -> None:
+    """The report both profile commands print: threads, the loop's parts, hottest functions."""
     print(f"samples: {sum(per_thread.values())}")
     for name, n in per_thread.most_common():
         print(f"  {n:7d}  {name}")
     print(f"\nevent-loop thread by part ({loop_samples} samples = 100%):")
-    for name, n in loop_cats.most_common():
+    for name, n in parts.most_common():
         print(f"  {100 * n / loop_samples:5.1f}%  {name}")
-        for label, m in part_self[name].most_common(4):
+        for label, m in part_self[name].most_common(examples):
             print(f"           {100 * m / loop_samples:5.1f}%  {label}")
-    print(f"\nevent-loop thread, top {args.top} functions by self samples:")
-    for name, n in self_time.most_common(args.top):
+    print(f"\nevent-loop thread, top {top} functions by self samples:")
+    for name, n in self_time.most_common(top):
         print(f"  {100 * n / loop_samples:5.1f}%  {name}")
-    print(f"\nevent-loop thread, top {args.top} functions by total samples (below the loop):")
+    print(f"\nevent-loop thread, top {top} functions by total samples (below the loop):")
     inner = [(k, v) for k, v in total_time.most_common() if v < 0.95 * loop_samples]
-    for name, n in inner[: args.top]:
+    for name, n in inner[:top]:
         print(f"  {100 * n / loop_samples:5.1f}%  {name}")
     commit = per_thread["store writer thread: commit"]
     if commit:

@@ -47,6 +47,7 @@ from common import (
     bench_server,
     cpu_seconds,
     free_port,
+    parse_load_lines,
     proc_status,
     wait_for_port,
 )
@@ -71,15 +72,6 @@ class Figures:
 
     def add(self, name: str, value: object) -> None:
         self.lines.append((name, str(value)))
-
-
-def parse_load(text: str) -> dict[str, str]:
-    out = {}
-    for line in text.splitlines():
-        name, sep, value = line.partition(": ")
-        if sep and name.startswith("load_"):
-            out[name[5:]] = value.strip()
-    return out
 
 
 class Clients:
@@ -173,7 +165,7 @@ class Clients:
                 raise RuntimeError("load client did not finish in time") from None
             if proc.returncode != 0:
                 raise RuntimeError(f"load client failed ({proc.returncode}): {err.strip()[-800:]}")
-            for name, value in parse_load(out).items():
+            for name, value in parse_load_lines(out).items():
                 if name.startswith("latency_"):
                     latencies.setdefault(name, []).append(int(value))
                 elif value.lstrip("-").isdigit():

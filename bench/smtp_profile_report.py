@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import collections
 
-from profile_report import IDLE_LEAVES, Frame, mta_category, source_line
+from profile_report import IDLE_LEAVES, Frame, mta_category, print_report, source_line
 
 PARTS: list[tuple[str, tuple[str, ...]]] = [
     # (part, function names: the sample goes here when one of them is on the stack)
@@ -95,26 +95,17 @@ def main() -> None:
 
     if not loop_samples:
         raise SystemExit("no event-loop samples in the file")
-    print(f"samples: {sum(per_thread.values())}")
-    for name, n in per_thread.most_common():
-        print(f"  {n:7d}  {name}")
-    print(f"\nevent-loop thread by part ({loop_samples} samples = 100%):")
-    for name, n in parts.most_common():
-        print(f"  {100 * n / loop_samples:5.1f}%  {name}")
-        for label, m in part_self[name].most_common(5):
-            print(f"           {100 * m / loop_samples:5.1f}%  {label}")
-    print(f"\nevent-loop thread, top {args.top} functions by self samples:")
-    for name, n in self_time.most_common(args.top):
-        print(f"  {100 * n / loop_samples:5.1f}%  {name}")
-    print(f"\nevent-loop thread, top {args.top} functions by total samples (below the loop):")
-    inner = [(k, v) for k, v in total_time.most_common() if v < 0.95 * loop_samples]
-    for name, n in inner[: args.top]:
-        print(f"  {100 * n / loop_samples:5.1f}%  {name}")
-    commit = per_thread["store writer thread: commit"]
-    if commit:
-        print(f"\nstore writer thread, hottest lines ({commit} samples = 100%):")
-        for name, n in writer_lines.most_common(8):
-            print(f"  {100 * n / commit:5.1f}%  {name}")
+    print_report(
+        per_thread,
+        parts,
+        part_self,
+        self_time,
+        total_time,
+        writer_lines,
+        loop_samples,
+        args.top,
+        examples=5,
+    )
 
 
 if __name__ == "__main__":
