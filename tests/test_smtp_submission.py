@@ -1012,3 +1012,26 @@ async def test_closed_sessions_are_freed_without_waiting_for_the_garbage_collect
         assert len(alive) <= 2
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize(
+    ("path", "stored"),
+    [
+        ("<Bob.Smith+tag@Example.NET>", "Bob.Smith+tag@example.net"),
+        ("<carol@[192.0.2.7]>", "carol@[192.0.2.7]"),
+        ("<@relay.example:dave@example.net>", "dave@example.net"),
+    ],
+    ids=["plain", "address literal", "source route"],
+)
+async def test_mail_and_rcpt_paths_in_every_form_are_read_alike(mail: Running, clients, path, stored):
+    """The plain `<local@domain>` form takes a fast path; the others go through aiosmtpd's
+    parser. Both must give the same envelope, parameters included."""
+    raw = await clients.raw(mail)
+    await raw.login()
+    assert await raw.command(f"MAIL FROM:<{LOGIN}>  SIZE=300 BODY=8BITMIME") == ["250 2.1.0 OK"]
+    assert await raw.command(f"RCPT TO:{path}") == ["250 2.1.5 OK"]
+    assert await raw.command("DATA") == ["354 End data with <CR><LF>.<CR><LF>"]
+    message_id = queued_id((await raw.data(message()))[0])
+    (row,) = storeview.recipients(db_of(mail), message_id)
+    assert row["address"] == stored
+    assert row["sender"] == LOGIN

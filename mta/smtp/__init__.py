@@ -66,6 +66,14 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
+# a MAIL/RCPT path in its plain form: <dot-atom@host> and what follows (the parameters)
+_PLAIN_PATH = re.compile(
+    r"\s*<([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)>(.*)",
+    re.S,
+)
+
+
 def _printable(text: str) -> str:
     """What goes back to the client of its own input: no CR/LF, no control characters."""
     return "".join(c if c.isprintable() else "?" for c in text)[:64]
@@ -135,6 +143,17 @@ class SubmissionSession(SMTP):
             setattr(self, name, None)
         # aiosmtpd keeps tables of its own bound methods: a cycle through the session itself
         self._smtp_methods = self._auth_methods = self._handle_hooks = {}
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd reads every MAIL/RCPT path with the email header parser (~35 µs, a quarter
+        of the loop's time at full load); the plain form is read with a regex (~0.4 µs) and
+        anything else (quoted, IP literal, source route, `<>`) is left to aiosmtpd."""
+        match = _PLAIN_PATH.fullmatch(arg) if arg else None
+        if match is None or (
+            self.local_part_limit and len(match.group(1).rpartition("@")[0]) > self.local_part_limit
+        ):
+            return super()._getaddr(arg)
+        return match.group(1), match.group(2).lstrip()
 
     def eof_received(self) -> bool | None:
         if self._refused:  # never started: aiosmtpd's own handler would fail on it
