@@ -26,11 +26,8 @@ from mta.accept.mime import (
     address_header,
     build_message,
     encode_header,
-    header_name,
-    header_value,
     personalise_mime,
     recipient_substituter,
-    split_header_block,
 )
 from mta.config import Config
 from mta.dates import message_date
@@ -96,6 +93,8 @@ class Submission:
     user_variables: dict[str, Any] = field(default_factory=dict)  # v:* (API), added as a header
     # X-Mailgun-Variables already inside a pre-built message (they stay there)
     message_variables: dict[str, Any] = field(default_factory=dict)
+    # a pre-built message's own From, Sender, To, Subject, Message-Id, Date (read once)
+    message_headers: dict[str, str] = field(default_factory=dict)
     recipient_variables: dict[str, Any] | None = None
     options: Options = field(default_factory=Options)
     envelope_sender: str | None = None
@@ -329,11 +328,9 @@ class Acceptor:
         addresses = [a.addr for a in from_]
         if sub.envelope_sender:
             addresses.append(sub.envelope_sender)
-        if sub.mime is not None:
-            fields, _ = split_header_block(sub.mime)
-            for field_ in fields:
-                if header_name(field_) in ("from", "sender"):
-                    addresses += [a for _, a in email.utils.getaddresses([header_value(field_)])]
+        for name in ("from", "sender"):
+            if name in sub.message_headers:
+                addresses += [a for _, a in email.utils.getaddresses([sub.message_headers[name]])]
         for addr in addresses:
             sender_domain = addr.rpartition("@")[2].lower().rstrip(".")
             if sender_domain == domain.name or sender_domain.endswith("." + domain.name):
@@ -430,9 +427,10 @@ class Acceptor:
                 message_id,
                 summary,
             )
+        per_recipient = _variables_by_address(sub)
         copies = []
         for rcpt in to:
-            subst = recipient_substituter(rcpt.name, rcpt.addr, self._vars_for(sub, rcpt))
+            subst = recipient_substituter(rcpt.name, rcpt.addr, per_recipient.get(rcpt.key, {}))
             variables = {
                 k: subst(v) if isinstance(v, str) else v for k, v in sub.user_variables.items()
             }
@@ -440,15 +438,6 @@ class Acceptor:
             copies.append(_Copy(format_to([rcpt]), _unique([rcpt, *cc, *bcc]), mime, variables))
         summary["to"] = format_to(to)
         return None, copies, message_id, summary
-
-    @staticmethod
-    def _vars_for(sub: Submission, rcpt: Address) -> dict[str, Any]:
-        assert sub.recipient_variables is not None
-        found = sub.recipient_variables.get(rcpt.addr)
-        if found is None:
-            lowered = {k.lower(): v for k, v in sub.recipient_variables.items()}
-            found = lowered.get(rcpt.key, {})
-        return found if isinstance(found, dict) else {}
 
     def _copies_from_mime(
         self,
@@ -460,9 +449,8 @@ class Acceptor:
     ) -> tuple[bytes | None, list[_Copy], str, dict[str, Any]]:
         assert sub.mime is not None
         mime = _CRLF_NORMALISE.sub(b"\r\n", sub.mime)
-        fields, _ = split_header_block(mime)
-        found = {header_name(f): header_value(f) for f in reversed(fields)}
-        if not fields or ":" not in mime.split(b"\r\n", 1)[0].decode("latin-1"):
+        found = sub.message_headers
+        if ":" not in mime.split(b"\r\n", 1)[0].decode("latin-1"):
             raise AcceptError("'message' parameter is not a valid MIME message")
         added = []
         if "message-id" in found and found["message-id"].strip("<> "):
@@ -495,9 +483,10 @@ class Acceptor:
                 message_id,
                 summary,
             )
+        per_recipient = _variables_by_address(sub)
         copies = []
         for rcpt in to:
-            subst = recipient_substituter(rcpt.name, rcpt.addr, self._vars_for(sub, rcpt))
+            subst = recipient_substituter(rcpt.name, rcpt.addr, per_recipient.get(rcpt.key, {}))
             copy = personalise_mime(mime, format_to([rcpt]), subst)
             variables = {k: subst(v) if isinstance(v, str) else v for k, v in merged.items()}
             copies.append(_Copy(format_to([rcpt]), _unique([rcpt, *cc, *bcc]), copy, variables))
@@ -602,16 +591,10 @@ class Acceptor:
             "from": ", ".join(sub.from_),
             "subject": sub.parts.subject if sub.parts else "",
         }
-        if sub.mime is not None:  # a pre-built message says it itself
-            fields, _ = split_header_block(sub.mime)
-            for field_ in fields:
-                name = header_name(field_)
-                if name in ("to", "from", "subject", "message-id"):
-                    headers[name] = (
-                        header_value(field_).strip("<> ")
-                        if name == "message-id"
-                        else header_value(field_)
-                    )
+        for name in ("to", "from", "subject", "message-id"):  # a pre-built message's own
+            if name in sub.message_headers:
+                value = sub.message_headers[name]
+                headers[name] = value.strip("<> ") if name == "message-id" else value
         payload = new_event(
             "rejected",
             reject={
@@ -652,6 +635,15 @@ _RESERVED_HEADERS = {
 }
 
 
+def _variables_by_address(sub: Submission) -> dict[str, dict[str, Any]]:
+    """recipient-variables keyed by lower-cased address (keys are matched without case)."""
+    return {
+        address.lower(): values
+        for address, values in (sub.recipient_variables or {}).items()
+        if isinstance(values, dict)
+    }
+
+
 def _size(limit: int) -> str:
     mib, rest = divmod(limit, 1024 * 1024)
     return f"{mib} MB" if mib and not rest else f"{limit} bytes"
@@ -681,6 +673,7 @@ def _apply_message_options(sub: Submission) -> None:
         if getattr(opts, name) in (None, False):
             setattr(opts, name, value)
     sub.message_variables = found.user_variables
+    sub.message_headers = found.summary
     if sub.recipient_variables is None:
         sub.recipient_variables = found.recipient_variables
 

@@ -24,12 +24,24 @@ from mta.dates import parse_date
 log = logging.getLogger("mta.accept")
 
 CONSUMED = {
-    "x-mailgun-tag", "x-mailgun-campaign-id", "x-mailgun-dkim", "x-mailgun-deliver-by",
-    "x-mailgun-drop-message", "x-mailgun-track", "x-mailgun-track-clicks",
-    "x-mailgun-track-opens", "x-mailgun-require-tls", "x-mailgun-skip-verification",
-    "x-mailgun-recipient-variables", "x-mailgun-sending-ip", "x-mailgun-sending-ip-pool",
-    "x-mailgun-template-name", "x-mailgun-template-version", "x-mailgun-template-variables",
-    "x-mailgun-delivery-time-optimize-period", "x-mailgun-time-zone-localize",
+    "x-mailgun-tag",
+    "x-mailgun-campaign-id",
+    "x-mailgun-dkim",
+    "x-mailgun-deliver-by",
+    "x-mailgun-drop-message",
+    "x-mailgun-track",
+    "x-mailgun-track-clicks",
+    "x-mailgun-track-opens",
+    "x-mailgun-require-tls",
+    "x-mailgun-skip-verification",
+    "x-mailgun-recipient-variables",
+    "x-mailgun-sending-ip",
+    "x-mailgun-sending-ip-pool",
+    "x-mailgun-template-name",
+    "x-mailgun-template-version",
+    "x-mailgun-template-variables",
+    "x-mailgun-delivery-time-optimize-period",
+    "x-mailgun-time-zone-localize",
 }
 _TRUE = {"yes", "true", "1", "on"}
 _FALSE = {"no", "false", "0", "off"}
@@ -47,6 +59,11 @@ class HeaderOptions:
     deliver_at: float | None = None
     user_variables: dict[str, Any] = field(default_factory=dict)
     recipient_variables: dict[str, Any] | None = None
+    # the first From, Sender, To, Subject, Message-Id and Date of the message, decoded
+    summary: dict[str, str] = field(default_factory=dict)
+
+
+SUMMARY_HEADERS = ("from", "sender", "to", "subject", "message-id", "date")
 
 
 _FLAG_HEADERS = {
@@ -84,7 +101,8 @@ def _json_object(name: str, value: str) -> dict[str, Any]:
 def _multipart_parts(body: bytes, boundary: str) -> list[bytes]:
     """The raw parts of a multipart body, between its delimiter lines (RFC 2046 5.1.1)."""
     delimiter = re.compile(
-        rb"(?:\A|\r?\n)--" + re.escape(boundary.encode("ascii", "replace"))
+        rb"(?:\A|\r?\n)--"
+        + re.escape(boundary.encode("ascii", "replace"))
         + rb"(--)?[ \t]*(?=\r?\n|\Z)"
     )
     parts: list[bytes] = []
@@ -106,15 +124,22 @@ def _part_content(part: bytes) -> tuple[dict[str, str], bytes]:
     return headers, re.sub(rb"\A\r?\n\r?\n", b"", rest, count=1)
 
 
-def unwrap_variables_container(mime: bytes) -> tuple[bytes, dict[str, Any] | None]:
+def _container_type(fields: list[bytes]) -> str | None:
+    """The Content-Type of a multipart/mailgun-variables message, else None."""
+    for raw in fields:
+        if header_name(raw) == "content-type":
+            value = header_value(raw)
+            return value if value.lower().startswith("multipart/mailgun-variables") else None
+    return None
+
+
+def unwrap_variables_container(
+    content_type: str, rest: bytes
+) -> tuple[bytes, dict[str, Any] | None]:
     """A multipart/mailgun-variables message -> (the inner message, its recipient variables).
 
     The inner message is cut out of the container as it is, not parsed and generated again:
     that would refold its long header lines (and break a DKIM signature already on it)."""
-    fields, rest = split_header_block(mime)
-    content_type = next((header_value(f) for f in fields if header_name(f) == "content-type"), "")
-    if not content_type.lower().startswith("multipart/mailgun-variables"):
-        return mime, None
     params = email.message.Message()
     params["Content-Type"] = content_type
     boundary = params.get_boundary()
@@ -143,15 +168,21 @@ def unwrap_variables_container(mime: bytes) -> tuple[bytes, dict[str, Any] | Non
 
 
 def consume_control_headers(mime: bytes) -> tuple[bytes, HeaderOptions]:
-    """Read and remove the X-Mailgun-* control headers; keep X-Mailgun-Variables."""
-    mime, container_variables = unwrap_variables_container(mime)
+    """Read and remove the X-Mailgun-* control headers; keep X-Mailgun-Variables. The header
+    block is read here once; what later steps need of it comes back in `summary`."""
     fields, rest = split_header_block(mime)
-    options = HeaderOptions(recipient_variables=container_variables)
+    options = HeaderOptions()
+    container = _container_type(fields)
+    if container is not None:
+        mime, options.recipient_variables = unwrap_variables_container(container, rest)
+        fields, rest = split_header_block(mime)
     kept: list[bytes] = []
     for raw in fields:
         name = header_name(raw)
         if not name.startswith("x-mailgun-"):
             kept.append(raw)
+            if name in SUMMARY_HEADERS and name not in options.summary:
+                options.summary[name] = header_value(raw)
             continue
         value = header_value(raw)
         shown = raw.split(b":", 1)[0].decode("ascii", "replace").strip()
