@@ -19,6 +19,7 @@ from mta.dns import Resolver
 from mta.domains import Domains
 from mta.events import purge_expired
 from mta.keys import ApiKeys
+from mta.outbound import Outbound
 from mta.smtp import SubmissionListeners
 from mta.store import Store
 
@@ -35,10 +36,12 @@ async def open_services(config: Config) -> Services:
         busy_timeout_ms=config.store.busy_timeout_ms,
     )
     try:
-        domains = Domains(store, config, Resolver(config.dns))
+        resolver = Resolver(config.dns)
+        domains = Domains(store, config, resolver)
         return Services(
             config=config,
             store=store,
+            resolver=resolver,
             domains=domains,
             keys=ApiKeys(store),
             credentials=Credentials(store),
@@ -58,6 +61,7 @@ class Server:
     runner: web.AppRunner | None = None
     api_port: int = 0
     smtp: SubmissionListeners | None = None
+    outbound: Outbound | None = None
     _purger: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -70,6 +74,11 @@ class Server:
 
     async def _start_listeners(self) -> None:
         assert self.services is not None
+        if self.config.outbound.enabled:  # built first: its policy files are checked here
+            services = self.services
+            self.outbound = Outbound(
+                self.config, services.store, services.domains, services.resolver
+            )
         host, port = parse_listen("api.listen", self.config.api.listen)
         self.runner = web.AppRunner(build_app(self.services), access_log=None, handle_signals=False)
         await self.runner.setup()
@@ -78,6 +87,8 @@ class Server:
         self.api_port = self.runner.addresses[0][1]
         self.smtp = SubmissionListeners(self.services)
         await self.smtp.start()
+        if self.outbound is not None:
+            await self.outbound.start()
         self._purger = asyncio.create_task(self._purge_loop(), name="events-purge")
         if not any(k.revoked_at is None for k in await self.services.keys.list()):
             log.warning("no API keys yet: create one with `mta key create`")
@@ -108,13 +119,21 @@ class Server:
                 await smtp.stop()
         finally:
             try:
-                if self.runner is not None:
-                    runner, self.runner = self.runner, None
-                    await runner.cleanup()
+                if self.outbound is not None:
+                    outbound, self.outbound = self.outbound, None
+                    await outbound.stop()
             finally:
-                if self.services is not None:
-                    await self.services.store.close()
+                await self._stop_api_and_store()
         log.info("stopped")
+
+    async def _stop_api_and_store(self) -> None:
+        try:
+            if self.runner is not None:
+                runner, self.runner = self.runner, None
+                await runner.cleanup()
+        finally:
+            if self.services is not None:
+                await self.services.store.close()
 
 
 async def serve(config: Config) -> None:

@@ -111,7 +111,7 @@ class EventsConfig:
 
 @dataclass
 class DnsConfig:
-    """Resolution for domain verification (and later delivery)."""
+    """DNS resolution for domain verification and delivery."""
 
     nameservers: list = setting([], "resolver addresses (ip or ip:port); empty: the system's")
     timeout_s: float = setting(5.0, "lifetime of one DNS query")
@@ -121,6 +121,11 @@ class DnsConfig:
         "(tests, split-horizon set-ups)",
     )
     only_answers: bool = setting(False, "answer NXDOMAIN for anything not in answers (tests)")
+    static_mx: dict = setting(
+        {},
+        'delivery hosts for listed domains, domain -> ["host:port", ...] in preference order, '
+        "used instead of their MX records (tests, private networks)",
+    )
 
 
 @dataclass
@@ -135,6 +140,39 @@ class DomainsConfig:
 
 
 @dataclass
+class OutboundConfig:
+    """Delivery to remote MX hosts: the queue scheduler and its SMTP client."""
+
+    enabled: bool = setting(True, "deliver queued mail (off: accept and queue only)")
+    relay: str = setting("", "host:port to hand every delivery to (a smarthost); empty: MX")
+    helo_name: str = setting("", "name said in EHLO; empty: server.hostname")
+    port: int = setting(25, "port of remote MX hosts")
+    shaping_file: str = setting(
+        "", "per-destination shaping profiles (TOML); empty: the built-in config/shaping.toml"
+    )
+    bounce_rules_file: str = setting(
+        "", "how remote replies are classified (TOML); empty: the built-in config/bounces.toml"
+    )
+    retry_intervals_s: list = setting(
+        [600, 600, 900, 1800, 3600, 7200, 14400],
+        "waits before each retry of a temporary failure; the last repeats",
+    )
+    max_age_s: float = setting(28800.0, "give up (failed, reason old) this long after first due")
+    lease_s: float = setting(900.0, "how long a taken recipient is reserved for one delivery run")
+    claim_batch: int = setting(500, "most due recipients taken from the queue at once")
+    max_in_flight: int = setting(20000, "most recipients held in memory for delivery")
+    poll_interval_s: float = setting(0.05, "how often the queue is checked when idle")
+    connect_timeout_s: float = setting(30.0, "time to connect and read the greeting")
+    command_timeout_s: float = setting(300.0, "time for a reply to one command (RFC 5321: 5 min)")
+    data_timeout_s: float = setting(600.0, "time for the reply after the message (10 min)")
+    idle_connection_s: float = setting(2.0, "keep a connection open this long for more messages")
+    tls_ca_file: str = setting("", "PEM file of extra CAs trusted for delivery (private CAs)")
+    message_retention_days: float = setting(
+        3.0, "keep delivered or failed messages (for resends) this long"
+    )
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
@@ -144,6 +182,7 @@ class Config:
     events: EventsConfig = field(default_factory=EventsConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     domains: DomainsConfig = field(default_factory=DomainsConfig)
+    outbound: OutboundConfig = field(default_factory=OutboundConfig)
 
     @property
     def db_path(self) -> Path:
@@ -294,6 +333,20 @@ def validate(config: Config) -> None:
         raise ConfigError("events.default_limit: expected 1 to 300")
     if config.store.commit_window_ms < 0 or config.store.max_batch < 1:
         raise ConfigError("store.commit_window_ms/max_batch: must be positive")
+    if config.outbound.relay:
+        parse_listen("outbound.relay", config.outbound.relay)
+    for domain, hosts in config.dns.static_mx.items():
+        if not isinstance(hosts, list) or not hosts:
+            raise ConfigError(f"dns.static_mx: expected {domain!r} = [\"host:port\", ...]")
+        for host in hosts:
+            parse_listen(f"dns.static_mx.{domain}", str(host))
+    intervals = config.outbound.retry_intervals_s
+    if not intervals or not all(isinstance(i, (int, float)) and i > 0 for i in intervals):
+        raise ConfigError("outbound.retry_intervals_s: expected a list of positive numbers")
+    for name in ("lease_s", "claim_batch", "max_in_flight", "poll_interval_s",
+                 "connect_timeout_s", "command_timeout_s", "data_timeout_s", "max_age_s"):
+        if getattr(config.outbound, name) <= 0:
+            raise ConfigError(f"outbound.{name}: must be positive")
     for key, records in config.dns.answers.items():
         if len(key.split()) != 2 or not isinstance(records, list):
             raise ConfigError(f'dns.answers: expected "name TYPE" = [records], got {key!r}')

@@ -9,6 +9,9 @@ import dns.resolver
 
 from mta.config import DnsConfig, parse_nameserver
 
+FIXED_TTL_S = 300.0  # answers from config
+NEGATIVE_TTL_S = 60.0  # "no such name / record", when the zone does not say
+
 
 class DnsError(Exception):
     """The look-up could not be answered (timeout, SERVFAIL): neither yes nor no."""
@@ -38,15 +41,20 @@ class Resolver:
     async def query(self, name: str, rdtype: str) -> list[str]:
         """Records as text: TXT strings joined, MX as 'pref host', names without the final dot.
         An empty list means the name or the record type does not exist."""
+        records, _ttl = await self.query_ttl(name, rdtype)
+        return records
+
+    async def query_ttl(self, name: str, rdtype: str) -> tuple[list[str], float]:
+        """`query`, with how long the answer may be cached (negative answers too)."""
         key = (_norm(name), rdtype.upper())
         if key in self._answers:
-            return list(self._answers[key])
+            return list(self._answers[key]), FIXED_TTL_S
         if self._only_answers or key[0] in self._listed:
-            return []
+            return [], FIXED_TTL_S
         try:
             answer = await self._resolver.resolve(key[0], key[1])
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-            return []
+            return [], NEGATIVE_TTL_S
         except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
             raise DnsError(f"{name} {rdtype}: {exc.__class__.__name__}") from None
         records = []
@@ -57,4 +65,4 @@ class Resolver:
                 records.append(f"{rdata.preference} {_norm(rdata.exchange.to_text())}")
             else:
                 records.append(_norm(rdata.to_text()))
-        return records
+        return records, float(answer.rrset.ttl if answer.rrset is not None else NEGATIVE_TTL_S)

@@ -45,6 +45,7 @@ def make_config(tmp_path: Path, tls: tuple[str, str] | None = None, **overrides:
     if tls is not None:
         config.smtp.tls_cert, config.smtp.tls_key = tls
     config.dns.only_answers = True
+    config.outbound.enabled = False  # accept-path tests look at what stays queued
     config.domains.dkim_key_bits = 1024  # fast key generation; 2048 is tested on its own
     for dotted, value in overrides.items():
         section, key = dotted.split("__")
@@ -135,6 +136,7 @@ def cli_env(tmp_path: Path, port: int = 0) -> dict[str, str]:
             "MTA_SMTP_SUBMISSION_ALT": "127.0.0.1:0",
             "MTA_DNS_ONLY_ANSWERS": "true",
             "MTA_DOMAINS_DKIM_KEY_BITS": "1024",
+            "MTA_OUTBOUND_ENABLED": "false",
         }
     )
     return env

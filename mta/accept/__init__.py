@@ -514,13 +514,29 @@ class Acceptor:
             variables_blob = orjson.dumps(copy.user_variables) if copy.mime is not None else None
             # each copy is its own message to its own recipients (a batch: one `to` each)
             copy_recipients = [r.addr for r in copy.recipients]
+            to_header = copy.to_header if copy.mime is not None else None
             for rcpt in copy.recipients:
-                recipient_rows.append((key, rcpt.addr, copy.mime, variables_blob, "queued", due))
+                recipient_rows.append(
+                    (key, rcpt.addr, copy.mime, variables_blob, to_header, "queued", due)
+                )
                 events.append(
                     self._accepted_event(sub, sender, rcpt, copy, summary, copy_recipients, size)
                 )
+        # what later events about this message repeat (delivered, failed, ...)
+        described = {
+            "headers": {
+                "to": summary["to"],
+                "message-id": summary["message-id"],
+                "from": summary["from"],
+                "subject": summary["subject"],
+            },
+            "attachments": summary["attachments"],
+            "method": sub.method,
+            "is-authenticated": sub.authenticated,
+        }
         options = orjson.dumps(
-            opts.as_json() | {"user-variables": sub.message_variables | sub.user_variables}
+            opts.as_json()
+            | {"user-variables": sub.message_variables | sub.user_variables, "message": described}
         )
         return [
             Statement(
@@ -529,8 +545,9 @@ class Acceptor:
                 [(key, message_id, domain.name, now, sender, options, shared)],
             ),
             Statement(
-                "INSERT INTO recipients (message_key, address, mime, user_variables, state, due_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO recipients"
+                " (message_key, address, mime, user_variables, to_header, state, due_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 recipient_rows,
             ),
             event_statement(domain.name, events),

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from mta.api import credentials, domains, events, messages
+from mta.api import credentials, domains, events, messages, suppressions
 from mta.api.context import SERVICES, Services
 from mta.api.errors import ApiError, error, forbidden
 
@@ -92,6 +92,7 @@ def build_app(services: Services) -> web.Application:
         *events.ROUTES,
         *domains.ROUTES,
         *credentials.ROUTES,
+        *suppressions.ROUTES,
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)

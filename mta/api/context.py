@@ -10,6 +10,7 @@ from mta.accept import Acceptor
 from mta.api.errors import ApiError
 from mta.config import Config
 from mta.credentials import Credentials
+from mta.dns import Resolver
 from mta.domains import Domain, Domains
 from mta.keys import ApiKeys
 from mta.store import Store
@@ -19,6 +20,7 @@ from mta.store import Store
 class Services:
     config: Config
     store: Store
+    resolver: Resolver
     domains: Domains
     keys: ApiKeys
     credentials: Credentials

@@ -40,11 +40,16 @@ class Statement:
 @dataclass
 class _Job:
     statements: Sequence[Statement]
-    future: asyncio.Future[None]
-    shape: tuple[str, ...] = field(init=False)
+    future: asyncio.Future[list[Row]]
+    returning: bool = False  # one statement whose rows are handed back (never grouped)
+    result: list[Row] = field(default_factory=list)
+    shape: tuple[Any, ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.shape = tuple(s.sql for s in self.statements)
+        if self.returning:
+            self.shape = ("returning", id(self))
+        else:
+            self.shape = tuple(s.sql for s in self.statements)
 
 
 class StoreClosed(Exception):
@@ -186,11 +191,19 @@ class Store:
         same shape are run grouped per statement (executemany), each job's own order kept.
         A job that fails is retried alone so that it cannot fail the others; its error is raised.
         """
+        await self._submit(_Job(statements, asyncio.get_running_loop().create_future()))
+
+    async def write_returning(self, sql: str, params: Params = ()) -> list[Row]:
+        """One statement with a RETURNING clause (e.g. taking a lease), committed like `write`;
+        returns its rows once durable. It shares the transaction but is never grouped."""
+        job = _Job([Statement(sql, [params])], asyncio.get_running_loop().create_future(), True)
+        return await self._submit(job)
+
+    async def _submit(self, job: _Job) -> list[Row]:
         if self._closed:
             raise StoreClosed("store is closed")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Job(statements, future))
-        await future
+        await self._queue.put(job)
+        return await job.future
 
     async def _writer_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -217,7 +230,7 @@ class Store:
                 if item.future.done():
                     continue
                 if error is None:
-                    item.future.set_result(None)
+                    item.future.set_result(item.result)
                 else:
                     item.future.set_exception(error)
 
@@ -248,6 +261,10 @@ class Store:
         try:
             for _shape, group in itertools.groupby(batch, key=lambda job: job.shape):
                 jobs = list(group)
+                if jobs[0].returning:
+                    statement = jobs[0].statements[0]
+                    jobs[0].result = conn.execute(statement.sql, statement.rows[0]).fetchall()
+                    continue
                 for index, statement in enumerate(jobs[0].statements):
                     rows = [row for job in jobs for row in job.statements[index].rows]
                     conn.executemany(statement.sql, rows)

@@ -7,6 +7,8 @@ Tables and the modules that own them (only the owner writes SQL against them):
 - messages, recipients: mta.accept (writes), the outbound scheduler (delivery state).
   A message's `key` is its storage key; its Message-Id need not be unique (clients resend).
 - events: mta.events
+- bounces, unsubscribes, complaints: mta.suppressions
+- server_secrets: mta.outbound (keys for return-path tags)
 - admin_version: bumped by triggers whenever admin data changes, so in-process caches of
   domains and keys notice changes made by another process (the `mta` CLI).
 """
@@ -137,5 +139,44 @@ MIGRATIONS: list[str] = [
         BEGIN UPDATE admin_version SET version = version + 1; END;
     CREATE TRIGGER domains_del_credentials AFTER DELETE ON domains
         BEGIN DELETE FROM credentials WHERE domain = old.name; END;
+    """,
+    # 3: outbound delivery and suppressions
+    """
+    ALTER TABLE recipients ADD COLUMN to_header TEXT;
+    CREATE INDEX messages_created ON messages (created_at);
+
+    CREATE TABLE bounces (
+        domain TEXT NOT NULL,
+        address TEXT NOT NULL,
+        code TEXT NOT NULL,
+        error TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (domain, address)
+    );
+    CREATE TABLE unsubscribes (
+        domain TEXT NOT NULL,
+        address TEXT NOT NULL,
+        tags BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (domain, address)
+    );
+    CREATE TABLE complaints (
+        domain TEXT NOT NULL,
+        address TEXT NOT NULL,
+        count INTEGER NOT NULL DEFAULT 1,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (domain, address)
+    );
+    CREATE TRIGGER domains_del_suppressions AFTER DELETE ON domains
+        BEGIN
+            DELETE FROM bounces WHERE domain = old.name;
+            DELETE FROM unsubscribes WHERE domain = old.name;
+            DELETE FROM complaints WHERE domain = old.name;
+        END;
+
+    CREATE TABLE server_secrets (
+        name TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    );
     """,
 ]

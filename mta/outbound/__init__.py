@@ -1,0 +1,102 @@
+"""Outbound delivery: what was accepted leaves here for the recipients' MX hosts.
+
+`Outbound` wires the parts (queue scheduler, MX resolver, SMTP connector, shaping and reply
+policies, return paths) and runs them beside the listeners in the one event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+from pathlib import Path
+
+from mta.config import Config, ConfigError
+from mta.dns import Resolver
+from mta.domains import Domains
+from mta.outbound.client import Connector, Timeouts
+from mta.outbound.mx import MxResolver
+from mta.outbound.policy import load_classifier, load_shaping
+from mta.outbound.returnpath import ReturnPaths, load_secret
+from mta.outbound.scheduler import Scheduler
+from mta.store import Store
+
+log = logging.getLogger("mta.outbound")
+
+PURGE_INTERVAL_S = 3600
+
+
+class Outbound:
+    def __init__(self, config: Config, store: Store, domains: Domains, resolver: Resolver) -> None:
+        self._config = config
+        self._store = store
+        self._domains = domains
+        self._resolver = resolver
+        # read and checked now, so that a policy mistake stops the server before it listens
+        self._shaping = load_shaping(config.outbound.shaping_file)
+        self._classifier = load_classifier(config.outbound.bounce_rules_file)
+        self.scheduler: Scheduler | None = None
+        self._lock_fd: int | None = None
+        self._purger: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._take_lock()
+        cfg = self._config.outbound
+        mx = MxResolver(self._config, self._resolver)
+        connector = Connector(
+            mx,
+            cfg.helo_name or self._config.server.hostname,
+            Timeouts(cfg.connect_timeout_s, cfg.command_timeout_s, cfg.data_timeout_s),
+            cfg.tls_ca_file,
+        )
+        self.scheduler = Scheduler(
+            self._config,
+            self._store,
+            self._domains,
+            mx,
+            connector,
+            self._shaping,
+            self._classifier,
+            ReturnPaths(await load_secret(self._store)),
+        )
+        await self.scheduler.start()
+        self._purger = asyncio.create_task(self._purge_loop(), name="outbound-purge")
+        target = cfg.relay or "recipients' MX hosts"
+        log.info("outbound delivery running (to %s)", target)
+
+    def _take_lock(self) -> None:
+        """One server delivers from a database at a time (leases are freed at start)."""
+        path = Path(f"{self._config.db_path}.delivery.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(
+                f"another mta server is delivering from {self._config.db_path}"
+            ) from None
+        self._lock_fd = fd
+
+    async def _purge_loop(self) -> None:
+        assert self.scheduler is not None
+        while True:
+            try:
+                await self.scheduler.purge_finished()
+            except Exception:
+                log.exception("purging finished messages failed")
+            await asyncio.sleep(PURGE_INTERVAL_S)
+
+    async def stop(self) -> None:
+        if self._purger is not None:
+            self._purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purger
+            self._purger = None
+        if self.scheduler is not None:
+            scheduler, self.scheduler = self.scheduler, None
+            await scheduler.stop()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None

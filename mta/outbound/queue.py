@@ -1,0 +1,206 @@
+"""The delivery queue is the recipients table: due rows are leased, delivered, and their outcome
+written with its event in one transaction.
+
+A leased row has `due_at = lease_until` (in the future), so the due-rows index skips it; if the
+process dies, the row becomes due again when the lease runs out (and `release_all` frees every
+lease at start, since one server delivers from a database at a time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from mta.events import event_statement
+from mta.store import Statement, Store
+
+_CLAIM = (
+    "UPDATE recipients SET lease_until = ?, due_at = ?"
+    " WHERE id IN (SELECT id FROM recipients WHERE state = 'queued' AND due_at <= ?"
+    " ORDER BY due_at LIMIT ?)"
+    " RETURNING id, message_key, address, attempts, to_header, user_variables,"
+    " mime IS NOT NULL AS has_copy"
+)
+_DONE = "UPDATE recipients SET state = ?, attempts = attempts + 1, lease_until = 0 WHERE id = ?"
+_RETRY = "UPDATE recipients SET attempts = attempts + 1, due_at = ?, lease_until = 0 WHERE id = ?"
+_DEFER = "UPDATE recipients SET due_at = ?, lease_until = 0 WHERE id = ?"
+_CHUNK = 500
+
+
+@dataclass(eq=False)
+class Message:
+    """What every recipient of one accepted message shares."""
+
+    key: str
+    domain: str
+    sender: str
+    created_at: float
+    options: dict[str, Any]
+    mime: bytes | None
+    pending: int = 0  # deliveries in memory that point here
+    dkim_header: bytes | None = None  # signature of the shared content, made once
+
+    @property
+    def deliver_at(self) -> float | None:
+        return self.options.get("deliver_at")
+
+    @property
+    def first_due(self) -> float:
+        return self.deliver_at or self.created_at
+
+    @property
+    def tags(self) -> list[str]:
+        return list(self.options.get("tags", []))
+
+    @property
+    def test_mode(self) -> bool:
+        return bool(self.options.get("test_mode"))
+
+
+@dataclass(eq=False)
+class Delivery:
+    """One recipient's next attempt."""
+
+    id: int
+    message: Message
+    address: str
+    attempts: int
+    to_header: str | None
+    user_variables: dict[str, Any] | None
+    copy: bytes | None = None
+    site: Any = field(default=None, repr=False)
+
+    @property
+    def recipient_domain(self) -> str:
+        return self.address.rpartition("@")[2].lower()
+
+    @property
+    def content(self) -> bytes:
+        body = self.copy if self.copy is not None else self.message.mime
+        assert body is not None
+        return body
+
+
+class Queue:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._messages: dict[str, Message] = {}
+
+    async def release_all(self, now: float) -> int:
+        """Free the leases a previous run left behind (it crashed or was killed)."""
+        rows = await self._store.write_returning(
+            "UPDATE recipients SET due_at = ?, lease_until = 0"
+            " WHERE state = 'queued' AND lease_until > 0 RETURNING id",
+            (now,),
+        )
+        return len(rows)
+
+    async def anything_due(self, now: float) -> bool:
+        row = await self._store.fetchone(
+            "SELECT 1 FROM recipients WHERE state = 'queued' AND due_at <= ? LIMIT 1", (now,)
+        )
+        return row is not None
+
+    async def claim(self, now: float, lease_s: float, limit: int) -> list[Delivery]:
+        until = now + lease_s
+        rows = await self._store.write_returning(_CLAIM, (until, until, now, limit))
+        if not rows:
+            return []
+        await self._load_messages({r["message_key"] for r in rows})
+        copies = await self._copies([r["id"] for r in rows if r["has_copy"]])
+        deliveries = []
+        for row in rows:
+            message = self._messages[row["message_key"]]
+            message.pending += 1
+            variables = row["user_variables"]
+            deliveries.append(
+                Delivery(
+                    id=row["id"],
+                    message=message,
+                    address=row["address"],
+                    attempts=row["attempts"],
+                    to_header=row["to_header"],
+                    user_variables=orjson.loads(variables) if variables else None,
+                    copy=copies.get(row["id"]),
+                )
+            )
+        return deliveries
+
+    def forget(self, delivery: Delivery) -> None:
+        """The delivery left memory (done, retried later or deferred)."""
+        message = delivery.message
+        message.pending -= 1
+        if message.pending <= 0:
+            self._messages.pop(message.key, None)
+
+    async def _load_messages(self, keys: set[str]) -> None:
+        missing = [k for k in keys if k not in self._messages]
+        for start in range(0, len(missing), _CHUNK):
+            chunk = missing[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for row in await self._store.fetchall(
+                "SELECT key, domain, sender, created_at, options, mime FROM messages"
+                f" WHERE key IN ({marks})",
+                chunk,
+            ):
+                self._messages[row["key"]] = Message(
+                    key=row["key"],
+                    domain=row["domain"],
+                    sender=row["sender"],
+                    created_at=row["created_at"],
+                    options=orjson.loads(row["options"]),
+                    mime=row["mime"],
+                )
+
+    async def _copies(self, ids: list[int]) -> dict[int, bytes]:
+        found: dict[int, bytes] = {}
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for row in await self._store.fetchall(
+                f"SELECT id, mime FROM recipients WHERE id IN ({marks})", chunk
+            ):
+                found[row["id"]] = row["mime"]
+        return found
+
+    # -- outcomes: each is the row change plus its event, in one transaction -------------------
+
+    async def finish(
+        self, delivery: Delivery, state: str, event: dict[str, Any], *extra: Statement
+    ) -> None:
+        """Delivered or permanently failed."""
+        await self._store.write(
+            Statement(_DONE, [(state, delivery.id)]),
+            event_statement(delivery.message.domain, [event]),
+            *extra,
+        )
+
+    async def retry(self, delivery: Delivery, due_at: float, event: dict[str, Any]) -> None:
+        await self._store.write(
+            Statement(_RETRY, [(due_at, delivery.id)]),
+            event_statement(delivery.message.domain, [event]),
+        )
+
+    async def defer(self, deliveries: Iterable[Delivery], due_at: float) -> None:
+        """Put back without an attempt (the destination is paused or full)."""
+        rows = [(due_at, d.id) for d in deliveries]
+        if rows:
+            await self._store.write(Statement(_DEFER, rows))
+
+    async def purge_finished(self, before: float) -> None:
+        """Drop messages older than `before` whose every recipient is done."""
+        await self._store.write(
+            Statement(
+                "DELETE FROM recipients WHERE state != 'queued' AND message_key IN"
+                " (SELECT key FROM messages WHERE created_at < ?)",
+                [(before,)],
+            ),
+            Statement(
+                "DELETE FROM messages WHERE created_at < ? AND NOT EXISTS"
+                " (SELECT 1 FROM recipients r WHERE r.message_key = messages.key)",
+                [(before,)],
+            ),
+        )

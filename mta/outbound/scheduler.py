@@ -1,0 +1,595 @@
+"""The outbound scheduler: takes due recipients from the queue, sorts them into sites (one
+receiving destination each, shaped by its profile), and runs delivery connections per site.
+
+A site is paced on its own: its connection limit, messages per connection, per-minute and
+per-hour rates, and its back-off when it throttles us. A slow, throttling or unreachable site
+holds at most its own share of memory (the rest waits in the store), so it never holds up
+another site.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from mta.config import Config
+from mta.domains import Domains
+from mta.events import new_event
+from mta.outbound.client import (
+    NO_CONNECTION,
+    Connector,
+    Reply,
+    Session,
+    SessionFailed,
+    TlsPolicy,
+)
+from mta.outbound.dkim import SigningError, signature_header
+from mta.outbound.mx import MxResolver, Route, Unroutable
+from mta.outbound.policy import Classifier, Profile, Shaping, Verdict
+from mta.outbound.queue import Delivery, Queue
+from mta.outbound.returnpath import ReturnPaths
+from mta.store import Store
+from mta.suppressions import bounce_statement, suppressed
+
+log = logging.getLogger("mta.outbound")
+
+SITE_DOWN_S = 60.0  # after no host of a site answered, fail its mail at once for this long
+OVERFLOW_DEFER_S = 30.0  # a full site's surplus waits in the store this long
+CLEAN_MINUTE_S = 60.0
+BIG_MESSAGE = 256 * 1024  # signed off the event loop
+STOP_GRACE_S = 10.0
+
+_SUPPRESSION = {
+    "suppress-bounce": (605, "Not delivering to previously bounced address"),
+    "suppress-unsubscribe": (606, "Not delivering to unsubscribed address"),
+    "suppress-complaint": (607, "Not delivering to a user who marked your messages as spam"),
+}
+# Mailgun's pseudo-code when no MX could be used
+NO_ROUTE = 498
+
+
+@dataclass(eq=False)
+class Lane:
+    """A site's deliveries that share a TLS policy (a connection serves one policy)."""
+
+    policy: TlsPolicy
+    queue: deque[Delivery] = field(default_factory=deque)
+    idle: int = 0  # workers waiting for the next delivery
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Site:
+    def __init__(self, key: str, profile: Profile, route: Route) -> None:
+        self.key = key
+        self.profile = profile
+        self.route = route
+        self.lanes: dict[TlsPolicy, Lane] = {}
+        self.active = 0
+        self.limit = profile.connections
+        self.paused_until = 0.0
+        self.pause_s = profile.throttle_pause_s
+        self.down_until = 0.0
+        self.down_reply: Reply | None = None
+        self.clean_since = time.monotonic()
+        self.next_slot = 0.0
+        rates = [60 / profile.per_minute] if profile.per_minute else []
+        rates += [3600 / profile.per_hour] if profile.per_hour else []
+        self.interval = max(rates, default=0.0)
+        # what may wait in memory: about two minutes' worth when paced, else a few rounds
+        if self.interval:
+            self.capacity = max(10, math.ceil(120 / self.interval))
+        else:
+            self.capacity = max(100, profile.connections * 20)
+
+    def lane(self, policy: TlsPolicy) -> Lane:
+        lane = self.lanes.get(policy)
+        if lane is None:
+            lane = self.lanes[policy] = Lane(policy)
+        return lane
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(lane.queue) for lane in self.lanes.values())
+
+    def slot_wait(self) -> float:
+        """Seconds until this site may take the next message (even pacing, no bursts)."""
+        if not self.interval:
+            return 0.0
+        now = time.monotonic()
+        slot = max(now, self.next_slot)
+        self.next_slot = slot + self.interval
+        return slot - now
+
+    def throttle(self, now: float) -> None:
+        self.paused_until = now + self.pause_s
+        log.warning(
+            "site %s throttles us: paused %.0f s, connections %d -> %d", self.key, self.pause_s,
+            self.limit, max(1, int(self.limit * self.profile.throttle_connections)),
+        )
+        self.pause_s = min(self.pause_s * 2, self.profile.throttle_max_pause_s)
+        self.limit = max(1, int(self.limit * self.profile.throttle_connections))
+        self.clean_since = time.monotonic() + (self.paused_until - now)
+
+    def went_well(self) -> None:
+        """A delivery succeeded: after each clean minute regain a connection and calm down."""
+        now = time.monotonic()
+        if now - self.clean_since >= CLEAN_MINUTE_S:
+            self.clean_since = now
+            self.limit = min(self.profile.connections, self.limit + 1)
+            self.pause_s = self.profile.throttle_pause_s
+
+
+class Scheduler:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        domains: Domains,
+        resolver: MxResolver,
+        connector: Connector,
+        shaping: Shaping,
+        classifier: Classifier,
+        return_paths: ReturnPaths,
+    ) -> None:
+        self._config = config.outbound
+        self._store = store
+        self._domains = domains
+        self._resolver = resolver
+        self._connector = connector
+        self._shaping = shaping
+        self._classifier = classifier
+        self._return_paths = return_paths
+        self._queue = Queue(store)
+        self._sites: dict[str, Site] = {}
+        self._workers: set[asyncio.Task[None]] = set()
+        self._in_flight = 0
+        self._stopping = False
+        self._claimer: asyncio.Task[None] | None = None
+        self.delivered = 0
+
+    async def start(self) -> None:
+        released = await self._queue.release_all(time.time())
+        if released:
+            log.info("outbound: %d recipient(s) left leased by the previous run are due again",
+                     released)
+        self._claimer = asyncio.create_task(self._claim_loop(), name="outbound-claim")
+
+    async def stop(self) -> None:
+        """Take nothing new; let each connection finish the message it is sending; put back
+        what waits in memory so that the next start sends it at once."""
+        self._stopping = True
+        if self._claimer is not None:
+            self._claimer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._claimer
+        for site in self._sites.values():
+            for lane in site.lanes.values():
+                lane.arrived.set()
+        if self._workers:
+            _done, pending = await asyncio.wait(set(self._workers), timeout=STOP_GRACE_S)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        waiting = [d for s in self._sites.values() for ln in s.lanes.values() for d in ln.queue]
+        with contextlib.suppress(Exception):
+            await self._queue.defer(waiting, time.time())
+
+    async def purge_finished(self) -> None:
+        days = self._config.message_retention_days
+        await self._queue.purge_finished(time.time() - days * 86400)
+
+    # -- taking due recipients ---------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        cfg = self._config
+        while True:
+            try:
+                room = min(cfg.claim_batch, cfg.max_in_flight - self._in_flight)
+                now = time.time()
+                if room <= 0 or not await self._queue.anything_due(now):
+                    await asyncio.sleep(cfg.poll_interval_s)
+                    continue
+                deliveries = await self._queue.claim(now, cfg.lease_s, room)
+                self._in_flight += len(deliveries)
+                await self._dispatch(deliveries)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbound: taking due recipients failed; trying again")
+                await asyncio.sleep(1.0)
+
+    async def _dispatch(self, deliveries: list[Delivery]) -> None:
+        """Drop suppressed and test-mode recipients, resolve the rest to their sites."""
+        groups: dict[tuple[str, tuple[str, ...]], list[Delivery]] = {}
+        for d in deliveries:
+            groups.setdefault((d.message.domain, tuple(d.message.tags)), []).append(d)
+        blocked: dict[int, str] = {}
+        for (domain, tags), group in groups.items():
+            reasons = await suppressed(self._store, domain, [d.address for d in group], list(tags))
+            for d in group:
+                if d.address.lower() in reasons:
+                    blocked[d.id] = reasons[d.address.lower()]
+        finishing = []
+        routable = []
+        for d in deliveries:
+            if d.id in blocked:
+                finishing.append(self._suppressed(d, blocked[d.id]))
+            elif d.message.test_mode:
+                finishing.append(self._test_mode(d))
+            else:
+                routable.append(d)
+        domains = {d.recipient_domain for d in routable}
+        routes = dict(zip(domains, await asyncio.gather(
+            *(self._route(domain) for domain in domains)), strict=True))
+        later: list[Delivery] = []
+        touched: dict[str, Site] = {}
+        for d in routable:
+            route = routes[d.recipient_domain]
+            if isinstance(route, Unroutable):
+                finishing.append(self._unroutable(d, route))
+                continue
+            site = self._site(d.recipient_domain, route)
+            touched[site.key] = site
+            now = time.time()
+            if site.paused_until > now or site.waiting >= site.capacity:
+                later.append(d)
+                d.site = site
+            elif site.down_until > now and site.down_reply is not None:
+                finishing.append(self._failed(d, site.down_reply, None, site, verdict=None))
+            else:
+                site.lane(await self._tls_policy(d)).queue.append(d)
+                d.site = site
+        if later:
+            finishing.append(self._defer(later))
+        for site in touched.values():
+            self._kick(site)
+        if finishing:
+            await asyncio.gather(*finishing)
+
+    async def _route(self, domain: str) -> Route | Unroutable:
+        try:
+            return await self._resolver.route(domain)
+        except Unroutable as exc:
+            return exc
+
+    def _site(self, recipient_domain: str, route: Route) -> Site:
+        profile = self._shaping.for_domain(recipient_domain) or self._shaping.for_mx(
+            [h.name for h in route.hops]
+        )
+        key = f"{profile.name}/{route.key}"
+        site = self._sites.get(key)
+        if site is None:
+            site = self._sites[key] = Site(key, profile, route)
+        return site
+
+    async def _tls_policy(self, d: Delivery) -> TlsPolicy:
+        opts = d.message.options
+        domain = await self._domains.get(d.message.domain)
+        require = opts.get("require_tls")
+        skip = opts.get("skip_verification")
+        if require is None:
+            require = domain.require_tls if domain else False
+        if skip is None:
+            skip = domain.skip_verification if domain else False
+        return TlsPolicy(bool(require), bool(skip))
+
+    async def _defer(self, deliveries: list[Delivery]) -> None:
+        """Paused or full sites: back to the store until the site can take them."""
+        now = time.time()
+        by_time: dict[float, list[Delivery]] = {}
+        for d in deliveries:
+            site: Site = d.site
+            due = site.paused_until if site.paused_until > now else now + OVERFLOW_DEFER_S
+            by_time.setdefault(due, []).append(d)
+        for due, group in by_time.items():
+            await self._queue.defer(group, due)
+        for d in deliveries:
+            self._forget(d)
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _kick(self, site: Site) -> None:
+        """Open connections while the site has waiting mail, room, and no pause."""
+        if self._stopping or site.paused_until > time.time():
+            return
+        for lane in site.lanes.values():
+            while lane.queue and site.active < site.limit and len(lane.queue) > lane.idle:
+                site.active += 1
+                task = asyncio.create_task(self._work(site, lane), name=f"deliver {site.key}")
+                self._workers.add(task)
+                task.add_done_callback(self._workers.discard)
+            if lane.queue and lane.idle:
+                lane.arrived.set()
+
+    async def _next(self, lane: Lane, keep_open: bool) -> Delivery | None:
+        if lane.queue:
+            return lane.queue.popleft()
+        if not keep_open or self._stopping:
+            return None
+        deadline = time.monotonic() + self._config.idle_connection_s
+        while not lane.queue and not self._stopping:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            lane.arrived.clear()
+            lane.idle += 1
+            try:
+                await asyncio.wait_for(lane.arrived.wait(), remaining)
+            except TimeoutError:
+                pass
+            finally:
+                lane.idle -= 1
+        return lane.queue.popleft() if lane.queue and not self._stopping else None
+
+    async def _work(self, site: Site, lane: Lane) -> None:
+        """One connection's life: messages of one lane until idle, its quota, or a problem."""
+        session: Session | None = None
+        sent = 0
+        try:
+            while not self._stopping:
+                d = await self._next(lane, keep_open=session is not None)
+                if d is None:
+                    break
+                now = time.time()
+                if site.paused_until > now:
+                    lane.queue.appendleft(d)
+                    break
+                if site.down_until > now and site.down_reply is not None:
+                    await self._failed(d, site.down_reply, None, site, verdict=None)
+                    continue
+                wait = site.slot_wait()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                if session is None or not session.usable:
+                    try:
+                        session = await self._connector.open(site.route, lane.policy)
+                    except SessionFailed as exc:
+                        session = None
+                        await self._session_failed(site, lane, d, exc)
+                        continue
+                    sent = 0
+                await self._attempt(site, session, d)
+                sent += 1
+                if sent >= site.profile.messages_per_connection or not session.usable:
+                    await session.close()
+                    session = None
+        finally:
+            if session is not None:
+                await session.close()
+            site.active -= 1
+            if site.paused_until > time.time() and any(ln.queue for ln in site.lanes.values()):
+                await self._defer_site(site)
+            self._kick(site)
+
+    async def _defer_site(self, site: Site) -> None:
+        waiting = []
+        for lane in site.lanes.values():
+            waiting += lane.queue
+            lane.queue.clear()
+        await self._defer(waiting)
+
+    async def _session_failed(
+        self, site: Site, lane: Lane, d: Delivery, exc: SessionFailed
+    ) -> None:
+        """No host would take a session. TLS-policy problems concern this lane's mail only; a
+        throttling greeting pauses the site; anything else means the site is unreachable: fail
+        what waits for it, for a while."""
+        reply = exc.reply
+        if reply.code == NO_CONNECTION and reply.enhanced.startswith("4.7."):
+            await self._failed(d, reply, None, site, verdict=None, mx_host=exc.mx_host)
+            return
+        if reply.code != NO_CONNECTION:
+            verdict = self._classifier.classify(reply.code, reply.enhanced, reply.text[:1000])
+            if verdict.throttle:
+                site.throttle(time.time())
+                await self._failed(d, reply, None, site, verdict=verdict, mx_host=exc.mx_host)
+                return
+        log.warning("site %s unreachable: %s", site.key, exc.reply.message)
+        site.down_until = time.time() + SITE_DOWN_S
+        site.down_reply = exc.reply
+        casualties = [d]
+        for other in site.lanes.values():
+            casualties += other.queue
+            other.queue.clear()
+        await asyncio.gather(
+            *(self._failed(c, exc.reply, None, site, verdict=None, mx_host=exc.mx_host)
+              for c in casualties)
+        )
+
+    # -- one attempt -----------------------------------------------------------------------------
+
+    async def _signed(self, d: Delivery) -> bytes:
+        message = d.message
+        content = d.content
+        if message.options.get("dkim") is False:
+            return content
+        if d.copy is None and message.dkim_header is not None:
+            return message.dkim_header + content
+        domain = await self._domains.get(message.domain)
+        if domain is None:
+            return content
+        sign = (signature_header, content, domain.name, domain.dkim_selector,
+                domain.dkim_private_key)
+        try:
+            if len(content) > BIG_MESSAGE:
+                header = await asyncio.to_thread(*sign)
+            else:
+                header = sign[0](*sign[1:])
+        except SigningError as exc:
+            log.warning("not DKIM-signing %s for %s: %s", message.key, d.address, exc)
+            return content
+        if d.copy is None:
+            message.dkim_header = header
+        return header + content
+
+    async def _attempt(self, site: Site, session: Session, d: Delivery) -> None:
+        data = await self._signed(d)
+        return_path = self._return_path(d)
+        try:
+            reply = await session.send(return_path, d.address, data)
+        except SessionFailed as exc:
+            await self._failed(d, exc.reply, session, site, verdict=None)
+            return
+        if 200 <= reply.code < 300:
+            site.went_well()
+            await self._delivered(d, reply, session, site)
+            return
+        verdict = self._classifier.classify(reply.code, reply.enhanced, reply.text[:1000])
+        if verdict.throttle:
+            site.throttle(time.time())
+        await self._failed(d, reply, session, site, verdict=verdict)
+
+    def _return_path(self, d: Delivery) -> str:
+        if d.message.sender == "":
+            return ""  # a bounce or other null-sender message stays one
+        return self._return_paths.address(d.id, d.message.domain)
+
+    # -- outcomes --------------------------------------------------------------------------------
+
+    def _status(self, d: Delivery, reply: Reply, session: Session | None, mx_host: str = "",
+                description: str = "") -> dict[str, Any]:
+        return {
+            "code": reply.code,
+            "message": reply.message,
+            "description": description,
+            "enhanced-code": reply.enhanced,
+            "attempt-no": d.attempts + 1,
+            "session-seconds": round(time.monotonic() - session.opened_at, 3) if session else 0.0,
+            "tls": session.tls if session else False,
+            "certificate-verified": session.certificate_verified if session else False,
+            "mx-host": session.mx_host if session else mx_host,
+            "utf8": session.utf8 if session else False,
+        }
+
+    def _event(self, d: Delivery, kind: str, status: dict[str, Any], **fields: Any) -> dict:
+        message = d.message
+        opts = message.options
+        described = opts.get("message", {})
+        headers = dict(described.get("headers", {}))
+        if d.to_header is not None:
+            headers["to"] = d.to_header
+        variables = d.user_variables
+        if variables is None:
+            variables = opts.get("user-variables", {})
+        site: Site | None = d.site
+        envelope = {"sender": message.sender, "transport": "smtp", "targets": d.address}
+        if kind != "failed" or status.get("code") not in (605, 606, 607):
+            envelope["mail-from"] = self._return_path(d)
+        payload = new_event(
+            kind,
+            recipient=d.address,
+            recipient_domain=d.recipient_domain,
+            method=described.get("method", "http"),
+            tags=message.tags,
+            campaigns=[{"id": c, "name": c} for c in opts.get("campaigns", [])],
+            user_variables=variables,
+            flags={
+                "is-authenticated": described.get("is-authenticated", True),
+                "is-test-mode": message.test_mode,
+                "is-routed": False,
+                "is-system-test": False,
+                "is-delayed-bounce": False,
+            },
+            envelope=envelope,
+            message={
+                "headers": headers,
+                "attachments": described.get("attachments", []),
+                "size": len(d.content),
+            },
+            delivery_status=status,
+            **fields,
+        )
+        if site is not None:
+            payload["recipient-provider"] = (
+                "Other" if site.profile.name == "default" else site.profile.name.title()
+            )
+        return payload
+
+    async def _delivered(self, d: Delivery, reply: Reply, session: Session, site: Site) -> None:
+        status = self._status(d, reply, session)
+        fields = {}
+        if d.message.options.get("dkim") is not False:
+            fields["primary_dkim"] = d.message.domain
+        await self._finish(d, "delivered", self._event(d, "delivered", status, **fields))
+        self.delivered += 1
+
+    async def _test_mode(self, d: Delivery) -> None:
+        status = self._status(d, Reply(250, "OK", ""), None)
+        await self._finish(d, "delivered", self._event(d, "delivered", status))
+
+    async def _suppressed(self, d: Delivery, reason: str) -> None:
+        code, description = _SUPPRESSION[reason]
+        status = self._status(d, Reply(code, "", ""), None, description=description)
+        status["message"] = ""
+        event = self._event(d, "failed", status, severity="permanent", reason=reason)
+        await self._finish(d, "failed", event)
+
+    async def _unroutable(self, d: Delivery, exc: Unroutable) -> None:
+        reply = Reply(NO_ROUTE, str(exc), "5.1.2" if exc.permanent else "4.4.3")
+        if exc.permanent:
+            status = self._status(d, reply, None, description=str(exc))
+            event = self._event(d, "failed", status, severity="permanent", reason="generic")
+            await self._finish(d, "failed", event)
+        else:
+            await self._failed(d, reply, None, None, verdict=None)
+
+    async def _failed(
+        self,
+        d: Delivery,
+        reply: Reply,
+        session: Session | None,
+        site: Site | None,
+        *,
+        verdict: Verdict | None,
+        mx_host: str = "",
+    ) -> None:
+        """A failed attempt: permanent (maybe a hard bounce) or retried, unless it is too old."""
+        status = self._status(d, reply, session, mx_host=mx_host)
+        if verdict is not None and verdict.permanent:
+            status["description"] = verdict.name
+            event = self._event(d, "failed", status, severity="permanent", reason=verdict.reason)
+            extra = []
+            if verdict.suppress:
+                extra.append(
+                    bounce_statement(
+                        d.message.domain, d.address, str(reply.code), reply.message, time.time()
+                    )
+                )
+            await self._finish(d, "failed", event, *extra)
+            return
+        now = time.time()
+        intervals = self._config.retry_intervals_s
+        wait = float(intervals[min(d.attempts, len(intervals) - 1)])
+        due = now + wait
+        if site is not None and site.paused_until > due:
+            due = site.paused_until
+        give_up_at = d.message.first_due + self._config.max_age_s
+        if now >= give_up_at:
+            status["description"] = "Too old"
+            event = self._event(d, "failed", status, severity="permanent", reason="old")
+            await self._finish(d, "failed", event)
+            return
+        due = min(due, give_up_at)
+        status["retry-seconds"] = round(due - now)
+        reason = verdict.reason if verdict is not None else "generic"
+        event = self._event(d, "failed", status, severity="temporary", reason=reason)
+        try:
+            await self._queue.retry(d, due, event)
+        finally:
+            self._forget(d)
+
+    async def _finish(self, d: Delivery, state: str, event: dict, *extra: Any) -> None:
+        try:
+            await self._queue.finish(d, state, event, *extra)
+        finally:
+            self._forget(d)
+
+    def _forget(self, d: Delivery) -> None:
+        self._in_flight -= 1
+        self._queue.forget(d)

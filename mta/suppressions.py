@@ -1,0 +1,232 @@
+"""Suppression lists per domain: bounces, unsubscribes (all mail or per tag) and complaints.
+
+Owns the `bounces`, `unsubscribes` and `complaints` tables. Addresses are stored lower-cased,
+so a list entry matches a recipient in any case. The outbound scheduler asks `suppressed()`
+before delivering and records hard bounces with `bounce_statement()` in its own transaction;
+inbound feedback loops record complaints with `complaint_statement()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import orjson
+
+from mta.store import Row, Statement, Store
+
+Kind = Literal["bounces", "unsubscribes", "complaints"]
+Page = Literal["first", "last", "next", "previous"]
+
+ALL_TAGS = "*"
+REASONS = ("suppress-bounce", "suppress-complaint", "suppress-unsubscribe")  # precedence order
+
+_COLUMNS: dict[Kind, str] = {
+    "bounces": "address, code, error, created_at",
+    "unsubscribes": "address, tags, created_at",
+    "complaints": "address, count, created_at",
+}
+
+_BOUNCE_UPSERT = (
+    "INSERT INTO bounces (domain, address, code, error, created_at) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (domain, address) DO UPDATE SET"
+    " code = excluded.code, error = excluded.error, created_at = excluded.created_at"
+)
+_COMPLAINT_UPSERT = (
+    "INSERT INTO complaints (domain, address, count, created_at) VALUES (?, ?, 1, ?)"
+    " ON CONFLICT (domain, address) DO UPDATE SET"
+    " count = complaints.count + 1, created_at = excluded.created_at"
+)
+# One tag per row (?5), appended in SQL so concurrent adds to one address cannot lose a tag.
+# The BLOB is cast to TEXT for the JSON functions (newer SQLite reads a BLOB as binary JSONB).
+_UNSUBSCRIBE_UPSERT = (
+    "INSERT INTO unsubscribes (domain, address, tags, created_at) VALUES (?1, ?2, ?3, ?4)"
+    " ON CONFLICT (domain, address) DO UPDATE SET created_at = excluded.created_at,"
+    " tags = CASE WHEN EXISTS (SELECT 1 FROM json_each(CAST(unsubscribes.tags AS TEXT))"
+    " WHERE value = ?5) THEN unsubscribes.tags"
+    " ELSE CAST(json_insert(CAST(unsubscribes.tags AS TEXT), '$[#]', ?5) AS BLOB) END"
+)
+
+
+@dataclass(frozen=True)
+class Bounce:
+    address: str
+    code: str
+    error: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Unsubscribe:
+    address: str
+    tags: tuple[str, ...]
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Complaint:
+    """`count` is kept by the store (each complaint about the address adds one)."""
+
+    address: str
+    created_at: float
+    count: int = 1
+
+
+Suppression = Bounce | Unsubscribe | Complaint
+
+
+def bounce_statement(
+    domain: str, address: str, code: str, error: str, created_at: float
+) -> Statement:
+    """Record a bounce (replacing an earlier one for the address), inside the caller's write."""
+    return Statement(_BOUNCE_UPSERT, [(domain, address.lower(), code, error, created_at)])
+
+
+def complaint_statement(domain: str, address: str, created_at: float) -> Statement:
+    """Record a complaint (counting it when the address already complained)."""
+    return Statement(_COMPLAINT_UPSERT, [(domain, address.lower(), created_at)])
+
+
+async def suppressed(
+    store: Store, domain: str, addresses: list[str], tags: list[str]
+) -> dict[str, str]:
+    """{lower-cased address: reason} for the recipients that must not be sent to.
+
+    One query for the whole batch: the addresses go in as one JSON parameter, so there is no
+    SQLite variable limit to chunk around, and each list is still read through its primary key.
+    """
+    wanted = sorted({a.lower() for a in addresses})
+    if not wanted:
+        return {}
+    rows = await store.fetchall(
+        "SELECT address, 0 AS rank, NULL AS tags FROM bounces"
+        " WHERE domain = ?1 AND address IN (SELECT value FROM json_each(?2))"
+        " UNION ALL SELECT address, 1, NULL FROM complaints"
+        " WHERE domain = ?1 AND address IN (SELECT value FROM json_each(?2))"
+        " UNION ALL SELECT address, 2, tags FROM unsubscribes"
+        " WHERE domain = ?1 AND address IN (SELECT value FROM json_each(?2))",
+        (domain, orjson.dumps(wanted).decode()),
+    )
+    message_tags = set(tags)
+    ranks: dict[str, int] = {}
+    for row in rows:
+        rank = row["rank"]
+        if rank == 2:
+            listed = set(orjson.loads(row["tags"]))
+            if ALL_TAGS not in listed and not listed & message_tags:
+                continue
+        ranks[row["address"]] = min(rank, ranks.get(row["address"], rank))
+    return {address: REASONS[rank] for address, rank in ranks.items()}
+
+
+# -- the API's operations ---------------------------------------------------------------------
+
+
+async def add(store: Store, domain: str, entries: Sequence[Suppression]) -> None:
+    """Add entries in one transaction: a bounce replaces the address's earlier one, an
+    unsubscribe adds its tags to the address's, a complaint counts once more."""
+    rows: dict[str, list[tuple[object, ...]]] = {}
+    for entry in entries:
+        address = entry.address.lower()
+        match entry:
+            case Bounce():
+                rows.setdefault(_BOUNCE_UPSERT, []).append(
+                    (domain, address, entry.code, entry.error, entry.created_at)
+                )
+            case Unsubscribe():
+                rows.setdefault(_UNSUBSCRIBE_UPSERT, []).extend(
+                    (domain, address, orjson.dumps([tag]), entry.created_at, tag)
+                    for tag in entry.tags
+                )
+            case Complaint():
+                rows.setdefault(_COMPLAINT_UPSERT, []).append((domain, address, entry.created_at))
+    if rows:
+        await store.write(*(Statement(sql, batch) for sql, batch in rows.items()))
+
+
+async def get(store: Store, kind: Kind, domain: str, address: str) -> Suppression | None:
+    row = await store.fetchone(
+        f"SELECT {_COLUMNS[kind]} FROM {kind} WHERE domain = ? AND address = ?",
+        (domain, address.lower()),
+    )
+    return None if row is None else _entry(kind, row)
+
+
+async def page(
+    store: Store, kind: Kind, domain: str, which: Page, pivot: str, limit: int
+) -> list[Suppression]:
+    """One page in address order: `next` starts after the pivot, `previous` ends before it,
+    `last` is the final `limit` entries."""
+    condition, params, descending = {
+        "first": ("", (), False),
+        "next": (" AND address > ?", (pivot.lower(),), False),
+        "previous": (" AND address < ?", (pivot.lower(),), True),
+        "last": ("", (), True),
+    }[which]
+    rows = await store.fetchall(
+        f"SELECT {_COLUMNS[kind]} FROM {kind} WHERE domain = ?{condition}"
+        f" ORDER BY address {'DESC' if descending else 'ASC'} LIMIT ?",
+        (domain, *params, limit),
+    )
+    entries = [_entry(kind, row) for row in rows]
+    return entries[::-1] if descending else entries
+
+
+async def skip_page(
+    store: Store, kind: Kind, domain: str, skip: int, limit: int
+) -> tuple[int, list[Suppression]]:
+    """(total, entries) for the legacy skip/limit paging."""
+    total = await store.fetchone(f"SELECT count(*) FROM {kind} WHERE domain = ?", (domain,))
+    rows = await store.fetchall(
+        f"SELECT {_COLUMNS[kind]} FROM {kind} WHERE domain = ? ORDER BY address LIMIT ? OFFSET ?",
+        (domain, limit, skip),
+    )
+    assert total is not None
+    return total[0], [_entry(kind, row) for row in rows]
+
+
+async def delete(store: Store, kind: Kind, domain: str, address: str) -> bool:
+    """Remove the address from the list; False if it was not on it."""
+    if await get(store, kind, domain, address) is None:
+        return False
+    await store.write(
+        Statement(
+            f"DELETE FROM {kind} WHERE domain = ? AND address = ?", [(domain, address.lower())]
+        )
+    )
+    return True
+
+
+async def remove_tag(store: Store, domain: str, address: str, tag: str) -> bool:
+    """Unsubscribe the address from one tag less; with no tag left it is off the list.
+    False if the address was not unsubscribed at all."""
+    if await get(store, "unsubscribes", domain, address) is None:
+        return False
+    key = (domain, address.lower())
+    await store.write(
+        Statement(
+            "UPDATE unsubscribes SET tags = CAST((SELECT json_group_array(value)"
+            " FROM json_each(CAST(unsubscribes.tags AS TEXT)) WHERE value != ?) AS BLOB)"
+            " WHERE domain = ? AND address = ?",
+            [(tag, *key)],
+        ),
+        Statement(
+            "DELETE FROM unsubscribes WHERE domain = ? AND address = ?"
+            " AND json_array_length(CAST(tags AS TEXT)) = 0",
+            [key],
+        ),
+    )
+    return True
+
+
+async def delete_all(store: Store, kind: Kind, domain: str) -> None:
+    await store.write(Statement(f"DELETE FROM {kind} WHERE domain = ?", [(domain,)]))
+
+
+def _entry(kind: Kind, row: Row) -> Suppression:
+    if kind == "bounces":
+        return Bounce(row["address"], row["code"], row["error"], row["created_at"])
+    if kind == "unsubscribes":
+        return Unsubscribe(row["address"], tuple(orjson.loads(row["tags"])), row["created_at"])
+    return Complaint(row["address"], row["created_at"], row["count"])

@@ -1,0 +1,151 @@
+"""A capture SMTP server standing in for a remote MX host, on loopback in the test's own loop.
+
+It keeps what it receives and misbehaves on magic local parts, so that every failure path of
+delivery is exercised over a real socket:
+
+  unknown@...     550 5.1.1 at RCPT (a hard bounce)
+  full@...        452 4.2.2 at RCPT (a soft bounce)
+  defer-once@...  451 4.3.0 at DATA the first time, then accepted
+  throttle@...    421 4.7.0 at RCPT, then the connection is closed
+  reject@...      554 5.7.1 at DATA (a permanent refusal that is no hard bounce)
+  drop@...        the connection is cut after the message, before the reply
+
+`mode` changes the whole server: "silent" accepts connections and never says a word.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+
+@dataclass
+class Captured:
+    mail_from: str
+    rcpt_to: str
+    data: bytes
+    tls: bool
+    peer: str
+
+
+@dataclass
+class Capture:
+    """One running capture server; `messages` fills as mail arrives."""
+
+    host: str
+    port: int
+    messages: list[Captured] = field(default_factory=list)
+    connections: int = 0
+    attempts: Counter[str] = field(default_factory=Counter)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    _server: asyncio.AbstractServer | None = None
+    _sessions: list[SMTP] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def to(self, rcpt: str) -> list[Captured]:
+        return [m for m in self.messages if m.rcpt_to.lower() == rcpt.lower()]
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> list[Captured]:
+        """Until at least `count` messages have arrived."""
+        async def enough() -> None:
+            while len(self.messages) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+
+        await asyncio.wait_for(enough(), timeout)
+        return self.messages
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for session in self._sessions:
+                if session.transport is not None:
+                    session.transport.abort()
+            await self._server.wait_closed()
+
+
+class _Handler:
+    def __init__(self, capture: Capture) -> None:
+        self.capture = capture
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list
+    ) -> str:
+        local = address.partition("@")[0].lower()
+        self.capture.attempts[address.lower()] += 1
+        if local == "unknown":
+            return "550 5.1.1 The email account that you tried to reach does not exist"
+        if local == "full":
+            return "452 4.2.2 The email account that you tried to reach is over quota"
+        if local == "throttle":
+            assert server.transport is not None
+            server.transport.close()
+            return "421 4.7.0 Try again later, closing connection"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        rcpt = envelope.rcpt_tos[0]
+        local = rcpt.partition("@")[0].lower()
+        if local == "reject":
+            return "554 5.7.1 Message rejected as spam"
+        if local == "defer-once" and self.capture.attempts[rcpt.lower()] == 1:
+            return "451 4.3.0 Temporary local problem, try again"
+        if local == "drop":
+            assert server.transport is not None
+            server.transport.abort()
+            return "250 2.0.0 never sent"
+        data = envelope.original_content or envelope.content or b""
+        assert isinstance(data, bytes)
+        tls = server.transport is not None and server.transport.get_extra_info("sslcontext")
+        peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
+        self.capture.messages.append(
+            Captured(envelope.mail_from or "", rcpt, data, bool(tls), peer)
+        )
+        self.capture.arrived.set()
+        return "250 2.0.0 OK captured"
+
+
+class _Counting(SMTP):
+    def __init__(self, capture: Capture, **kwargs: Any) -> None:
+        super().__init__(_Handler(capture), **kwargs)
+        capture.connections += 1
+        capture._sessions.append(self)
+
+
+async def start_capture(
+    host: str = "127.0.0.1",
+    *,
+    tls: ssl.SSLContext | None = None,
+    mode: str = "normal",
+    hostname: str = "mx.capture.test",
+) -> Capture:
+    """Start a capture server on an ephemeral port (STARTTLS offered when `tls` is given)."""
+    capture = Capture(host, 0)
+    loop = asyncio.get_running_loop()
+    if mode == "silent":
+        capture._server = await loop.create_server(asyncio.Protocol, host, 0)
+    else:
+        capture._server = await loop.create_server(
+            lambda: _Counting(
+                capture,
+                hostname=hostname,
+                tls_context=tls,
+                require_starttls=False,
+                decode_data=False,
+                enable_SMTPUTF8=True,
+                ident="capture",
+            ),
+            host,
+            0,
+        )
+    capture.port = capture._server.sockets[0].getsockname()[1]
+    return capture

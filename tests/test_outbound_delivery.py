@@ -1,0 +1,64 @@
+"""Outbound delivery (manual: "Message Queue", "Tracking Deliveries", "Tracking Failures"):
+queued mail leaves for the recipient domain's MX host, and every outcome is an event."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import dkim
+import pytest
+
+from tests import storeview
+from tests.capture import Capture, start_capture
+from tests.conftest import DOMAIN, Running
+
+pytestmark = pytest.mark.asyncio
+
+DEST = "dest.example.test"
+
+
+@pytest.fixture
+async def mx() -> AsyncIterator[Capture]:
+    capture = await start_capture()
+    yield capture
+    await capture.close()
+
+
+async def deliver(running: Running, to: str, **fields: Any) -> str:
+    async with running.session() as api:
+        form = {"from": f"Sender <sender@{DOMAIN}>", "to": to, "subject": "Hi", "text": "Hello"}
+        async with api.post(f"/v3/{DOMAIN}/messages", data=form | fields) as resp:
+            assert resp.status == 200, await resp.text()
+            return (await resp.json())["id"].strip("<>")
+
+
+async def events_of(running: Running, kind: str, count: int = 1, timeout: float = 10) -> list:
+    db = running.server.config.db_path
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        found = [e for e in storeview.events(db) if e["event"] == kind]
+        if len(found) >= count or asyncio.get_running_loop().time() > deadline:
+            return found
+        await asyncio.sleep(0.05)
+
+
+async def test_accepted_message_is_delivered_signed_and_recorded(
+    start_server: Callable[..., Any], mx: Capture
+):
+    running = await start_server(outbound__enabled=True, dns__static_mx={DEST: [mx.address]})
+    message_id = await deliver(running, f"alice@{DEST}")
+    [got] = await mx.wait_for(1)
+    assert got.rcpt_to == f"alice@{DEST}"
+    assert got.mail_from.startswith("bounce+") and got.mail_from.endswith("@" + DOMAIN)
+    domain = await running.services.domains.get(DOMAIN)
+    record = domain.dkim_record.encode()
+    assert dkim.verify(got.data, dnsfunc=lambda name, timeout=5: record)
+    [event] = await events_of(running, "delivered")
+    assert event["recipient"] == f"alice@{DEST}"
+    assert event["message"]["headers"]["message-id"] == message_id
+    status = event["delivery-status"]
+    assert status["code"] == 250
+    assert status["mx-host"] == "127.0.0.1"
+    assert status["attempt-no"] == 1
