@@ -87,7 +87,7 @@ class _Handler:
             return "452 4.2.2 The email account that you tried to reach is over quota"
         if local == "throttle":
             assert server.transport is not None
-            server.transport.close()
+            server.loop.call_soon(server.transport.close)  # after the reply is written
             return "421 4.7.0 Try again later, closing connection"
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"

@@ -62,3 +62,4 @@ async def test_accepted_message_is_delivered_signed_and_recorded(
     assert status["code"] == 250
     assert status["mx-host"] == "127.0.0.1"
     assert status["attempt-no"] == 1
+

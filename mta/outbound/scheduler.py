@@ -577,7 +577,10 @@ class Scheduler:
             return
         due = min(due, give_up_at)
         status["retry-seconds"] = round(due - now)
-        reason = verdict.reason if verdict is not None else "generic"
+        reason = "generic"
+        if verdict is not None:
+            status["description"] = verdict.name
+            reason = verdict.reason
         event = self._event(d, "failed", status, severity="temporary", reason=reason)
         try:
             await self._queue.retry(d, due, event)
