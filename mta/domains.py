@@ -242,6 +242,26 @@ class Domains:
         )
         return True
 
+    async def set_connection(
+        self, name: str, *, require_tls: bool | None, skip_verification: bool | None
+    ) -> Domain:
+        """The domain's delivery TLS settings (a message's own options override them)."""
+        domain = await self.get(name)
+        if domain is None:
+            raise DomainError(f"Domain not found: {name}")
+        require = domain.require_tls if require_tls is None else require_tls
+        skip = domain.skip_verification if skip_verification is None else skip_verification
+        await self._store.write(
+            Statement(
+                "UPDATE domains SET require_tls = ?, skip_verification = ? WHERE name = ?",
+                [(int(require), int(skip), domain.name)],
+            )
+        )
+        updated = await self.get(domain.name)
+        if updated is None:
+            raise DomainError(f"Domain not found: {name}")
+        return updated
+
     async def authorize(self, name: str, address: str) -> None:
         """Add an authorised recipient to a sandbox domain (at most sandbox_max_recipients)."""
         domain = await self.get(name)

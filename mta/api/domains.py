@@ -123,6 +123,39 @@ async def verify_domain(request: web.Request) -> web.Response:
     return json_response(_full(request, updated, message="Domain DNS records have been updated"))
 
 
+async def get_connection(request: web.Request) -> web.Response:
+    domain = await path_domain(request, "name", name_in_message=False)
+    return json_response(
+        {
+            "connection": {
+                "require_tls": domain.require_tls,
+                "skip_verification": domain.skip_verification,
+            }
+        }
+    )
+
+
+async def update_connection(request: web.Request) -> web.Response:
+    domain = await path_domain(request, "name", name_in_message=False)
+    form = await read_form(request)
+    try:
+        updated = await services(request).domains.set_connection(
+            domain.name,
+            require_tls=parse_bool("require_tls", form.text("require_tls")),
+            skip_verification=parse_bool("skip_verification", form.text("skip_verification")),
+        )
+    except DomainError as exc:
+        raise ApiError(404, str(exc)) from None
+    return json_response(
+        {
+            "message": "Domain connection settings have been updated, may take 10 minutes to"
+            " fully propagate",
+            "require-tls": updated.require_tls,
+            "skip-verification": updated.skip_verification,
+        }
+    )
+
+
 ROUTES = [
     route
     for version in ("v3", "v4")
@@ -132,5 +165,7 @@ ROUTES = [
         ("GET", f"/{version}/domains/{{name}}", get_domain),
         ("DELETE", f"/{version}/domains/{{name}}", delete_domain),
         ("PUT", f"/{version}/domains/{{name}}/verify", verify_domain),
+        ("GET", f"/{version}/domains/{{name}}/connection", get_connection),
+        ("PUT", f"/{version}/domains/{{name}}/connection", update_connection),
     )
 ]
