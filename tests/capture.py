@@ -11,12 +11,17 @@ delivery is exercised over a real socket:
   drop@...        the connection is cut after the message, before the reply
 
 `mode` changes the whole server: "silent" accepts connections and never says a word.
+
+Besides what arrives (each with its arrival time on the monotonic clock), it counts connections,
+RCPT attempts per address, and the sessions open at once (`open_sessions`, high-water mark
+`most_open_sessions`), so that shaping limits can be checked from the receiving side.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +36,7 @@ class Captured:
     data: bytes
     tls: bool
     peer: str
+    at: float = field(default_factory=time.monotonic)  # arrival, time.monotonic()
 
 
 @dataclass
@@ -41,6 +47,8 @@ class Capture:
     port: int
     messages: list[Captured] = field(default_factory=list)
     connections: int = 0
+    open_sessions: int = 0
+    most_open_sessions: int = 0
     attempts: Counter[str] = field(default_factory=Counter)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     _server: asyncio.AbstractServer | None = None
@@ -73,8 +81,9 @@ class Capture:
 
 
 class _Handler:
-    def __init__(self, capture: Capture) -> None:
+    def __init__(self, capture: Capture, delay_s: float) -> None:
         self.capture = capture
+        self.delay_s = delay_s
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list
@@ -103,6 +112,8 @@ class _Handler:
             assert server.transport is not None
             server.transport.abort()
             return "250 2.0.0 never sent"
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         data = envelope.original_content or envelope.content or b""
         assert isinstance(data, bytes)
         tls = server.transport is not None and server.transport.get_extra_info("sslcontext")
@@ -115,10 +126,17 @@ class _Handler:
 
 
 class _Counting(SMTP):
-    def __init__(self, capture: Capture, **kwargs: Any) -> None:
-        super().__init__(_Handler(capture), **kwargs)
+    def __init__(self, capture: Capture, delay_s: float, **kwargs: Any) -> None:
+        super().__init__(_Handler(capture, delay_s), **kwargs)
         capture.connections += 1
+        capture.open_sessions += 1
+        capture.most_open_sessions = max(capture.most_open_sessions, capture.open_sessions)
         capture._sessions.append(self)
+        self._capture = capture
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._capture.open_sessions -= 1
+        super().connection_lost(error)
 
 
 async def start_capture(
@@ -127,8 +145,10 @@ async def start_capture(
     tls: ssl.SSLContext | None = None,
     mode: str = "normal",
     hostname: str = "mx.capture.test",
+    delay_s: float = 0.0,
 ) -> Capture:
-    """Start a capture server on an ephemeral port (STARTTLS offered when `tls` is given)."""
+    """Start a capture server on an ephemeral port (STARTTLS offered when `tls` is given;
+    `delay_s` is how long it takes over each message before answering)."""
     capture = Capture(host, 0)
     loop = asyncio.get_running_loop()
     if mode == "silent":
@@ -137,6 +157,7 @@ async def start_capture(
         capture._server = await loop.create_server(
             lambda: _Counting(
                 capture,
+                delay_s,
                 hostname=hostname,
                 tls_context=tls,
                 require_starttls=False,

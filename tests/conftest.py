@@ -172,9 +172,9 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20)
 def server_process(tmp_path: Path) -> Iterator[Callable[[], Process]]:
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start() -> Process:
+    def start(**extra_env: str) -> Process:
         port = free_port()
-        env = cli_env(tmp_path, port)
+        env = cli_env(tmp_path, port) | extra_env
         log = open(tmp_path / f"serve-{len(procs)}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-m", "mta", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT

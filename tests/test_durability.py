@@ -4,13 +4,16 @@ message that got a 200 is in the store afterwards, whole (message, recipients, e
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sqlite3
+from collections import Counter
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from tests.capture import start_capture
 from tests.conftest import DOMAIN, auth_header
 
 pytestmark = pytest.mark.asyncio
@@ -80,3 +83,59 @@ async def test_every_acknowledged_message_survives_kill_9(server_process, tmp_pa
     ):
         assert resp.status == 200
         assert len((await resp.json())["items"]) == 2
+
+
+async def test_kill_9_during_delivery_leaves_every_recipient_delivered_or_queued(
+    server_process, tmp_path: Path
+):
+    """Crash while delivering: after a restart every accepted recipient is delivered (or still
+    queued), none is lost. A message the remote took just before the kill, whose outcome was
+    not yet committed, is sent again (at-least-once): those duplicates are counted."""
+    capture = await start_capture(delay_s=0.005)
+    destinations = [f"d{i}.example.test" for i in range(5)]
+    static_mx = json.dumps({d: [capture.address] for d in destinations})
+    env = {"MTA_OUTBOUND_ENABLED": "true", "MTA_DNS_STATIC_MX": static_mx}
+    try:
+        proc = server_process(**env)
+        proc.cli("domain", "add", DOMAIN)
+        key = proc.cli("key", "create").stdout.strip()
+        total = 600
+        recipients = [f"r{n}@{destinations[n % 5]}" for n in range(total)]
+
+        async with aiohttp.ClientSession(proc.url, headers=auth_header(key)) as session:
+
+            async def send(rcpt: str) -> None:
+                data = {"from": f"s@{DOMAIN}", "to": rcpt, "subject": "crash", "text": "x" * 300}
+                async with session.post(f"/v3/{DOMAIN}/messages", data=data) as resp:
+                    assert resp.status == 200
+
+            for start in range(0, total, 50):
+                await asyncio.gather(*(send(r) for r in recipients[start : start + 50]))
+        await capture.wait_for(total // 3, timeout=60)
+        proc.proc.send_signal(signal.SIGKILL)
+        proc.proc.wait()
+        before_restart = len(capture.messages)
+        assert before_restart < total, "everything was delivered before the kill"
+
+        server_process(**env)
+        db = tmp_path / "var" / "mta.db"
+        deadline = asyncio.get_running_loop().time() + 60
+        while asyncio.get_running_loop().time() < deadline:
+            with sqlite3.connect(db) as conn:
+                states = dict(
+                    conn.execute("SELECT state, count(*) FROM recipients GROUP BY state")
+                )
+            if states.get("delivered", 0) == total:
+                break
+            await asyncio.sleep(0.1)
+        with sqlite3.connect(db) as conn:
+            rows = dict(conn.execute("SELECT address, state FROM recipients"))
+        assert set(rows) == set(recipients), "a recipient row was lost"
+        assert set(rows.values()) == {"delivered"}, states
+        arrived = Counter(m.rcpt_to for m in capture.messages)
+        assert set(arrived) == set(recipients), "an accepted recipient never arrived"
+        duplicates = sum(n - 1 for n in arrived.values())
+        print(f"kill -9 after {before_restart}/{total} delivered: {duplicates} duplicate(s)")
+        assert duplicates <= 20 * 5  # at most one in flight per connection at the kill
+    finally:
+        await capture.close()

@@ -274,10 +274,12 @@ async def test_the_domains_require_tls_applies_unless_the_message_says_otherwise
 ):
     mx = await captures()
     running = await sender(start_server, mx, pki)
-    async with running.session() as api:
-        async with api.put(f"/v3/domains/{DOMAIN}/connection", data={"require_tls": "yes"}
-                           ) as resp:
-            assert resp.status == 200
+    form = {"require_tls": "yes"}
+    async with (
+        running.session() as api,
+        api.put(f"/v3/domains/{DOMAIN}/connection", data=form) as resp,
+    ):
+        assert resp.status == 200
     await deliver(running, f"strict@{DEST}")
     await deliver(running, f"relaxed@{DEST}", **{"o:require-tls": "no"})
     [got] = await mx.wait_for(1)

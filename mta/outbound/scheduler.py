@@ -40,7 +40,10 @@ from mta.suppressions import bounce_statement, suppressed
 log = logging.getLogger("mta.outbound")
 
 SITE_DOWN_S = 60.0  # after no host of a site answered, fail its mail at once for this long
-OVERFLOW_DEFER_S = 30.0  # a full site's surplus waits in the store this long
+# a full site's surplus waits in the store about as long as the site takes to drain, within:
+OVERFLOW_DEFER_MIN_S = 0.2
+OVERFLOW_DEFER_MAX_S = 300.0
+DRAIN_SAMPLE = 200  # recent completions the drain rate is measured over
 CLEAN_MINUTE_S = 60.0
 BIG_MESSAGE = 256 * 1024  # signed off the event loop
 STOP_GRACE_S = 10.0
@@ -81,11 +84,13 @@ class Site:
         rates = [60 / profile.per_minute] if profile.per_minute else []
         rates += [3600 / profile.per_hour] if profile.per_hour else []
         self.interval = max(rates, default=0.0)
-        # what may wait in memory: about two minutes' worth when paced, else a few rounds
+        # what may wait in memory: about two minutes' worth when paced, else a full round of
+        # every connection
         if self.interval:
             self.capacity = max(10, math.ceil(120 / self.interval))
         else:
-            self.capacity = max(100, profile.connections * 20)
+            self.capacity = max(200, profile.connections * profile.messages_per_connection)
+        self._completions: deque[float] = deque(maxlen=DRAIN_SAMPLE)
 
     def lane(self, policy: TlsPolicy) -> Lane:
         lane = self.lanes.get(policy)
@@ -96,6 +101,19 @@ class Site:
     @property
     def waiting(self) -> int:
         return sum(len(lane.queue) for lane in self.lanes.values())
+
+    def completed(self) -> None:
+        self._completions.append(time.monotonic())
+
+    def drain_time(self, backlog: int) -> float:
+        """About how long this site takes to work through `backlog` more messages."""
+        samples = self._completions
+        elapsed = time.monotonic() - samples[0] if samples else 0.0
+        if len(samples) >= 10 and elapsed > 0:
+            estimate = backlog * elapsed / len(samples)
+        else:
+            estimate = backlog * (self.interval or 0.01)
+        return min(max(estimate, OVERFLOW_DEFER_MIN_S), OVERFLOW_DEFER_MAX_S)
 
     def slot_wait(self) -> float:
         """Seconds until this site may take the next message (even pacing, no bursts)."""
@@ -285,7 +303,10 @@ class Scheduler:
         by_time: dict[float, list[Delivery]] = {}
         for d in deliveries:
             site: Site = d.site
-            due = site.paused_until if site.paused_until > now else now + OVERFLOW_DEFER_S
+            if site.paused_until > now:
+                due = site.paused_until
+            else:
+                due = now + site.drain_time(site.waiting)
             by_time.setdefault(due, []).append(d)
         for due, group in by_time.items():
             await self._queue.defer(group, due)
@@ -355,6 +376,7 @@ class Scheduler:
                         continue
                     sent = 0
                 await self._attempt(site, session, d)
+                site.completed()
                 sent += 1
                 if sent >= site.profile.messages_per_connection or not session.usable:
                     await session.close()
