@@ -606,15 +606,39 @@ class Scheduler:
         event = self._event(d, "failed", status, severity="temporary", reason=reason)
         try:
             await self._queue.retry(d, due, event)
+            _log_outcome(d, event)
         finally:
             self._forget(d)
 
     async def _finish(self, d: Delivery, state: str, event: dict, *extra: Any) -> None:
         try:
             await self._queue.finish(d, state, event, *extra)
+            _log_outcome(d, event)
         finally:
             self._forget(d)
 
     def _forget(self, d: Delivery) -> None:
         self._in_flight -= 1
         self._queue.forget(d)
+
+
+def _log_outcome(d: Delivery, event: dict[str, Any]) -> None:
+    """One line per attempt, Postfix-style: what happened, to whom, where, and the reply."""
+    status = event["delivery-status"]
+    if event["event"] == "delivered":
+        outcome = "delivered"
+    elif event.get("severity") == "permanent":
+        outcome = f"failed ({event.get('reason')})"
+    else:
+        outcome = f"deferred {status.get('retry-seconds', 0)} s"
+    log.info(
+        "%s <%s> to <%s> via %s, attempt %d, tls %s: %s %s",
+        outcome,
+        event["message"]["headers"].get("message-id", ""),
+        d.address,
+        status["mx-host"] or "-",
+        status["attempt-no"],
+        "yes" if status["tls"] else "no",
+        status["code"],
+        status["message"] or status["description"],
+    )
