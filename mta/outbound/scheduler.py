@@ -39,6 +39,7 @@ from mta.suppressions import bounce_statement, suppressed
 
 log = logging.getLogger("mta.outbound")
 
+SITE_SWEEP_S = 60.0  # how often sites with nothing left to do are dropped from memory
 SITE_DOWN_S = 60.0  # after no host of a site answered, fail its mail at once for this long
 # a full site's surplus waits in the store about as long as the site takes to drain, within:
 OVERFLOW_DEFER_MIN_S = 0.2
@@ -206,8 +207,12 @@ class Scheduler:
 
     async def _claim_loop(self) -> None:
         cfg = self._config
+        swept_at = time.monotonic()
         while True:
             try:
+                if time.monotonic() - swept_at > SITE_SWEEP_S:
+                    swept_at = time.monotonic()
+                    self._forget_idle_sites()
                 room = min(cfg.claim_batch, cfg.max_in_flight - self._in_flight)
                 now = time.time()
                 if room <= 0 or not await self._queue.anything_due(now):
@@ -221,6 +226,19 @@ class Scheduler:
             except Exception:
                 log.exception("outbound: taking due recipients failed; trying again")
                 await asyncio.sleep(1.0)
+
+    def _forget_idle_sites(self) -> None:
+        """Sites with no connection, no mail and nothing to remember (pause, pacing) go."""
+        now, clock = time.time(), time.monotonic()
+        for key, site in list(self._sites.items()):
+            if (
+                site.active == 0
+                and site.waiting == 0
+                and site.paused_until < now
+                and site.down_until < now
+                and site.next_slot < clock
+            ):
+                del self._sites[key]
 
     async def _dispatch(self, deliveries: list[Delivery]) -> None:
         """Drop suppressed and test-mode recipients, resolve the rest to their sites."""
@@ -381,6 +399,8 @@ class Scheduler:
                 if sent >= site.profile.messages_per_connection or not session.usable:
                     await session.close()
                     session = None
+        except Exception:  # e.g. the store refused an outcome: the lease brings the mail back
+            log.exception("outbound: a delivery connection to %s failed", site.key)
         finally:
             if session is not None:
                 await session.close()
