@@ -44,7 +44,7 @@ _UNSUBSCRIBE_UPSERT = (
     "INSERT INTO unsubscribes (domain, address, tags, created_at) VALUES (?1, ?2, ?3, ?4)"
     " ON CONFLICT (domain, address) DO UPDATE SET created_at = excluded.created_at,"
     " tags = CASE WHEN EXISTS (SELECT 1 FROM json_each(CAST(unsubscribes.tags AS TEXT))"
-    " WHERE value = ?5) THEN unsubscribes.tags"
+    " WHERE lower(value) = lower(?5)) THEN unsubscribes.tags"
     " ELSE CAST(json_insert(CAST(unsubscribes.tags AS TEXT), '$[#]', ?5) AS BLOB) END"
 )
 
@@ -108,12 +108,12 @@ async def suppressed(
         " WHERE domain = ?1 AND address IN (SELECT value FROM json_each(?2))",
         (domain, orjson.dumps(wanted).decode()),
     )
-    message_tags = set(tags)
+    message_tags = {t.lower() for t in tags}  # tags are case-insensitive (the manual)
     ranks: dict[str, int] = {}
     for row in rows:
         rank = row["rank"]
         if rank == 2:
-            listed = set(orjson.loads(row["tags"]))
+            listed = {t.lower() for t in orjson.loads(row["tags"])}
             if ALL_TAGS not in listed and not listed & message_tags:
                 continue
         ranks[row["address"]] = min(rank, ranks.get(row["address"], rank))
@@ -207,7 +207,8 @@ async def remove_tag(store: Store, domain: str, address: str, tag: str) -> bool:
     await store.write(
         Statement(
             "UPDATE unsubscribes SET tags = CAST((SELECT json_group_array(value)"
-            " FROM json_each(CAST(unsubscribes.tags AS TEXT)) WHERE value != ?) AS BLOB)"
+            " FROM json_each(CAST(unsubscribes.tags AS TEXT))"
+            " WHERE lower(value) != lower(?)) AS BLOB)"
             " WHERE domain = ? AND address = ?",
             [(tag, *key)],
         ),
