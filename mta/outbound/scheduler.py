@@ -80,6 +80,7 @@ class Site:
         self.pause_s = profile.throttle_pause_s
         self.down_until = 0.0
         self.down_reply: Reply | None = None
+        self.down_host = ""
         self.clean_since = time.monotonic()
         self.next_slot = 0.0
         rates = [60 / profile.per_minute] if profile.per_minute else []
@@ -277,7 +278,10 @@ class Scheduler:
                 later.append(d)
                 d.site = site
             elif site.down_until > now and site.down_reply is not None:
-                finishing.append(self._failed(d, site.down_reply, None, site, verdict=None))
+                finishing.append(
+                    self._failed(d, site.down_reply, None, site, verdict=None,
+                                 mx_host=site.down_host)
+                )
             else:
                 site.lane(await self._tls_policy(d)).queue.append(d)
                 d.site = site
@@ -380,7 +384,8 @@ class Scheduler:
                     lane.queue.appendleft(d)
                     break
                 if site.down_until > now and site.down_reply is not None:
-                    await self._failed(d, site.down_reply, None, site, verdict=None)
+                    await self._failed(d, site.down_reply, None, site, verdict=None,
+                                       mx_host=site.down_host)
                     continue
                 wait = site.slot_wait()
                 if wait > 0:
@@ -435,6 +440,7 @@ class Scheduler:
         log.warning("site %s unreachable: %s", site.key, exc.reply.message)
         site.down_until = time.time() + SITE_DOWN_S
         site.down_reply = exc.reply
+        site.down_host = exc.mx_host
         casualties = [d]
         for other in site.lanes.values():
             casualties += other.queue
