@@ -6,7 +6,7 @@ delivery is exercised over a real socket:
   unknown@...     550 5.1.1 at RCPT (a hard bounce)
   full@...        452 4.2.2 at RCPT (a soft bounce)
   defer-once@...  451 4.3.0 at DATA the first time, then accepted
-  throttle@...    421 4.7.0 at RCPT, then the connection is closed
+  throttle@...    421 4.7.0 at RCPT, then the connection is closed (also throttle-N@)
   reject@...      554 5.7.1 at DATA (a permanent refusal that is no hard bounce)
   drop@...        the connection is cut after the message, before the reply
 
@@ -94,7 +94,7 @@ class _Handler:
             return "550 5.1.1 The email account that you tried to reach does not exist"
         if local == "full":
             return "452 4.2.2 The email account that you tried to reach is over quota"
-        if local == "throttle":
+        if local.startswith("throttle"):
             assert server.transport is not None
             server.loop.call_soon(server.transport.close)  # after the reply is written
             return "421 4.7.0 Try again later, closing connection"

@@ -77,7 +77,14 @@ def _read(path: Path, what: str) -> dict[str, Any]:
         raise ConfigError(f"{what}: {path}: {exc}") from None
 
 
-def _profile_settings(where: str, table: dict[str, Any]) -> dict[str, Any]:
+def _table(where: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a table")
+    return value
+
+
+def _profile_settings(where: str, table: Any) -> dict[str, Any]:
+    table = _table(where, table)
     values: dict[str, Any] = {}
     for key, value in table.items():
         if key in ("domains", "mx"):
@@ -117,9 +124,7 @@ def load_shaping(path: str = "") -> Shaping:
         raise ConfigError("default: domains/mx belong in a [profile.*] table")
     default = Profile(name="default", **base)
     profiles = []
-    for name, table in raw.get("profile", {}).items():
-        if not isinstance(table, dict):
-            raise ConfigError(f"profile.{name}: expected a table")
+    for name, table in _table("profile", raw.get("profile", {})).items():
         profiles.append(Profile(name=name, **(base | _profile_settings(f"profile.{name}", table))))
     return Shaping(default=default, profiles=tuple(profiles))
 
@@ -186,8 +191,9 @@ def load_classifier(path: str = "") -> Classifier:
     if unknown:
         raise ConfigError(f"outbound.bounce_rules_file: unknown table {sorted(unknown)[0]!r}")
     verdicts: dict[str, Verdict] = {}
-    for name, table in raw.get("class", {}).items():
+    for name, table in _table("class", raw.get("class", {})).items():
         where = f"class.{name}"
+        table = _table(where, table)
         extra = set(table) - {"severity", "reason", "suppress", "throttle"}
         if extra:
             raise ConfigError(f"{where}.{sorted(extra)[0]}: unknown setting")
@@ -206,8 +212,11 @@ def load_classifier(path: str = "") -> Classifier:
             throttle=table.get("throttle", False),
         )
     rules = []
+    if not isinstance(raw.get("rule", []), list):
+        raise ConfigError("rule: expected [[rule]] tables")
     for index, table in enumerate(raw.get("rule", []), start=1):
         where = f"rule {index}"
+        table = _table(where, table)
         extra = set(table) - {"code", "enhanced", "text", "class"}
         if extra:
             raise ConfigError(f"{where}.{sorted(extra)[0]}: unknown setting")
@@ -215,6 +224,8 @@ def load_classifier(path: str = "") -> Classifier:
             raise ConfigError(f"{where}.class: expected one of the [class.*] tables")
         pattern = None
         if "text" in table:
+            if not isinstance(table["text"], str) or not table["text"]:
+                raise ConfigError(f"{where}.text: expected a regular expression")
             try:
                 pattern = re.compile(str(table["text"]), re.IGNORECASE)
             except re.error as exc:

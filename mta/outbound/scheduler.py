@@ -39,6 +39,8 @@ from mta.suppressions import bounce_statement, suppressed
 
 log = logging.getLogger("mta.outbound")
 
+MESSAGES_PER_NEW_CONNECTION = 10
+EXPECTED_TRANSACTION_S = 0.3  # a remote MX's usual time per message, to size paced sites
 SITE_SWEEP_S = 60.0  # how often sites with nothing left to do are dropped from memory
 SITE_DOWN_S = 60.0  # after no host of a site answered, fail its mail at once for this long
 # a full site's surplus waits in the store about as long as the site takes to drain, within:
@@ -64,7 +66,8 @@ class Lane:
 
     policy: TlsPolicy
     queue: deque[Delivery] = field(default_factory=deque)
-    idle: int = 0  # workers waiting for the next delivery
+    workers: int = 0  # connections serving this lane
+    idle: int = 0  # of which waiting for the next delivery
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -127,6 +130,10 @@ class Site:
         return slot - now
 
     def throttle(self, now: float) -> None:
+        """Pause the site and give it fewer connections. Replies that come back from one burst
+        (the site is paused already) count once."""
+        if self.paused_until > now:
+            return
         self.paused_until = now + self.pause_s
         log.warning(
             "site %s throttles us: paused %.0f s, connections %d -> %d", self.key, self.pause_s,
@@ -338,12 +345,18 @@ class Scheduler:
     # -- connections ---------------------------------------------------------------------------
 
     def _kick(self, site: Site) -> None:
-        """Open connections while the site has waiting mail, room, and no pause."""
+        """Open connections while the site has waiting mail, room, and no pause: one for every
+        MESSAGES_PER_NEW_CONNECTION waiting (a burst shares connections instead of opening one
+        per message), and for a paced site no more than its pace keeps busy."""
         if self._stopping or site.paused_until > time.time():
             return
         for lane in site.lanes.values():
-            while lane.queue and site.active < site.limit and len(lane.queue) > lane.idle:
+            wanted = math.ceil(len(lane.queue) / MESSAGES_PER_NEW_CONNECTION)
+            if site.interval:
+                wanted = min(wanted, math.ceil(EXPECTED_TRANSACTION_S / site.interval))
+            while lane.queue and site.active < site.limit and lane.workers < wanted:
                 site.active += 1
+                lane.workers += 1
                 task = asyncio.create_task(self._work(site, lane), name=f"deliver {site.key}")
                 self._workers.add(task)
                 task.add_done_callback(self._workers.discard)
@@ -410,6 +423,7 @@ class Scheduler:
             if session is not None:
                 await session.close()
             site.active -= 1
+            lane.workers -= 1
             if site.paused_until > time.time() and any(ln.queue for ln in site.lanes.values()):
                 await self._defer_site(site)
             self._kick(site)
