@@ -63,3 +63,40 @@ async def test_accepted_message_is_delivered_signed_and_recorded(
     assert status["mx-host"] == "127.0.0.1"
     assert status["attempt-no"] == 1
 
+
+
+async def test_a_2048_bit_key_signs_as_well(start_server: Callable[..., Any], mx: Capture):
+    running = await start_server(outbound__enabled=True, dns__static_mx={DEST: [mx.address]})
+    domain = await running.services.domains.create("big.example.test", dkim_key_bits=2048)
+    async with running.session() as api:
+        form = {"from": "s@big.example.test", "to": f"bob@{DEST}", "subject": "2048",
+                "text": "Hello"}
+        async with api.post("/v3/big.example.test/messages", data=form) as resp:
+            assert resp.status == 200
+    [got] = await mx.wait_for(1)
+    record = domain.dkim_record.encode()
+    assert b"d=big.example.test" in got.data
+    assert dkim.verify(got.data, dnsfunc=lambda name, timeout=5: record, minkey=2048)
+
+
+async def test_every_copy_of_a_batch_is_signed_after_personalisation(
+    start_server: Callable[..., Any], mx: Capture
+):
+    running = await start_server(outbound__enabled=True, dns__static_mx={DEST: [mx.address]})
+    variables = '{"ann@dest.example.test": {"name": "Ann"}, "ben@dest.example.test": {"name": "Ben"}}'
+    form = [("from", f"s@{DOMAIN}"), ("to", f"ann@{DEST}"), ("to", f"ben@{DEST}"),
+            ("subject", "Hi %recipient.name%"), ("text", "Hello"),
+            ("recipient-variables", variables)]
+    async with (
+        running.session() as api,
+        api.post(f"/v3/{DOMAIN}/messages", data=form) as resp,
+    ):
+        assert resp.status == 200
+    got = await mx.wait_for(2)
+    domain = await running.services.domains.get(DOMAIN)
+    record = domain.dkim_record.encode()
+    subjects = set()
+    for message in got:
+        assert dkim.verify(message.data, dnsfunc=lambda name, timeout=5: record)
+        subjects.add(storeview.parse(message.data)["Subject"])
+    assert subjects == {"Hi Ann", "Hi Ben"}
