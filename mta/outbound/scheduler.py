@@ -15,6 +15,8 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +50,8 @@ OVERFLOW_DEFER_MIN_S = 0.2
 OVERFLOW_DEFER_MAX_S = 300.0
 DRAIN_SAMPLE = 200  # recent completions the drain rate is measured over
 CLEAN_MINUTE_S = 60.0
-BIG_MESSAGE = 256 * 1024  # signed off the event loop
+SIGNING_THREADS = 2
+Write = Coroutine[Any, Any, None]  # an outcome's write, awaited by whoever decided it
 STOP_GRACE_S = 10.0
 
 _SUPPRESSION = {
@@ -178,7 +181,7 @@ class Scheduler:
         self._in_flight = 0
         self._stopping = False
         self._claimer: asyncio.Task[None] | None = None
-        self.delivered = 0
+        self._signer = ThreadPoolExecutor(SIGNING_THREADS, thread_name_prefix="dkim")
 
     async def start(self) -> None:
         released = await self._queue.release_all(time.time())
@@ -206,6 +209,7 @@ class Scheduler:
         waiting = [d for s in self._sites.values() for ln in s.lanes.values() for d in ln.queue]
         with contextlib.suppress(Exception):
             await self._queue.defer(waiting, time.time())
+        self._signer.shutdown(wait=False, cancel_futures=True)
 
     async def purge_finished(self) -> None:
         days = self._config.message_retention_days
@@ -387,6 +391,9 @@ class Scheduler:
         """One connection's life: messages of one lane until idle, its quota, or a problem."""
         session: Session | None = None
         sent = 0
+        # the previous message's outcome commits while the next one is being sent (a crash in
+        # between sends that message again: at-least-once, as always)
+        writing: asyncio.Future[None] | None = None
         try:
             while not self._stopping:
                 d = await self._next(lane, keep_open=session is not None)
@@ -411,12 +418,17 @@ class Scheduler:
                         await self._session_failed(site, lane, d, exc)
                         continue
                     sent = 0
-                await self._attempt(site, session, d)
+                write = await self._attempt(site, session, d)
+                if writing is not None:
+                    await writing
+                writing = asyncio.ensure_future(write)
                 site.completed()
                 sent += 1
                 if sent >= site.profile.messages_per_connection or not session.usable:
                     await session.close()
                     session = None
+            if writing is not None:
+                await writing
         except Exception:  # e.g. the store refused an outcome: the lease brings the mail back
             log.exception("outbound: a delivery connection to %s failed", site.key)
         finally:
@@ -476,13 +488,12 @@ class Scheduler:
         domain = await self._domains.get(message.domain)
         if domain is None:
             return content
-        sign = (signature_header, content, domain.name, domain.dkim_selector,
-                domain.dkim_private_key)
         try:
-            if len(content) > BIG_MESSAGE:
-                header = await asyncio.to_thread(*sign)
-            else:
-                header = sign[0](*sign[1:])
+            # in the signing threads: OpenSSL's RSA step lets the event loop run meanwhile
+            header = await asyncio.get_running_loop().run_in_executor(
+                self._signer, signature_header, content, domain.name, domain.dkim_selector,
+                domain.dkim_private_key,
+            )
         except SigningError as exc:
             log.warning("not DKIM-signing %s for %s: %s", message.key, d.address, exc)
             return content
@@ -490,22 +501,21 @@ class Scheduler:
             message.dkim_header = header
         return header + content
 
-    async def _attempt(self, site: Site, session: Session, d: Delivery) -> None:
+    async def _attempt(self, site: Site, session: Session, d: Delivery) -> Write:
+        """Send one message; returns the write of its outcome."""
         data = await self._signed(d)
         return_path = self._return_path(d)
         try:
             reply = await session.send(return_path, d.address, data)
         except SessionFailed as exc:
-            await self._failed(d, exc.reply, session, site, verdict=None)
-            return
+            return self._failed(d, exc.reply, session, site, verdict=None)
         if 200 <= reply.code < 300:
             site.went_well()
-            await self._delivered(d, reply, session, site)
-            return
+            return self._delivered(d, reply, session, site)
         verdict = self._classifier.classify(reply.code, reply.enhanced, reply.text[:1000])
         if verdict.throttle:
             site.throttle(time.time())
-        await self._failed(d, reply, session, site, verdict=verdict)
+        return self._failed(d, reply, session, site, verdict=verdict)
 
     def _return_path(self, d: Delivery) -> str:
         if d.message.sender == "":
@@ -573,35 +583,36 @@ class Scheduler:
             )
         return payload
 
-    async def _delivered(self, d: Delivery, reply: Reply, session: Session, site: Site) -> None:
+    # Each outcome is decided and its event built at once (the session's state is read now);
+    # what is returned is the write of it, which the caller awaits when it suits it.
+
+    def _delivered(self, d: Delivery, reply: Reply, session: Session, site: Site) -> Write:
         status = self._status(d, reply, session)
         fields = {}
         if d.message.options.get("dkim") is not False:
             fields["primary_dkim"] = d.message.domain
-        await self._finish(d, "delivered", self._event(d, "delivered", status, **fields))
-        self.delivered += 1
+        return self._finish(d, "delivered", self._event(d, "delivered", status, **fields))
 
-    async def _test_mode(self, d: Delivery) -> None:
+    def _test_mode(self, d: Delivery) -> Write:
         status = self._status(d, Reply(250, "OK", ""), None)
-        await self._finish(d, "delivered", self._event(d, "delivered", status))
+        return self._finish(d, "delivered", self._event(d, "delivered", status))
 
-    async def _suppressed(self, d: Delivery, reason: str) -> None:
+    def _suppressed(self, d: Delivery, reason: str) -> Write:
         code, description = _SUPPRESSION[reason]
         status = self._status(d, Reply(code, "", ""), None, description=description)
         status["message"] = ""
         event = self._event(d, "failed", status, severity="permanent", reason=reason)
-        await self._finish(d, "failed", event)
+        return self._finish(d, "failed", event)
 
-    async def _unroutable(self, d: Delivery, exc: Unroutable) -> None:
+    def _unroutable(self, d: Delivery, exc: Unroutable) -> Write:
         reply = Reply(NO_ROUTE, str(exc), "5.1.2" if exc.permanent else "4.4.3")
         if exc.permanent:
             status = self._status(d, reply, None, description=str(exc))
             event = self._event(d, "failed", status, severity="permanent", reason="generic")
-            await self._finish(d, "failed", event)
-        else:
-            await self._failed(d, reply, None, None, verdict=None)
+            return self._finish(d, "failed", event)
+        return self._failed(d, reply, None, None, verdict=None)
 
-    async def _failed(
+    def _failed(
         self,
         d: Delivery,
         reply: Reply,
@@ -610,7 +621,7 @@ class Scheduler:
         *,
         verdict: Verdict | None,
         mx_host: str = "",
-    ) -> None:
+    ) -> Write:
         """A failed attempt: permanent (maybe a hard bounce) or retried, unless it is too old."""
         status = self._status(d, reply, session, mx_host=mx_host)
         if verdict is not None and verdict.permanent:
@@ -623,8 +634,7 @@ class Scheduler:
                         d.message.domain, d.address, str(reply.code), reply.message, time.time()
                     )
                 )
-            await self._finish(d, "failed", event, *extra)
-            return
+            return self._finish(d, "failed", event, *extra)
         now = time.time()
         intervals = self._config.retry_intervals_s
         wait = float(intervals[min(d.attempts, len(intervals) - 1)])
@@ -635,8 +645,7 @@ class Scheduler:
         if now >= give_up_at:
             status["description"] = "Too old"
             event = self._event(d, "failed", status, severity="permanent", reason="old")
-            await self._finish(d, "failed", event)
-            return
+            return self._finish(d, "failed", event)
         due = min(due, give_up_at)
         status["retry-seconds"] = round(due - now)
         reason = "generic"
@@ -644,6 +653,9 @@ class Scheduler:
             status["description"] = verdict.name
             reason = verdict.reason
         event = self._event(d, "failed", status, severity="temporary", reason=reason)
+        return self._retry(d, due, event)
+
+    async def _retry(self, d: Delivery, due: float, event: dict) -> None:
         try:
             await self._queue.retry(d, due, event)
             _log_outcome(d, event)
