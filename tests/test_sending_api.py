@@ -465,7 +465,7 @@ async def test_large_batches_and_bodies_do_not_stall_other_clients(running: Runn
     batch = [
         ("from", f"s@{DOMAIN}"),
         ("subject", "Hi %recipient.n%"),
-        ("text", "x" * 2000),
+        ("text", "x" * 20000),  # heavy enough to take a while off the loop
         ("recipient-variables", json.dumps({f"r{n}@example.net": {"n": n} for n in range(1000)})),
     ]
     batch += [("to", f"r{n}@example.net") for n in range(1000)]

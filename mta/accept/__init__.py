@@ -13,13 +13,13 @@ import functools
 import ipaddress
 import logging
 import re
-import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from mta import tokens
 from mta.accept.headers import HeaderOptionError, consume_control_headers
 from mta.accept.mime import (
     Parts,
@@ -186,7 +186,7 @@ def parse_addresses(values: list[str], param: str) -> list[Address]:
 
 def new_message_id(domain: str, now: float) -> str:
     stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(now))
-    return f"{stamp}.{secrets.token_hex(8)}@{domain}"
+    return f"{stamp}.{tokens.token_hex(8)}@{domain}"
 
 
 @dataclass
@@ -506,7 +506,7 @@ class Acceptor:
         now: float,
     ) -> list[Statement]:
         opts = sub.options
-        key = secrets.token_urlsafe(24)
+        key = tokens.token_urlsafe(24)
         due = opts.deliver_at if opts.deliver_at is not None else now
         recipient_rows, events = [], []
         for copy in copies:

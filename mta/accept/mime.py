@@ -15,13 +15,14 @@ import email.quoprimime
 import email.utils
 import mimetypes
 import re
-import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import orjson
+
+from mta import tokens
 
 CRLF = "\r\n"
 _NEWLINES = re.compile(r"\r\n|\r|\n")
@@ -135,7 +136,7 @@ def _file_part(att: Attachment) -> str:
 
 
 def _multipart(subtype: str, parts: list[str]) -> str:
-    boundary = secrets.token_hex(16)
+    boundary = tokens.token_hex(16)
     body = "".join(f"--{boundary}{CRLF}{part}{CRLF}" for part in parts)
     return (
         f'Content-Type: multipart/{subtype}; boundary="{boundary}"{CRLF}{CRLF}'

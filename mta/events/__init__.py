@@ -7,13 +7,13 @@ when its change does). The searchable columns are derived here, in one place.
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Iterable
 from typing import Any
 
 import orjson
 
+from mta import tokens
 from mta.store import Statement, Store
 
 SEP = "\x1f"  # separates list items in searchable columns, so a term can match a whole item
@@ -37,7 +37,7 @@ LOG_LEVELS = {
 
 
 def new_event_id() -> str:
-    return secrets.token_urlsafe(16)  # 22 characters, like Mailgun's
+    return tokens.token_urlsafe(16)  # 22 characters, like Mailgun's
 
 
 def joined(items: Iterable[str]) -> str:
