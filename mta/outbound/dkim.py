@@ -47,9 +47,10 @@ def relaxed_body(body: bytes) -> bytes:
     """RFC 6376 §3.4.4: runs of spaces and tabs become one space, spaces at line ends go, empty
     lines at the end go, and a non-empty body ends in CRLF. `body` has CRLF line ends; a last
     line without one is read as the line it becomes on the wire (SMTP ends DATA with CRLF)."""
-    body = _SPACE_AT_EOL.sub(b"\r\n", _WSP_RUN.sub(b" ", body))
-    if body.endswith(b" "):
-        body = body[:-1]
+    if b"\t" in body or b"  " in body or b" \r\n" in body or body.endswith(b" "):
+        body = _SPACE_AT_EOL.sub(b"\r\n", _WSP_RUN.sub(b" ", body))
+        if body.endswith(b" "):
+            body = body[:-1]
     body = body.rstrip(b"\r\n")
     return body + b"\r\n" if body else b""
 
