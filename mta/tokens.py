@@ -18,6 +18,14 @@ _lock = threading.Lock()
 _pool = b""
 
 
+def _forget_pool() -> None:
+    global _pool
+    _pool = b""  # a forked child must not hand out its parent's tokens again
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 def token_bytes(n: int) -> bytes:
     global _pool
     with _lock:

@@ -37,7 +37,8 @@ from mta.store import Statement, Store
 
 log = logging.getLogger("mta.accept")
 
-_CRLF_NORMALISE = re.compile(rb"\r?\n")
+# every line end, a lone CR too, becomes CRLF: what SMTP puts on the wire (and DKIM signs)
+_CRLF_NORMALISE = re.compile(rb"\r\n|\r|\n")
 
 
 class AcceptError(Exception):
@@ -146,7 +147,15 @@ def valid_addr_spec(addr: str) -> bool:
         except ValueError:
             return False
         return True
-    return _DOMAIN_OK.fullmatch(domain) is not None
+    if _DOMAIN_OK.fullmatch(domain) is None:
+        return False
+    if domain.isascii():
+        return len(domain) <= 253 and all(len(label) <= 63 for label in domain.split("."))
+    try:  # an internationalised name must still fit DNS once encoded
+        encoded = domain.encode("idna")
+    except UnicodeError:
+        return False
+    return len(encoded) <= 253
 
 
 def _split_addresses(value: str) -> list[tuple[str, str]]:

@@ -2,10 +2,11 @@
 
 | require-tls | skip-verification | what happens                                                 |
 |-------------|-------------------|--------------------------------------------------------------|
-| false       | false             | STARTTLS with a verified certificate if offered; a host whose |
-|             |                   | certificate cannot be verified gets plain text, as the manual |
-|             |                   | says ("a TLS connection will not be established")            |
-| false       | true              | STARTTLS if offered, any certificate                          |
+| false       | false             | STARTTLS with a verified certificate if offered; plain text  |
+|             |                   | when the certificate cannot be verified or the upgrade fails |
+|             |                   | (the manual: "a TLS connection will not be established",     |
+|             |                   | "delivered over a plaintext SMTP connection")                 |
+| false       | true              | STARTTLS with any certificate if offered, else plain text    |
 | true        | false             | STARTTLS with a verified certificate, or no delivery (retry) |
 | true        | true              | STARTTLS with any certificate, or no delivery (retry)        |
 """
@@ -30,7 +31,7 @@ from mta.outbound.mx import MxResolver, Route
 
 log = logging.getLogger("mta.outbound")
 
-UNVERIFIABLE_MEMORY_S = 3600.0  # skip the doomed verified handshake with such a host this long
+NO_TLS_MEMORY_S = 3600.0  # a host whose TLS failed gets plain text at once for this long
 _ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})\b\s*")
 # Mailgun's pseudo-code for "could not connect or the connection was lost"
 NO_CONNECTION = 499
@@ -47,14 +48,15 @@ class Reply:
     code: int
     text: str  # without the enhanced status code
     enhanced: str
+    stage: str = ""  # the command answered: connect, ehlo, starttls, mail, rcpt, data
 
     @classmethod
-    def parse(cls, code: int, message: str) -> Reply:
+    def parse(cls, code: int, message: str, stage: str = "") -> Reply:
         text = " ".join(message.split())
         match = _ENHANCED.match(text)
         if match:
-            return cls(code, text[match.end():], match.group(1))
-        return cls(code, text, "")
+            return cls(code, text[match.end():], match.group(1), stage)
+        return cls(code, text, "", stage)
 
     @property
     def message(self) -> str:
@@ -91,6 +93,8 @@ class Session:
         self._timeouts = timeouts
         self.opened_at = time.monotonic()
         self.usable = True
+        sockname = smtp.transport.get_extra_info("sockname") if smtp.transport else None
+        self.local_ip = sockname[0] if sockname else ""
 
     @property
     def utf8(self) -> bool:
@@ -106,15 +110,18 @@ class Session:
         if needs_utf8:
             if not smtp.supports_extension("smtputf8"):
                 return Reply(553, "the receiving server does not accept non-ASCII addresses"
-                             " (no SMTPUTF8)", "5.6.7")
+                             " (no SMTPUTF8)", "5.6.7", "mail")
             options.append("SMTPUTF8")
         if smtp.supports_extension("8bitmime") and not data.isascii():
             options.append("BODY=8BITMIME")
         encoding = "utf-8" if needs_utf8 else "ascii"
+        stage = "mail"
         try:
             await smtp.mail(sender, options=options, encoding=encoding,
                             timeout=self._timeouts.command)
+            stage = "rcpt"
             await smtp.rcpt(recipient, encoding=encoding, timeout=self._timeouts.command)
+            stage = "data"
             response = await smtp.data(data, timeout=self._timeouts.data)
         except SMTPResponseException as exc:
             if exc.code == 421 or not smtp.is_connected:
@@ -122,12 +129,12 @@ class Session:
                 await self.close()
             else:
                 await self._reset()
-            return Reply.parse(exc.code, exc.message)
+            return Reply.parse(exc.code, exc.message, stage)
         except (SMTPServerDisconnected, SMTPTimeoutError, OSError) as exc:
             self.usable = False
             await self.close()
-            raise SessionFailed(_lost(exc), self.mx_host) from None
-        return Reply.parse(response.code, response.message)
+            raise SessionFailed(_lost(exc, stage), self.mx_host) from None
+        return Reply.parse(response.code, response.message, "data")
 
     async def _reset(self) -> None:
         try:
@@ -147,10 +154,14 @@ class Session:
         self.usable = False
 
 
-def _lost(exc: BaseException) -> Reply:
+def _lost(exc: BaseException, stage: str) -> Reply:
     what = "timed out" if isinstance(exc, TimeoutError) else "connection lost"
     detail = str(exc) or exc.__class__.__name__
-    return Reply(NO_CONNECTION, f"{what}: {detail}", "4.4.2")
+    return Reply(NO_CONNECTION, f"{what}: {detail}", "4.4.2", stage)
+
+
+class _NoTls(Exception):
+    """STARTTLS did not give a usable TLS session (certificate, handshake, refusal)."""
 
 
 class Connector:
@@ -167,20 +178,28 @@ class Connector:
         self._any_cert = ssl.create_default_context()
         self._any_cert.check_hostname = False
         self._any_cert.verify_mode = ssl.CERT_NONE
-        self._unverifiable: dict[str, float] = {}
+        self._no_tls: dict[str, float] = {}  # host -> until when it gets plain text at once
+
+    def prune(self) -> None:
+        now = time.monotonic()
+        for host in [h for h, until in self._no_tls.items() if until < now]:
+            del self._no_tls[host]
 
     async def open(self, route: Route, policy: TlsPolicy) -> Session:
         """The first host that takes a session; raises SessionFailed with the last problem."""
-        last = SessionFailed(Reply(NO_CONNECTION, "no host to connect to", "4.4.1"))
+        last = SessionFailed(Reply(NO_CONNECTION, "no host to connect to", "4.4.1", "connect"))
         for hop in route.hops:
             try:
                 addresses = await self._resolver.addresses(hop.name)
             except Exception as exc:  # a DNS failure for one host: try the next
-                last = SessionFailed(Reply(NO_CONNECTION, f"{hop.name}: {exc}", "4.4.3"), hop.name)
+                last = SessionFailed(
+                    Reply(NO_CONNECTION, f"{hop.name}: {exc}", "4.4.3", "connect"), hop.name
+                )
                 continue
             if not addresses:
                 last = SessionFailed(
-                    Reply(NO_CONNECTION, f"{hop.name} has no address", "4.4.3"), hop.name
+                    Reply(NO_CONNECTION, f"{hop.name} has no address", "4.4.3", "connect"),
+                    hop.name,
                 )
                 continue
             for address in addresses:
@@ -193,75 +212,73 @@ class Connector:
         raise last
 
     async def _open_host(self, name: str, address: str, port: int, policy: TlsPolicy) -> Session:
-        verify = not policy.skip_verification
-        plain_fallback = not policy.require and verify
-        if plain_fallback and self._unverifiable.get(name, 0) > time.monotonic():
-            return await self._connect(name, address, port, use_tls=False, verify=False)
+        if not policy.require and self._no_tls.get(name, 0) > time.monotonic():
+            return await self._connect(name, address, port, policy, use_tls=False)
         try:
-            return await self._connect(name, address, port, use_tls=True, verify=verify,
-                                       required=policy.require)
-        except _Unverified as exc:
-            if not plain_fallback:
+            return await self._connect(name, address, port, policy, use_tls=True)
+        except _NoTls as exc:
+            if policy.require:
                 raise SessionFailed(
-                    Reply(NO_CONNECTION, f"TLS is required but the certificate of {name} could"
-                          f" not be verified: {exc}", "4.7.5"),
+                    Reply(NO_CONNECTION, f"TLS is required, and with {name} it failed: {exc}",
+                          "4.7.5", "starttls"),
                     name,
                 ) from None
-            log.info("certificate of %s not verified (%s): delivering without TLS", name, exc)
-            self._unverifiable[name] = time.monotonic() + UNVERIFIABLE_MEMORY_S
-            return await self._connect(name, address, port, use_tls=False, verify=False)
+            log.info("no TLS with %s (%s): delivering in plain text", name, exc)
+            self._no_tls[name] = time.monotonic() + NO_TLS_MEMORY_S
+            return await self._connect(name, address, port, policy, use_tls=False)
 
-    async def _connect(self, name: str, address: str, port: int, *, use_tls: bool, verify: bool,
-                       required: bool = False) -> Session:
+    async def _connect(self, name: str, address: str, port: int, policy: TlsPolicy, *,
+                       use_tls: bool) -> Session:
         timeouts = self._timeouts
         smtp = aiosmtplib.SMTP(hostname=address, port=port, local_hostname=self._helo,
                                timeout=timeouts.command, start_tls=False, use_tls=False)
+        stage = "connect"
         try:
             await smtp.connect(timeout=timeouts.connect)
-            await smtp.ehlo(timeout=timeouts.command)
-        except aiosmtplib.SMTPHeloError:
-            try:  # a server without ESMTP
-                await smtp.helo(timeout=timeouts.command)
-            except SMTPResponseException as exc:
-                smtp.close()
-                raise SessionFailed(Reply.parse(exc.code, exc.message), name) from None
-            except (SMTPException, OSError) as exc:
-                smtp.close()
-                raise SessionFailed(_lost(exc), name) from None
-        except SMTPResponseException as exc:  # a 4xx/5xx greeting
+            stage = "ehlo"
+            await self._greet(smtp)
+        except SMTPResponseException as exc:  # a 4xx/5xx greeting or EHLO reply
             smtp.close()
-            raise SessionFailed(Reply.parse(exc.code, exc.message), name) from None
+            raise SessionFailed(Reply.parse(exc.code, exc.message, stage), name) from None
         except (SMTPException, OSError) as exc:
             smtp.close()
-            raise SessionFailed(_lost(exc), name) from None
-        tls = False
-        if use_tls and smtp.supports_extension("starttls"):
-            context = self._verifying if verify else self._any_cert
-            try:
-                await smtp.starttls(server_hostname=name, tls_context=context,
-                                    timeout=timeouts.command)
-                await smtp.ehlo(timeout=timeouts.command)
-            except ssl.SSLCertVerificationError as exc:
-                smtp.close()
-                raise _Unverified(exc.verify_message or str(exc)) from None
-            except SMTPResponseException as exc:
-                smtp.close()
-                raise SessionFailed(Reply.parse(exc.code, exc.message), name) from None
-            except (SMTPException, OSError) as exc:
-                smtp.close()
-                if isinstance(exc.__cause__ or exc.__context__, ssl.SSLCertVerificationError):
-                    raise _Unverified(str(exc)) from None
-                raise SessionFailed(_lost(exc), name) from None
-            tls = True
-        elif required:
-            await Session(smtp, name, False, False, timeouts).close()
-            raise SessionFailed(
-                Reply(NO_CONNECTION, f"TLS is required but {name} does not offer STARTTLS",
-                      "4.7.4"),
-                name,
-            )
-        return Session(smtp, name, tls, tls and verify, timeouts)
+            raise SessionFailed(_lost(exc, stage), name) from None
+        verify = not policy.skip_verification
+        if not (use_tls and smtp.supports_extension("starttls")):
+            if policy.require:
+                await Session(smtp, name, False, False, timeouts).close()
+                raise SessionFailed(
+                    Reply(NO_CONNECTION, f"TLS is required but {name} does not offer STARTTLS",
+                          "4.7.4", "starttls"),
+                    name,
+                )
+            return Session(smtp, name, False, False, timeouts)
+        try:
+            await smtp.starttls(server_hostname=name,
+                                tls_context=self._verifying if verify else self._any_cert,
+                                timeout=timeouts.command)
+            await smtp.ehlo(timeout=timeouts.command)
+        except SMTPResponseException as exc:  # e.g. 454 TLS not available
+            smtp.close()
+            raise _NoTls(f"{exc.code} {exc.message}") from None
+        except ssl.SSLCertVerificationError as exc:
+            smtp.close()
+            raise _NoTls(f"the certificate could not be verified ({exc.verify_message})"
+                         ) from None
+        except (SMTPException, ssl.SSLError, OSError) as exc:
+            smtp.close()
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, ssl.SSLError) or isinstance(exc, ssl.SSLError):
+                raise _NoTls(str(cause or exc)) from None
+            raise SessionFailed(_lost(exc, "starttls"), name) from None
+        return Session(smtp, name, True, verify, timeouts)
 
-
-class _Unverified(Exception):
-    """The host's certificate (or its name) could not be verified."""
+    async def _greet(self, smtp: aiosmtplib.SMTP) -> None:
+        """EHLO; HELO for a server that does not know EHLO (500, 502, 504). Any other refusal
+        (a 421 "too busy") is the server's answer and is raised."""
+        try:
+            await smtp.ehlo(timeout=self._timeouts.command)
+        except aiosmtplib.SMTPHeloError as exc:
+            if exc.code not in (500, 502, 504) or not smtp.is_connected:
+                raise
+            await smtp.helo(timeout=self._timeouts.command)

@@ -37,7 +37,10 @@ class SigningError(Exception):
 
 @lru_cache(maxsize=256)
 def load_key(pem: str) -> rsa.RSAPrivateKey:
-    key = serialization.load_pem_private_key(pem.encode(), password=None)
+    try:
+        key = serialization.load_pem_private_key(pem.encode(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise SigningError(f"DKIM key cannot be read: {exc}") from None
     if not isinstance(key, rsa.RSAPrivateKey):
         raise SigningError("DKIM key is not an RSA key")
     return key

@@ -7,6 +7,7 @@ a null MX (RFC 7505, `0 .`) or a domain with no address at all cannot receive ma
 from __future__ import annotations
 
 import ipaddress
+import random
 import time
 from dataclasses import dataclass
 
@@ -79,8 +80,9 @@ class MxResolver:
         if cached is None or cached[0] < now:
             try:
                 result, ttl = await self._lookup(domain)
-            except DnsError as exc:
-                raise Unroutable(f"DNS lookup failed: {exc}", permanent=False) from None
+            except DnsError as exc:  # remembered briefly, so a dead zone does not stall batches
+                result = Unroutable(f"DNS lookup failed: {exc}", permanent=False)
+                ttl = MIN_TTL_S
             cached = (now + min(max(ttl, MIN_TTL_S), MAX_TTL_S), result)
             self._routes[domain] = cached
         if isinstance(cached[1], Unroutable):
@@ -97,11 +99,19 @@ class MxResolver:
         if any(host in ("", ".") for _, host in hosts):
             return Unroutable(f"{domain} does not accept mail (null MX)", permanent=True), ttl
         if hosts:
+            random.shuffle(hosts)  # hosts of equal preference share the load (RFC 5321 §5.1)
             hosts.sort(key=lambda h: h[0])
             return Route(tuple(Hop(host, self._port) for _, host in hosts)), ttl
         if await self.addresses(domain):
             return Route((Hop(domain, self._port),)), ttl  # implicit MX (RFC 5321 §5.1)
         return Unroutable(f"{domain} has no MX and no address records", permanent=True), ttl
+
+    def prune(self) -> None:
+        """Drop expired answers (the caches would otherwise grow with every domain seen)."""
+        now = time.monotonic()
+        for cache in (self._routes, self._addresses):
+            for key in [k for k, (expires, _) in cache.items() if expires < now]:
+                del cache[key]
 
     async def addresses(self, host: str) -> list[str]:
         """IP addresses of an MX host (IPv4 first); an IP literal is its own address."""
@@ -113,9 +123,16 @@ class MxResolver:
             return cached[1]
         found: list[str] = []
         ttls = []
+        failure: DnsError | None = None
         for rdtype in ("A", "AAAA"):
-            records, ttl = await self._resolver.query_ttl(host, rdtype)
+            try:
+                records, ttl = await self._resolver.query_ttl(host, rdtype)
+            except DnsError as exc:  # the other family may still answer
+                failure = exc
+                continue
             found += records
             ttls.append(ttl)
+        if not found and failure is not None:
+            raise failure
         self._addresses[host] = (now + min(max(min(ttls), MIN_TTL_S), MAX_TTL_S), found)
         return found

@@ -28,6 +28,7 @@ _DONE = "UPDATE recipients SET state = ?, attempts = attempts + 1, lease_until =
 _RETRY = "UPDATE recipients SET attempts = attempts + 1, due_at = ?, lease_until = 0 WHERE id = ?"
 _DEFER = "UPDATE recipients SET due_at = ?, lease_until = 0 WHERE id = ?"
 _CHUNK = 500
+PURGE_CHUNK = 200
 
 
 @dataclass(eq=False)
@@ -71,7 +72,8 @@ class Delivery:
     to_header: str | None
     user_variables: dict[str, Any] | None
     copy: bytes | None = None
-    site: Any = field(default=None, repr=False)
+    site: Any = field(default=None, repr=False)  # the scheduler's Site, once sorted
+    signed: bool = False  # DKIM-signed on its last attempt
 
     @property
     def recipient_domain(self) -> str:
@@ -85,6 +87,8 @@ class Delivery:
 
 
 class Queue:
+    """The store side of delivery: leases, the messages they need, and outcomes."""
+
     def __init__(self, store: Store) -> None:
         self._store = store
         self._messages: dict[str, Message] = {}
@@ -128,6 +132,19 @@ class Queue:
                 )
             )
         return deliveries
+
+    async def renew(self, ids: list[int], until: float) -> None:
+        """Extend the leases of recipients still held in memory (a slow site, a long queue)."""
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            await self._store.write(
+                Statement(
+                    f"UPDATE recipients SET lease_until = ?, due_at = ? WHERE id IN ({marks})"
+                    " AND state = 'queued'",
+                    [(until, until, *chunk)],
+                )
+            )
 
     def forget(self, delivery: Delivery) -> None:
         """The delivery left memory (done, retried later or deferred)."""
@@ -191,16 +208,20 @@ class Queue:
             await self._store.write(Statement(_DEFER, rows))
 
     async def purge_finished(self, before: float) -> None:
-        """Drop messages older than `before` whose every recipient is done."""
-        await self._store.write(
-            Statement(
-                "DELETE FROM recipients WHERE state != 'queued' AND message_key IN"
-                " (SELECT key FROM messages WHERE created_at < ?)",
-                [(before,)],
-            ),
-            Statement(
-                "DELETE FROM messages WHERE created_at < ? AND NOT EXISTS"
-                " (SELECT 1 FROM recipients r WHERE r.message_key = messages.key)",
-                [(before,)],
-            ),
-        )
+        """Drop messages older than `before` whose every recipient is done, a few hundred at
+        a time: one long transaction would hold up every acknowledgement behind it."""
+        while True:
+            done = await self._store.fetchall(
+                "SELECT key FROM messages m WHERE created_at < ? AND NOT EXISTS"
+                " (SELECT 1 FROM recipients r WHERE r.message_key = m.key"
+                " AND r.state = 'queued') LIMIT ?",
+                (before, PURGE_CHUNK),
+            )
+            if not done:
+                return
+            keys = [row["key"] for row in done]
+            marks = ",".join("?" * len(keys))
+            await self._store.write(
+                Statement(f"DELETE FROM recipients WHERE message_key IN ({marks})", [keys]),
+                Statement(f"DELETE FROM messages WHERE key IN ({marks})", [keys]),
+            )

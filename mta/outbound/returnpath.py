@@ -1,7 +1,8 @@
 """Return-path (envelope sender) addresses that lead an asynchronous bounce back to its recipient.
 
-`bounce+<recipient id>.<tag>@<sending domain>`: the id names the queued recipient row, the tag
-(an HMAC under a secret kept in the store) stops anyone from forging bounces for other rows.
+`bounce+<recipient id>.<tag>@<sending domain>`: the id names the recipient row, the tag (an HMAC
+of id, message and domain under a secret kept in the store) stops anyone from forging bounces
+for other rows. Inbound mail (DSNs to these addresses) reads them with `parse` and `genuine`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from dataclasses import dataclass
 
 from mta.store import Statement, Store
 
@@ -41,24 +43,37 @@ async def load_secret(store: Store) -> bytes:
     return bytes(row["value"])
 
 
+@dataclass(frozen=True)
+class BounceAddress:
+    """What a return-path address claims: the recipient row it was made for."""
+
+    recipient_id: int
+    tag: str
+    domain: str
+
+
 class ReturnPaths:
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
 
-    def _tag(self, rid: str, domain: str) -> str:
-        digest = hmac.new(self._secret, f"{rid}@{domain.lower()}".encode(), hashlib.sha256)
-        return digest.hexdigest()[:_TAG_LENGTH]
+    def _tag(self, rid: str, message_key: str, domain: str) -> str:
+        # the message key makes a tag unique even if a purged table hands out an id again
+        text = f"{rid}.{message_key}@{domain.lower()}"
+        return hmac.new(self._secret, text.encode(), hashlib.sha256).hexdigest()[:_TAG_LENGTH]
 
-    def address(self, recipient_id: int, domain: str) -> str:
+    def address(self, recipient_id: int, message_key: str, domain: str) -> str:
         rid = _base36(recipient_id)
-        return f"bounce+{rid}.{self._tag(rid, domain)}@{domain}"
+        return f"bounce+{rid}.{self._tag(rid, message_key, domain)}@{domain}"
 
-    def recipient_id(self, address: str) -> int | None:
-        """The recipient row a bounce address stands for; None if it is not one of ours."""
+    @staticmethod
+    def parse(address: str) -> BounceAddress | None:
+        """The claim of an address in our bounce form; check it with `genuine`."""
         match = _PATTERN.fullmatch(address.strip())
         if match is None:
             return None
-        rid, tag, domain = match.group(1).lower(), match.group(2).lower(), match.group(3)
-        if not hmac.compare_digest(tag, self._tag(rid, domain)):
-            return None
-        return int(rid, 36)
+        return BounceAddress(int(match.group(1), 36), match.group(2).lower(), match.group(3))
+
+    def genuine(self, claim: BounceAddress, message_key: str) -> bool:
+        """Whether we made this address for that recipient row of that message."""
+        expected = self._tag(_base36(claim.recipient_id), message_key, claim.domain)
+        return hmac.compare_digest(claim.tag, expected)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -42,8 +43,9 @@ from mta.suppressions import bounce_statement, suppressed
 log = logging.getLogger("mta.outbound")
 
 MESSAGES_PER_NEW_CONNECTION = 10
-EXPECTED_TRANSACTION_S = 0.3  # a remote MX's usual time per message, to size paced sites
+EXPECTED_TRANSACTION_S = 1.0  # a remote MX's time per message (generous), to size paced sites
 SITE_SWEEP_S = 60.0  # how often sites with nothing left to do are dropped from memory
+STRAY_DEFER_S = 60.0  # recipients that could not be sorted to a site are tried again after
 SITE_DOWN_S = 60.0  # after no host of a site answered, fail its mail at once for this long
 # a full site's surplus waits in the store about as long as the site takes to drain, within:
 OVERFLOW_DEFER_MIN_S = 0.2
@@ -59,6 +61,7 @@ _SUPPRESSION = {
     "suppress-unsubscribe": (606, "Not delivering to unsubscribed address"),
     "suppress-complaint": (607, "Not delivering to a user who marked your messages as spam"),
 }
+_SENDER_CODES = ("5.1.7", "5.1.8")  # bad / unroutable sender address (RFC 3463)
 # Mailgun's pseudo-code when no MX could be used
 NO_ROUTE = 498
 
@@ -75,6 +78,9 @@ class Lane:
 
 
 class Site:
+    """One receiving destination (its MX hosts under one profile) and its shaping state:
+    connections, pacing, throttle pause, and whether it is reachable."""
+
     def __init__(self, key: str, profile: Profile, route: Route) -> None:
         self.key = key
         self.profile = profile
@@ -87,6 +93,7 @@ class Site:
         self.down_until = 0.0
         self.down_reply: Reply | None = None
         self.down_host = ""
+        self.open_sessions = 0
         self.clean_since = time.monotonic()
         self.next_slot = 0.0
         rates = [60 / profile.per_minute] if profile.per_minute else []
@@ -156,6 +163,9 @@ class Site:
 
 
 class Scheduler:
+    """Takes due recipients, sorts them into sites, and runs the sites' connections. Every
+    recipient taken ends in an outcome written with its event, or goes back to the store."""
+
     def __init__(
         self,
         config: Config,
@@ -178,7 +188,8 @@ class Scheduler:
         self._queue = Queue(store)
         self._sites: dict[str, Site] = {}
         self._workers: set[asyncio.Task[None]] = set()
-        self._in_flight = 0
+        self._writes: set[asyncio.Future[None]] = set()  # outcome writes not yet committed
+        self._held: dict[int, Delivery] = {}  # leased and in memory, by recipient id
         self._stopping = False
         self._claimer: asyncio.Task[None] | None = None
         self._signer = ThreadPoolExecutor(SIGNING_THREADS, thread_name_prefix="dkim")
@@ -191,8 +202,8 @@ class Scheduler:
         self._claimer = asyncio.create_task(self._claim_loop(), name="outbound-claim")
 
     async def stop(self) -> None:
-        """Take nothing new; let each connection finish the message it is sending; put back
-        what waits in memory so that the next start sends it at once."""
+        """Take nothing new; let each connection finish the message it is sending and every
+        outcome commit. What waits in memory keeps its lease: the next start frees it."""
         self._stopping = True
         if self._claimer is not None:
             self._claimer.cancel()
@@ -206,9 +217,8 @@ class Scheduler:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        waiting = [d for s in self._sites.values() for ln in s.lanes.values() for d in ln.queue]
-        with contextlib.suppress(Exception):
-            await self._queue.defer(waiting, time.time())
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
         self._signer.shutdown(wait=False, cancel_futures=True)
 
     async def purge_finished(self) -> None:
@@ -219,20 +229,37 @@ class Scheduler:
 
     async def _claim_loop(self) -> None:
         cfg = self._config
-        swept_at = time.monotonic()
+        swept_at = renewed_at = time.monotonic()
         while True:
             try:
-                if time.monotonic() - swept_at > SITE_SWEEP_S:
-                    swept_at = time.monotonic()
+                clock = time.monotonic()
+                if clock - swept_at > SITE_SWEEP_S:
+                    swept_at = clock
                     self._forget_idle_sites()
-                room = min(cfg.claim_batch, cfg.max_in_flight - self._in_flight)
+                    self._resolver.prune()
+                    self._connector.prune()
+                if clock - renewed_at > cfg.lease_s / 3:
+                    renewed_at = clock
+                    await self._queue.renew(list(self._held), time.time() + cfg.lease_s)
+                room = min(cfg.claim_batch, cfg.max_in_flight - len(self._held))
                 now = time.time()
                 if room <= 0 or not await self._queue.anything_due(now):
                     await asyncio.sleep(cfg.poll_interval_s)
                     continue
                 deliveries = await self._queue.claim(now, cfg.lease_s, room)
-                self._in_flight += len(deliveries)
-                await self._dispatch(deliveries)
+                for d in deliveries:
+                    self._held[d.id] = d
+                try:
+                    await self._dispatch(deliveries)
+                except Exception:
+                    # whatever was not placed goes back to the store for a later try
+                    log.exception("outbound: sorting %d recipient(s) failed", len(deliveries))
+                    placed = {id(d) for s in self._sites.values() for ln in s.lanes.values()
+                              for d in ln.queue}
+                    stray = [d for d in deliveries if d.id in self._held and id(d) not in placed]
+                    await self._queue.defer(stray, time.time() + STRAY_DEFER_S)
+                    for d in stray:
+                        self._forget(d)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -253,7 +280,8 @@ class Scheduler:
                 del self._sites[key]
 
     async def _dispatch(self, deliveries: list[Delivery]) -> None:
-        """Drop suppressed and test-mode recipients, resolve the rest to their sites."""
+        """Drop suppressed and test-mode recipients, sort the rest into their sites. What can
+        fail (store, DNS) is asked first; only then is anything decided or queued."""
         groups: dict[tuple[str, tuple[str, ...]], list[Delivery]] = {}
         for d in deliveries:
             groups.setdefault((d.message.domain, tuple(d.message.tags)), []).append(d)
@@ -263,39 +291,37 @@ class Scheduler:
             for d in group:
                 if d.address.lower() in reasons:
                     blocked[d.id] = reasons[d.address.lower()]
-        finishing = []
-        routable = []
-        for d in deliveries:
-            if d.id in blocked:
-                finishing.append(self._suppressed(d, blocked[d.id]))
-            elif d.message.test_mode:
-                finishing.append(self._test_mode(d))
-            else:
-                routable.append(d)
+        routable = [d for d in deliveries if d.id not in blocked and not d.message.test_mode]
         domains = {d.recipient_domain for d in routable}
         routes = dict(zip(domains, await asyncio.gather(
             *(self._route(domain) for domain in domains)), strict=True))
+        policies = [await self._tls_policy(d) for d in routable]
+
+        finishing = [
+            self._suppressed(d, blocked[d.id]) if d.id in blocked else self._test_mode(d)
+            for d in deliveries
+            if d.id in blocked or d.message.test_mode
+        ]
         later: list[Delivery] = []
         touched: dict[str, Site] = {}
-        for d in routable:
+        for d, policy in zip(routable, policies, strict=True):
             route = routes[d.recipient_domain]
             if isinstance(route, Unroutable):
                 finishing.append(self._unroutable(d, route))
                 continue
             site = self._site(d.recipient_domain, route)
             touched[site.key] = site
+            d.site = site
             now = time.time()
             if site.paused_until > now or site.waiting >= site.capacity:
                 later.append(d)
-                d.site = site
             elif site.down_until > now and site.down_reply is not None:
                 finishing.append(
                     self._failed(d, site.down_reply, None, site, verdict=None,
                                  mx_host=site.down_host)
                 )
             else:
-                site.lane(await self._tls_policy(d)).queue.append(d)
-                d.site = site
+                site.lane(policy).queue.append(d)
         if later:
             finishing.append(self._defer(later))
         for site in touched.values():
@@ -308,6 +334,8 @@ class Scheduler:
             return await self._resolver.route(domain)
         except Unroutable as exc:
             return exc
+        except Exception as exc:  # e.g. a name DNS cannot even ask for (a label too long)
+            return Unroutable(f"{domain}: {exc or exc.__class__.__name__}", permanent=True)
 
     def _site(self, recipient_domain: str, route: Route) -> Site:
         profile = self._shaping.for_domain(recipient_domain) or self._shaping.for_mx(
@@ -334,17 +362,23 @@ class Scheduler:
         """Paused or full sites: back to the store until the site can take them."""
         now = time.time()
         by_time: dict[float, list[Delivery]] = {}
+        place: dict[str, int] = {}
         for d in deliveries:
             site: Site = d.site
             if site.paused_until > now:
                 due = site.paused_until
             else:
-                due = now + site.drain_time(site.waiting)
+                place[site.key] = place.get(site.key, site.waiting) + 1
+                due = round(now + site.drain_time(place[site.key]), 1)
             by_time.setdefault(due, []).append(d)
-        for due, group in by_time.items():
-            await self._queue.defer(group, due)
-        for d in deliveries:
-            self._forget(d)
+        try:
+            for due, group in by_time.items():
+                await self._queue.defer(group, due)
+        except Exception:
+            log.exception("outbound: could not put back %d recipient(s)", len(deliveries))
+        finally:
+            for d in deliveries:
+                self._forget(d)
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -403,42 +437,61 @@ class Scheduler:
                 if site.paused_until > now:
                     lane.queue.appendleft(d)
                     break
-                if site.down_until > now and site.down_reply is not None:
+                if session is None and site.down_until > now and site.down_reply is not None:
                     await self._failed(d, site.down_reply, None, site, verdict=None,
                                        mx_host=site.down_host)
                     continue
                 wait = site.slot_wait()
                 if wait > 0:
                     await asyncio.sleep(wait)
-                if session is None or not session.usable:
+                if session is None:
                     try:
                         session = await self._connector.open(site.route, lane.policy)
                     except SessionFailed as exc:
-                        session = None
                         await self._session_failed(site, lane, d, exc)
                         continue
+                    site.open_sessions += 1
+                    site.down_until = 0.0
                     sent = 0
-                write = await self._attempt(site, session, d)
+                try:
+                    write = await self._attempt(site, session, d)
+                except Exception as exc:  # a local fault with this message: retry it later
+                    log.exception("outbound: sending <%s> failed here", d.address)
+                    session.usable = False
+                    write = self._failed(d, Reply(451, f"local error: {exc}", "4.3.0"), session,
+                                         site, verdict=None)
                 if writing is not None:
-                    await writing
-                writing = asyncio.ensure_future(write)
+                    await asyncio.shield(writing)
+                writing = self._track(write)
                 site.completed()
                 sent += 1
                 if sent >= site.profile.messages_per_connection or not session.usable:
-                    await session.close()
+                    await self._close(site, session)
                     session = None
             if writing is not None:
-                await writing
-        except Exception:  # e.g. the store refused an outcome: the lease brings the mail back
+                await asyncio.shield(writing)
+        except Exception:
             log.exception("outbound: a delivery connection to %s failed", site.key)
         finally:
             if session is not None:
-                await session.close()
+                await self._close(site, session)
             site.active -= 1
             lane.workers -= 1
             if site.paused_until > time.time() and any(ln.queue for ln in site.lanes.values()):
                 await self._defer_site(site)
             self._kick(site)
+
+    def _track(self, write: Write) -> asyncio.Future[None]:
+        """Run an outcome write on its own, kept until it commits (stop() waits for it)."""
+        task = asyncio.ensure_future(write)
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        return task
+
+    @staticmethod
+    async def _close(site: Site, session: Session) -> None:
+        site.open_sessions -= 1
+        await session.close()
 
     async def _defer_site(self, site: Site) -> None:
         waiting = []
@@ -451,8 +504,9 @@ class Scheduler:
         self, site: Site, lane: Lane, d: Delivery, exc: SessionFailed
     ) -> None:
         """No host would take a session. TLS-policy problems concern this lane's mail only; a
-        throttling greeting pauses the site; anything else means the site is unreachable: fail
-        what waits for it, for a while."""
+        throttling greeting pauses the site; a failure while other connections to the site work
+        concerns this message only; anything else means the site is unreachable: fail what
+        waits for it, and for a while what comes (without a connection to try)."""
         reply = exc.reply
         if reply.code == NO_CONNECTION and reply.enhanced.startswith("4.7."):
             await self._failed(d, reply, None, site, verdict=None, mx_host=exc.mx_host)
@@ -463,6 +517,9 @@ class Scheduler:
                 site.throttle(time.time())
                 await self._failed(d, reply, None, site, verdict=verdict, mx_host=exc.mx_host)
                 return
+        if site.open_sessions > 0:  # other connections to the site work: only this one failed
+            await self._failed(d, reply, None, site, verdict=None, mx_host=exc.mx_host)
+            return
         log.warning("site %s unreachable: %s", site.key, exc.reply.message)
         site.down_until = time.time() + SITE_DOWN_S
         site.down_reply = exc.reply
@@ -484,6 +541,7 @@ class Scheduler:
         if message.options.get("dkim") is False:
             return content
         if d.copy is None and message.dkim_header is not None:
+            d.signed = True
             return message.dkim_header + content
         domain = await self._domains.get(message.domain)
         if domain is None:
@@ -499,6 +557,7 @@ class Scheduler:
             return content
         if d.copy is None:
             message.dkim_header = header
+        d.signed = True
         return header + content
 
     async def _attempt(self, site: Site, session: Session, d: Delivery) -> Write:
@@ -513,6 +572,9 @@ class Scheduler:
             site.went_well()
             return self._delivered(d, reply, session, site)
         verdict = self._classifier.classify(reply.code, reply.enhanced, reply.text[:1000])
+        if verdict.suppress and (reply.stage == "mail" or reply.enhanced in _SENDER_CODES):
+            # a refusal of our own envelope sender says nothing about the recipient's mailbox
+            verdict = dataclasses.replace(verdict, suppress=False)
         if verdict.throttle:
             site.throttle(time.time())
         return self._failed(d, reply, session, site, verdict=verdict)
@@ -520,7 +582,7 @@ class Scheduler:
     def _return_path(self, d: Delivery) -> str:
         if d.message.sender == "":
             return ""  # a bounce or other null-sender message stays one
-        return self._return_paths.address(d.id, d.message.domain)
+        return self._return_paths.address(d.id, d.message.key, d.message.domain)
 
     # -- outcomes --------------------------------------------------------------------------------
 
@@ -539,7 +601,8 @@ class Scheduler:
             "utf8": session.utf8 if session else False,
         }
 
-    def _event(self, d: Delivery, kind: str, status: dict[str, Any], **fields: Any) -> dict:
+    def _event(self, d: Delivery, kind: str, status: dict[str, Any], sending_ip: str = "",
+               **fields: Any) -> dict:
         message = d.message
         opts = message.options
         described = opts.get("message", {})
@@ -553,6 +616,8 @@ class Scheduler:
         envelope = {"sender": message.sender, "transport": "smtp", "targets": d.address}
         if kind != "failed" or status.get("code") not in (605, 606, 607):
             envelope["mail-from"] = self._return_path(d)
+        if sending_ip:
+            envelope["sending-ip"] = sending_ip
         payload = new_event(
             kind,
             recipient=d.address,
@@ -588,8 +653,8 @@ class Scheduler:
 
     def _delivered(self, d: Delivery, reply: Reply, session: Session, site: Site) -> Write:
         status = self._status(d, reply, session)
-        fields = {}
-        if d.message.options.get("dkim") is not False:
+        fields: dict[str, Any] = {"sending_ip": session.local_ip}
+        if d.signed:
             fields["primary_dkim"] = d.message.domain
         return self._finish(d, "delivered", self._event(d, "delivered", status, **fields))
 
@@ -656,22 +721,26 @@ class Scheduler:
         return self._retry(d, due, event)
 
     async def _retry(self, d: Delivery, due: float, event: dict) -> None:
-        try:
-            await self._queue.retry(d, due, event)
-            _log_outcome(d, event)
-        finally:
-            self._forget(d)
+        await self._record(d, event, self._queue.retry(d, due, event))
 
     async def _finish(self, d: Delivery, state: str, event: dict, *extra: Any) -> None:
+        await self._record(d, event, self._queue.finish(d, state, event, *extra))
+
+    async def _record(self, d: Delivery, event: dict, write: Write) -> None:
+        """Commit an outcome. If the store refuses it, the recipient keeps its lease and is
+        tried again when the lease runs out (at-least-once); nothing is raised."""
         try:
-            await self._queue.finish(d, state, event, *extra)
+            await write
             _log_outcome(d, event)
+        except Exception:
+            log.exception("outbound: could not record the outcome for <%s>", d.address)
         finally:
             self._forget(d)
 
     def _forget(self, d: Delivery) -> None:
-        self._in_flight -= 1
-        self._queue.forget(d)
+        if self._held.get(d.id) is d:
+            del self._held[d.id]
+            self._queue.forget(d)
 
 
 def _log_outcome(d: Delivery, event: dict[str, Any]) -> None:
