@@ -166,6 +166,9 @@ class OutboundConfig:
     command_timeout_s: float = setting(300.0, "time for a reply to one command (RFC 5321: 5 min)")
     data_timeout_s: float = setting(600.0, "time for the reply after the message (10 min)")
     idle_connection_s: float = setting(2.0, "keep a connection open this long for more messages")
+    stop_grace_s: float = setting(
+        10.0, "at shutdown, how long connections may take to finish the message they send"
+    )
     tls_ca_file: str = setting("", "PEM file of extra CAs trusted for delivery (private CAs)")
     message_retention_days: float = setting(
         3.0, "keep delivered or failed messages (for resends) this long"

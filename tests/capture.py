@@ -11,6 +11,17 @@ delivery is exercised over a real socket:
   drop@...        the connection is cut after the message, before the reply
 
 `mode` changes the whole server: "silent" accepts connections and never says a word.
+Other options change one step for every session:
+
+  refuse_every=N  every Nth connection (the 2nd, 4th, ... for N=2) is closed at once, before
+                  any banner (counted in `refused`, not in `connections`)
+  ehlo_reply=...  EHLO is answered with this one line (e.g. "421 4.7.0 Too busy"); a 421 also
+                  closes the connection after the reply
+  mail_reply=...  MAIL FROM is answered with this line (a refused envelope sender); the
+                  placeholder {sender} is replaced by the address given
+  break_tls=True  STARTTLS is offered and answered 220, but the client's hello is answered with
+                  bytes that are no TLS record, and the connection is closed: the handshake
+                  fails on the client's side (an SSL error there, not a lost connection)
 
 Besides what arrives (each with its arrival time on the monotonic clock), it counts connections,
 RCPT attempts per address, and the sessions open at once (`open_sessions`, high-water mark
@@ -20,13 +31,14 @@ RCPT attempts per address, and the sessions open at once (`open_sessions`, high-
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
 
 @dataclass
@@ -47,6 +59,7 @@ class Capture:
     port: int
     messages: list[Captured] = field(default_factory=list)
     connections: int = 0
+    refused: int = 0  # connections closed at once by refuse_every
     open_sessions: int = 0
     most_open_sessions: int = 0
     attempts: Counter[str] = field(default_factory=Counter)
@@ -125,9 +138,59 @@ class _Handler:
         return "250 2.0.0 OK captured"
 
 
+class _Refusing(_Handler):
+    """_Handler with EHLO and/or MAIL FROM answered by fixed lines (only built when asked
+    for: a handle_EHLO hook changes how aiosmtpd answers EHLO)."""
+
+    def __init__(self, capture: Capture, delay_s: float, mail_reply: str | None) -> None:
+        super().__init__(capture, delay_s)
+        self.mail_reply = mail_reply
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list
+    ) -> str:
+        if self.mail_reply is not None:
+            return self.mail_reply.replace("{sender}", address)
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+
+class _BusyEhlo(_Refusing):
+    def __init__(
+        self, capture: Capture, delay_s: float, mail_reply: str | None, ehlo_reply: str
+    ) -> None:
+        super().__init__(capture, delay_s, mail_reply)
+        self.ehlo_reply = ehlo_reply
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        if self.ehlo_reply.startswith("421"):
+            assert server.transport is not None
+            server.loop.call_soon(server.transport.close)  # after the reply is written
+        return [self.ehlo_reply]
+
+
 class _Counting(SMTP):
-    def __init__(self, capture: Capture, delay_s: float, **kwargs: Any) -> None:
-        super().__init__(_Handler(capture, delay_s), **kwargs)
+    def __init__(
+        self,
+        capture: Capture,
+        delay_s: float,
+        *,
+        mail_reply: str | None = None,
+        ehlo_reply: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        handler: _Handler
+        if ehlo_reply is not None:
+            handler = _BusyEhlo(capture, delay_s, mail_reply, ehlo_reply)
+        elif mail_reply is not None:
+            handler = _Refusing(capture, delay_s, mail_reply)
+        else:
+            handler = _Handler(capture, delay_s)
+        super().__init__(handler, **kwargs)
         capture.connections += 1
         capture.open_sessions += 1
         capture.most_open_sessions = max(capture.most_open_sessions, capture.open_sessions)
@@ -139,6 +202,24 @@ class _Counting(SMTP):
         super().connection_lost(error)
 
 
+class _BrokenTls(_Counting):
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        await self.push("220 Ready to start TLS")
+        with contextlib.suppress(TimeoutError, OSError):  # the client's hello
+            await asyncio.wait_for(self._reader.read(1), 2.0)
+        if self.transport is not None:
+            self.transport.write(b"this is no TLS record\r\n" * 4)
+            self.transport.close()
+
+
+class _Slammed(asyncio.Protocol):
+    """A connection closed as soon as it is made, without a word."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
 async def start_capture(
     host: str = "127.0.0.1",
     *,
@@ -146,27 +227,44 @@ async def start_capture(
     mode: str = "normal",
     hostname: str = "mx.capture.test",
     delay_s: float = 0.0,
+    refuse_every: int = 0,
+    ehlo_reply: str | None = None,
+    mail_reply: str | None = None,
+    break_tls: bool = False,
 ) -> Capture:
     """Start a capture server on an ephemeral port (STARTTLS offered when `tls` is given;
-    `delay_s` is how long it takes over each message before answering)."""
+    `delay_s` is how long it takes over each message before answering; the other options are
+    described at the top)."""
     capture = Capture(host, 0)
     loop = asyncio.get_running_loop()
+    knocks = 0
+
+    def session() -> asyncio.Protocol:
+        nonlocal knocks
+        knocks += 1
+        if refuse_every and knocks % refuse_every == 0:
+            capture.refused += 1
+            return _Slammed()
+        if break_tls:
+            kind, context = _BrokenTls, tls or ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        else:
+            kind, context = _Counting, tls
+        return kind(
+            capture,
+            delay_s,
+            ehlo_reply=ehlo_reply,
+            mail_reply=mail_reply,
+            hostname=hostname,
+            tls_context=context,
+            require_starttls=False,
+            decode_data=False,
+            enable_SMTPUTF8=True,
+            ident="capture",
+        )
+
     if mode == "silent":
         capture._server = await loop.create_server(asyncio.Protocol, host, 0)
     else:
-        capture._server = await loop.create_server(
-            lambda: _Counting(
-                capture,
-                delay_s,
-                hostname=hostname,
-                tls_context=tls,
-                require_starttls=False,
-                decode_data=False,
-                enable_SMTPUTF8=True,
-                ident="capture",
-            ),
-            host,
-            0,
-        )
+        capture._server = await loop.create_server(session, host, 0)
     capture.port = capture._server.sockets[0].getsockname()[1]
     return capture

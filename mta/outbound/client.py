@@ -266,11 +266,10 @@ class Connector:
             raise _NoTls(f"the certificate could not be verified ({exc.verify_message})"
                          ) from None
         except (SMTPException, ssl.SSLError, OSError) as exc:
+            # after the 220 to STARTTLS, any failure (a handshake error, a hang-up) is a
+            # failed upgrade; a host that is really gone fails the plain-text retry as well
             smtp.close()
-            cause = exc.__cause__ or exc.__context__
-            if isinstance(cause, ssl.SSLError) or isinstance(exc, ssl.SSLError):
-                raise _NoTls(str(cause or exc)) from None
-            raise SessionFailed(_lost(exc, "starttls"), name) from None
+            raise _NoTls(str(exc) or exc.__class__.__name__) from None
         return Session(smtp, name, True, verify, timeouts)
 
     async def _greet(self, smtp: aiosmtplib.SMTP) -> None:

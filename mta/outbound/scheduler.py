@@ -54,7 +54,6 @@ DRAIN_SAMPLE = 200  # recent completions the drain rate is measured over
 CLEAN_MINUTE_S = 60.0
 SIGNING_THREADS = 2
 Write = Coroutine[Any, Any, None]  # an outcome's write, awaited by whoever decided it
-STOP_GRACE_S = 10.0
 
 _SUPPRESSION = {
     "suppress-bounce": (605, "Not delivering to previously bounced address"),
@@ -94,6 +93,7 @@ class Site:
         self.down_reply: Reply | None = None
         self.down_host = ""
         self.open_sessions = 0
+        self.connecting = 0
         self.clean_since = time.monotonic()
         self.next_slot = 0.0
         rates = [60 / profile.per_minute] if profile.per_minute else []
@@ -213,7 +213,8 @@ class Scheduler:
             for lane in site.lanes.values():
                 lane.arrived.set()
         if self._workers:
-            _done, pending = await asyncio.wait(set(self._workers), timeout=STOP_GRACE_S)
+            grace = self._config.stop_grace_s
+            _done, pending = await asyncio.wait(set(self._workers), timeout=grace)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -445,11 +446,14 @@ class Scheduler:
                 if wait > 0:
                     await asyncio.sleep(wait)
                 if session is None:
+                    site.connecting += 1
                     try:
                         session = await self._connector.open(site.route, lane.policy)
                     except SessionFailed as exc:
+                        site.connecting -= 1
                         await self._session_failed(site, lane, d, exc)
                         continue
+                    site.connecting -= 1
                     site.open_sessions += 1
                     site.down_until = 0.0
                     sent = 0
@@ -460,9 +464,9 @@ class Scheduler:
                     session.usable = False
                     write = self._failed(d, Reply(451, f"local error: {exc}", "4.3.0"), session,
                                          site, verdict=None)
-                if writing is not None:
-                    await asyncio.shield(writing)
-                writing = self._track(write)
+                previous, writing = writing, self._track(write)
+                if previous is not None:
+                    await asyncio.shield(previous)
                 site.completed()
                 sent += 1
                 if sent >= site.profile.messages_per_connection or not session.usable:
@@ -517,7 +521,7 @@ class Scheduler:
                 site.throttle(time.time())
                 await self._failed(d, reply, None, site, verdict=verdict, mx_host=exc.mx_host)
                 return
-        if site.open_sessions > 0:  # other connections to the site work: only this one failed
+        if site.open_sessions or site.connecting:  # others may work: only this one failed
             await self._failed(d, reply, None, site, verdict=None, mx_host=exc.mx_host)
             return
         log.warning("site %s unreachable: %s", site.key, exc.reply.message)
