@@ -60,6 +60,7 @@ class SmtpConfig:
     submission: str = setting("127.0.0.1:1587", "submission with STARTTLS, AUTH after TLS (587)")
     submission_tls: str = setting("127.0.0.1:1465", "submission over implicit TLS (465)")
     submission_alt: str = setting("127.0.0.1:2525", "submission like 587 on another port (2525)")
+    mx: str = setting("127.0.0.1:1025", "inbound MX for hosted domains, STARTTLS, no AUTH (25)")
     tls_cert: str = setting("", "PEM certificate chain; empty: a self-signed pair in data_dir")
     tls_key: str = setting("", "PEM private key for tls_cert")
     foreign_senders: str = setting(
@@ -176,6 +177,30 @@ class OutboundConfig:
 
 
 @dataclass
+class InboundConfig:
+    """Mail received on the MX port: routes, their actions, stored messages."""
+
+    retry_intervals_s: list = setting(
+        [600, 600, 900, 1800, 3600, 7200, 14400],
+        "waits before each retry of a failed HTTP forward or notification (then given up)",
+    )
+    post_timeout_s: float = setting(30.0, "time an application has to answer a forward POST")
+    store_days: float = setting(3.0, "how long store() keeps a message")
+    max_routes_checked: int = setting(1000, "routes evaluated for one recipient at most")
+    regex_input_bytes: int = setting(1024, "longest text a route pattern is matched against")
+
+
+@dataclass
+class SpamConfig:
+    """Verdicts added to inbound mail (X-Mailgun-Spf, -Dkim-Check-Result, -Sscore, -Sflag)."""
+
+    spamd: str = setting("", "host:port of SpamAssassin's spamd; empty: no spam score")
+    threshold: float = setting(5.0, "score from which a message is spam (X-Mailgun-Sflag: Yes)")
+    timeout_s: float = setting(10.0, "time spamd has for one message")
+    max_bytes: int = setting(512 * 1024, "larger messages are not sent to spamd")
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
@@ -186,6 +211,8 @@ class Config:
     dns: DnsConfig = field(default_factory=DnsConfig)
     domains: DomainsConfig = field(default_factory=DomainsConfig)
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
+    inbound: InboundConfig = field(default_factory=InboundConfig)
+    spam: SpamConfig = field(default_factory=SpamConfig)
 
     @property
     def db_path(self) -> Path:
@@ -314,7 +341,7 @@ def parse_nameserver(key: str, value: str) -> tuple[str, int]:
 
 def validate(config: Config) -> None:
     parse_listen("api.listen", config.api.listen)
-    for name in ("submission", "submission_tls", "submission_alt"):
+    for name in ("submission", "submission_tls", "submission_alt", "mx"):
         value = getattr(config.smtp, name)
         if value:
             parse_listen(f"smtp.{name}", value)
@@ -336,6 +363,12 @@ def validate(config: Config) -> None:
         raise ConfigError("events.default_limit: expected 1 to 300")
     if config.store.commit_window_ms < 0 or config.store.max_batch < 1:
         raise ConfigError("store.commit_window_ms/max_batch: must be positive")
+    if config.spam.spamd:
+        parse_listen("spam.spamd", config.spam.spamd)
+    if not config.inbound.retry_intervals_s or not all(
+        isinstance(i, (int, float)) and i > 0 for i in config.inbound.retry_intervals_s
+    ):
+        raise ConfigError("inbound.retry_intervals_s: expected a list of positive numbers")
     if config.outbound.relay:
         parse_listen("outbound.relay", config.outbound.relay)
     for domain, hosts in config.dns.static_mx.items():

@@ -24,7 +24,7 @@ from mta.store import Statement, Store
 DOMAIN_COLUMNS = (
     "name, id, created_at, type, state, spam_action, wildcard, require_tls, skip_verification, "
     "web_prefix, web_scheme, dkim_selector, dkim_private_key, dkim_public_key, dns_checked_at, "
-    "dns_results"
+    "dns_results, signing_key"
 )
 
 
@@ -50,6 +50,8 @@ class Domain:
     dkim_public_key: str
     dns_checked_at: float | None
     dns_results: dict[str, Any] = field(default_factory=dict)
+    # HMAC key of the signatures on what we POST (route forwards, store notifications)
+    signing_key: str = ""
     authorized_recipients: frozenset[str] = frozenset()
 
     @property
@@ -124,6 +126,7 @@ def _row_to_domain(row: sqlite3.Row, recipients: frozenset[str]) -> Domain:
         dkim_public_key=row["dkim_public_key"],
         dns_checked_at=row["dns_checked_at"],
         dns_results=orjson.loads(row["dns_results"]) if row["dns_results"] else {},
+        signing_key=row["signing_key"],
         authorized_recipients=recipients,
     )
 
@@ -207,8 +210,8 @@ class Domains:
             await self._store.write(
                 Statement(
                     "INSERT INTO domains (name, id, created_at, type, state, spam_action, wildcard,"
-                    " web_prefix, web_scheme, dkim_selector, dkim_private_key, dkim_public_key)"
-                    " VALUES (?, ?, ?, ?, 'unverified', ?, ?, ?, ?, ?, ?, ?)",
+                    " web_prefix, web_scheme, dkim_selector, dkim_private_key, dkim_public_key,"
+                    " signing_key) VALUES (?, ?, ?, ?, 'unverified', ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
                         (
                             name,
@@ -222,6 +225,7 @@ class Domains:
                             dkim_selector or self._config.domains.dkim_selector,
                             private_pem,
                             public_b64,
+                            secrets.token_hex(16),
                         )
                     ],
                 )

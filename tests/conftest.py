@@ -42,6 +42,7 @@ def make_config(tmp_path: Path, tls: tuple[str, str] | None = None, **overrides:
     config.smtp.submission = "127.0.0.1:0"
     config.smtp.submission_tls = "127.0.0.1:0"
     config.smtp.submission_alt = "127.0.0.1:0"
+    config.smtp.mx = "127.0.0.1:0"
     if tls is not None:
         config.smtp.tls_cert, config.smtp.tls_key = tls
     config.dns.only_answers = True
@@ -134,6 +135,7 @@ def cli_env(tmp_path: Path, port: int = 0) -> dict[str, str]:
             "MTA_SMTP_SUBMISSION": "127.0.0.1:0",
             "MTA_SMTP_SUBMISSION_TLS": "127.0.0.1:0",
             "MTA_SMTP_SUBMISSION_ALT": "127.0.0.1:0",
+            "MTA_SMTP_MX": "127.0.0.1:0",
             "MTA_DNS_ONLY_ANSWERS": "true",
             "MTA_DOMAINS_DKIM_KEY_BITS": "1024",
             "MTA_OUTBOUND_ENABLED": "false",

@@ -9,6 +9,8 @@ Tables and the modules that own them (only the owner writes SQL against them):
 - events: mta.events
 - bounces, unsubscribes, complaints: mta.suppressions
 - server_secrets: mta.outbound (keys for return-path tags)
+- routes: mta.inbound.routes
+- inbound, inbound_jobs: mta.inbound (received messages, stored ones, and their actions)
 - admin_version: bumped by triggers whenever admin data changes, so in-process caches of
   domains and keys notice changes made by another process (the `mta` CLI).
 """
@@ -178,5 +180,51 @@ MIGRATIONS: list[str] = [
         name TEXT PRIMARY KEY,
         value BLOB NOT NULL
     );
+    """,
+    # 4: inbound: routes, received messages and the jobs their actions become
+    """
+    ALTER TABLE domains ADD COLUMN signing_key TEXT NOT NULL DEFAULT '';
+    UPDATE domains SET signing_key = lower(hex(randomblob(16)));
+
+    CREATE TABLE routes (
+        id TEXT PRIMARY KEY,
+        priority INTEGER NOT NULL,
+        description TEXT NOT NULL,
+        expression TEXT NOT NULL,
+        actions BLOB NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TRIGGER routes_ins AFTER INSERT ON routes
+        BEGIN UPDATE admin_version SET version = version + 1; END;
+    CREATE TRIGGER routes_upd AFTER UPDATE ON routes
+        BEGIN UPDATE admin_version SET version = version + 1; END;
+    CREATE TRIGGER routes_del AFTER DELETE ON routes
+        BEGIN UPDATE admin_version SET version = version + 1; END;
+
+    CREATE TABLE inbound (
+        key TEXT PRIMARY KEY,
+        domain TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        sender TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        mime BLOB NOT NULL,
+        stored_until REAL NOT NULL DEFAULT 0
+    );
+    CREATE INDEX inbound_received ON inbound (received_at);
+
+    CREATE TABLE inbound_jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        inbound_key TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        target TEXT NOT NULL,
+        route_id TEXT NOT NULL DEFAULT '',
+        state TEXT NOT NULL DEFAULT 'queued',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        due_at REAL NOT NULL,
+        lease_until REAL NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX inbound_jobs_due ON inbound_jobs (state, due_at);
+    CREATE INDEX inbound_jobs_message ON inbound_jobs (inbound_key);
     """,
 ]
