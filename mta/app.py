@@ -18,9 +18,17 @@ from mta.credentials import Credentials
 from mta.dns import Resolver
 from mta.domains import Domains
 from mta.events import purge_expired
+from mta.inbound import Inbound
+from mta.inbound.reports import Reports
+from mta.inbound.routes import Routes
+from mta.inbound.verdicts import Verdicts
 from mta.keys import ApiKeys
 from mta.outbound import Outbound
-from mta.smtp import SubmissionListeners
+from mta.outbound.policy import load_classifier
+from mta.outbound.returnpath import ReturnPaths, load_secret
+from mta.smtp import SmtpListeners
+from mta.smtp.guard import Guard
+from mta.smtp.mx import MxHandler
 from mta.store import Store
 
 log = logging.getLogger("mta")
@@ -38,6 +46,13 @@ async def open_services(config: Config) -> Services:
     try:
         resolver = Resolver(config.dns)
         domains = Domains(store, config, resolver)
+        acceptor = Acceptor(store, domains, config)
+        routes = Routes(store, config)
+        reports = Reports(
+            store,
+            ReturnPaths(await load_secret(store)),
+            load_classifier(config.outbound.bounce_rules_file),
+        )
         return Services(
             config=config,
             store=store,
@@ -45,7 +60,11 @@ async def open_services(config: Config) -> Services:
             domains=domains,
             keys=ApiKeys(store),
             credentials=Credentials(store),
-            acceptor=Acceptor(store, domains, config),
+            acceptor=acceptor,
+            routes=routes,
+            inbound=Inbound(
+                config, store, domains, routes, Verdicts(config, resolver), reports, acceptor
+            ),
         )
     except BaseException:
         await store.close()  # its threads would otherwise keep the process alive
@@ -60,7 +79,7 @@ class Server:
     services: Services | None = None
     runner: web.AppRunner | None = None
     api_port: int = 0
-    smtp: SubmissionListeners | None = None
+    smtp: SmtpListeners | None = None
     outbound: Outbound | None = None
     _purger: asyncio.Task[None] | None = None
 
@@ -85,8 +104,11 @@ class Server:
         site = web.TCPSite(self.runner, host, port, reuse_address=True)
         await site.start()
         self.api_port = self.runner.addresses[0][1]
-        self.smtp = SubmissionListeners(self.services)
+        services = self.services
+        mx = MxHandler(services, Guard(self.config.smtp), services.inbound)
+        self.smtp = SmtpListeners(services, mx)
         await self.smtp.start()
+        await services.inbound.start()
         if self.outbound is not None:
             await self.outbound.start()
         self._purger = asyncio.create_task(self._purge_loop(), name="events-purge")
@@ -117,6 +139,8 @@ class Server:
             if self.smtp is not None:
                 smtp, self.smtp = self.smtp, None
                 await smtp.stop()
+            if self.services is not None:
+                await self.services.inbound.stop()
         finally:
             try:
                 if self.outbound is not None:

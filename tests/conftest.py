@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -190,3 +191,58 @@ def server_process(tmp_path: Path) -> Iterator[Callable[[], Process]]:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def spamd_binary() -> str | None:
+    found = shutil.which("spamd")
+    if found is None and os.access("/usr/sbin/spamd", os.X_OK):
+        found = "/usr/sbin/spamd"
+    return found
+
+
+@pytest.fixture(scope="session")
+def spamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real spamd on a free loopback port, for the whole run (starting takes a moment):
+    local rules only (no network tests), no per-user config."""
+    binary = spamd_binary()
+    if binary is None:
+        pytest.skip("spamd is not installed (apt-get install spamassassin spamd)")
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("spamd") / "spamd.log"
+    command = [
+        binary,
+        f"--listen=127.0.0.1:{port}",
+        "--allowed-ips=127.0.0.1",
+        "--nouser-config",
+        "--local",
+        "--max-children=1",
+        "--syslog=stderr",
+        "--cf=use_bayes 0",  # nothing to learn, and nobody's home is not writable
+    ]
+    if os.geteuid() == 0:
+        command.append("--username=nobody")  # spamd will not check mail as root
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not ping(port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"spamd did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING SPAMC/1.5\r\n\r\n")
+            return b"PONG" in sock.recv(100)
+    except OSError:
+        return False

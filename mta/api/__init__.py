@@ -9,7 +9,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from mta.api import credentials, domains, events, messages, suppressions
+from mta.api import credentials, domains, events, messages, stored, suppressions
+from mta.api import routes as route_api
 from mta.api.context import SERVICES, Services
 from mta.api.errors import ApiError, error, forbidden
 
@@ -93,6 +94,8 @@ def build_app(services: Services) -> web.Application:
         *domains.ROUTES,
         *credentials.ROUTES,
         *suppressions.ROUTES,
+        *route_api.ROUTES,
+        *stored.ROUTES,
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)

@@ -12,6 +12,8 @@ from mta.config import Config
 from mta.credentials import Credentials
 from mta.dns import Resolver
 from mta.domains import Domain, Domains
+from mta.inbound import Inbound
+from mta.inbound.routes import Routes
 from mta.keys import ApiKeys
 from mta.store import Store
 
@@ -25,6 +27,8 @@ class Services:
     keys: ApiKeys
     credentials: Credentials
     acceptor: Acceptor
+    routes: Routes
+    inbound: Inbound
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)

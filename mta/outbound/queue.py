@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from mta.events import event_statement
+from mta.events import event_statement, new_event
 from mta.store import Statement, Store
 
 _CLAIM = (
@@ -225,3 +225,101 @@ class Queue:
                 Statement(f"DELETE FROM recipients WHERE message_key IN ({marks})", [keys]),
                 Statement(f"DELETE FROM messages WHERE key IN ({marks})", [keys]),
             )
+
+
+def delivery_event(
+    d: Delivery,
+    kind: str,
+    status: dict[str, Any],
+    *,
+    mail_from: str | None,
+    sending_ip: str = "",
+    provider: str | None = None,
+    flags: dict[str, bool] | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """A Mailgun-shaped event about one recipient of a sent message (delivered, failed,
+    complained), carrying what its `accepted` event carried."""
+    message = d.message
+    opts = message.options
+    described = opts.get("message", {})
+    headers = dict(described.get("headers", {}))
+    if d.to_header is not None:
+        headers["to"] = d.to_header
+    variables = d.user_variables
+    if variables is None:
+        variables = opts.get("user-variables", {})
+    envelope = {"sender": message.sender, "transport": "smtp", "targets": d.address}
+    if mail_from is not None:
+        envelope["mail-from"] = mail_from
+    if sending_ip:
+        envelope["sending-ip"] = sending_ip
+    payload = new_event(
+        kind,
+        recipient=d.address,
+        recipient_domain=d.recipient_domain,
+        method=described.get("method", "http"),
+        tags=message.tags,
+        campaigns=[{"id": c, "name": c} for c in opts.get("campaigns", [])],
+        user_variables=variables,
+        flags={
+            "is-authenticated": described.get("is-authenticated", True),
+            "is-test-mode": message.test_mode,
+            "is-routed": False,
+            "is-system-test": False,
+            "is-delayed-bounce": False,
+        }
+        | (flags or {}),
+        envelope=envelope,
+        message={
+            "headers": headers,
+            "attachments": described.get("attachments", []),
+            "size": len(d.content) if (d.copy or message.mime) else 0,
+        },
+        **({"delivery_status": status} if status else {}),
+        **fields,
+    )
+    if provider is not None:
+        payload["recipient-provider"] = provider
+    return payload
+
+
+async def sent_recipient(store: Store, recipient_id: int) -> Delivery | None:
+    """A recipient row and its message, for reports that come back about it later (bounces,
+    complaints); None once the message has been purged."""
+    row = await store.fetchone(
+        "SELECT r.id, r.message_key, r.address, r.attempts, r.to_header, r.user_variables,"
+        " r.mime, m.domain, m.sender, m.created_at, m.options, m.mime AS shared"
+        " FROM recipients r JOIN messages m ON m.key = r.message_key WHERE r.id = ?",
+        (recipient_id,),
+    )
+    if row is None:
+        return None
+    message = Message(
+        key=row["message_key"],
+        domain=row["domain"],
+        sender=row["sender"],
+        created_at=row["created_at"],
+        options=orjson.loads(row["options"]),
+        mime=row["shared"],
+    )
+    variables = row["user_variables"]
+    return Delivery(
+        id=row["id"],
+        message=message,
+        address=row["address"],
+        attempts=row["attempts"],
+        to_header=row["to_header"],
+        user_variables=orjson.loads(variables) if variables else None,
+        copy=row["mime"],
+    )
+
+
+async def recipient_by_message_id(store: Store, message_id: str, address: str) -> int | None:
+    """The recipient row of a message (by its Message-Id) and address, if we sent it."""
+    row = await store.fetchone(
+        "SELECT r.id FROM recipients r JOIN messages m ON m.key = r.message_key"
+        " WHERE m.message_id = ? AND r.address = ? COLLATE NOCASE ORDER BY r.id DESC LIMIT 1",
+        (message_id.strip().strip("<>"), address),
+    )
+    return None if row is None else int(row["id"])

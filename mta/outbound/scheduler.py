@@ -23,7 +23,6 @@ from typing import Any
 
 from mta.config import Config
 from mta.domains import Domains
-from mta.events import new_event
 from mta.outbound.client import (
     NO_CONNECTION,
     Connector,
@@ -35,7 +34,7 @@ from mta.outbound.client import (
 from mta.outbound.dkim import SigningError, signature_header
 from mta.outbound.mx import MxResolver, Route, Unroutable
 from mta.outbound.policy import Classifier, Profile, Shaping, Verdict
-from mta.outbound.queue import Delivery, Queue
+from mta.outbound.queue import Delivery, Queue, delivery_event
 from mta.outbound.returnpath import ReturnPaths
 from mta.store import Store
 from mta.suppressions import bounce_statement, suppressed
@@ -607,50 +606,15 @@ class Scheduler:
 
     def _event(self, d: Delivery, kind: str, status: dict[str, Any], sending_ip: str = "",
                **fields: Any) -> dict:
-        message = d.message
-        opts = message.options
-        described = opts.get("message", {})
-        headers = dict(described.get("headers", {}))
-        if d.to_header is not None:
-            headers["to"] = d.to_header
-        variables = d.user_variables
-        if variables is None:
-            variables = opts.get("user-variables", {})
         site: Site | None = d.site
-        envelope = {"sender": message.sender, "transport": "smtp", "targets": d.address}
-        if kind != "failed" or status.get("code") not in (605, 606, 607):
-            envelope["mail-from"] = self._return_path(d)
-        if sending_ip:
-            envelope["sending-ip"] = sending_ip
-        payload = new_event(
-            kind,
-            recipient=d.address,
-            recipient_domain=d.recipient_domain,
-            method=described.get("method", "http"),
-            tags=message.tags,
-            campaigns=[{"id": c, "name": c} for c in opts.get("campaigns", [])],
-            user_variables=variables,
-            flags={
-                "is-authenticated": described.get("is-authenticated", True),
-                "is-test-mode": message.test_mode,
-                "is-routed": False,
-                "is-system-test": False,
-                "is-delayed-bounce": False,
-            },
-            envelope=envelope,
-            message={
-                "headers": headers,
-                "attachments": described.get("attachments", []),
-                "size": len(d.content),
-            },
-            delivery_status=status,
-            **fields,
-        )
+        provider = None
         if site is not None:
-            payload["recipient-provider"] = (
-                "Other" if site.profile.name == "default" else site.profile.name.title()
-            )
-        return payload
+            provider = "Other" if site.profile.name == "default" else site.profile.name.title()
+        return delivery_event(
+            d, kind, status,
+            mail_from=None if status.get("code") in (605, 606, 607) else self._return_path(d),
+            sending_ip=sending_ip, provider=provider, **fields,
+        )
 
     # Each outcome is decided and its event built at once (the session's state is read now);
     # what is returned is the write of it, which the caller awaits when it suits it.

@@ -1,5 +1,6 @@
-"""SMTP submission listeners (587 STARTTLS, 465 implicit TLS, 2525) on aiosmtpd, in the server's
-own event loop. Every message goes through the same accept path as the HTTP API.
+"""SMTP listeners on aiosmtpd, in the server's own event loop: submission (587 STARTTLS, 465
+implicit TLS, 2525), where every message goes through the same accept path as the HTTP API, and
+the inbound MX (25, see mta/smtp/mx.py).
 
 aiosmtpd does the protocol; this module adds what a submission server needs around it:
 AUTH PLAIN/LOGIN against SMTP credentials (checked off the loop), enhanced status codes on
@@ -56,7 +57,7 @@ def with_enhanced_code(line: str) -> str:
     return f"{code}{sep}{enhanced} {text}" if enhanced else line
 
 
-def _is_utf8(text: str) -> bool:
+def is_utf8(text: str) -> bool:
     """aiosmtpd decodes command arguments with surrogateescape: bytes that were not UTF-8 come
     through as lone surrogates, which nothing downstream (JSON, the store) can encode."""
     try:
@@ -87,10 +88,10 @@ class ListenerSpec:
 
 
 class SubmissionSession(SMTP):
-    """One SMTP connection on a submission port."""
+    """One SMTP connection on a submission port or the MX port."""
 
     def __init__(
-        self, handler: SubmissionHandler, spec: ListenerSpec, line_limit: int, **kwargs: Any
+        self, handler: BaseHandler, spec: ListenerSpec, line_limit: int, **kwargs: Any
     ) -> None:
         self.line_length_limit = line_limit  # read by SMTP.__init__ for its stream reader
         super().__init__(handler, **kwargs)
@@ -204,8 +205,8 @@ class SubmissionSession(SMTP):
             self.transport.close()
 
 
-class SubmissionHandler:
-    """aiosmtpd hooks: AUTH, MAIL, RCPT and DATA for authenticated submission."""
+class BaseHandler:
+    """aiosmtpd hooks every listener shares: errors, EHLO/HELO, MAIL, shutdown."""
 
     def __init__(self, services: Services, guard: Guard) -> None:
         self.services = services
@@ -236,6 +237,30 @@ class SubmissionHandler:
         session.host_name = hostname
         server.verbatim_replies = 1
         return f"250 {server.hostname}"
+
+    async def handle_MAIL(
+        self, server: SubmissionSession, session: Session, envelope: Envelope, address: str,
+        mail_options: list[str],
+    ) -> str:
+        if self.closing:
+            server.close_after_reply = True
+            return "421 4.3.2 Server shutting down, try again later"
+        if not is_utf8(address):
+            return "553 5.1.7 Sender address is not valid UTF-8"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
+    def header_too_big(self, content: bytes) -> str | None:
+        limit = self.config.smtp.max_header_bytes
+        head, _ = split_header_block(content[: limit + 4])
+        if sum(len(f) + 2 for f in head) > limit:
+            return f"552 5.3.4 Message header exceeds {limit} bytes"
+        return None
+
+
+class SubmissionHandler(BaseHandler):
+    """AUTH, RCPT and DATA for authenticated submission."""
 
     async def handle_AUTH(
         self, server: SubmissionSession, session: Session, envelope: Envelope, args: list[str]
@@ -306,34 +331,21 @@ class SubmissionHandler:
     ) -> str:
         if len(envelope.rcpt_tos) >= self.config.sending.max_recipients:
             return f"452 4.5.3 Too many recipients (at most {self.config.sending.max_recipients})"
-        if not _is_utf8(address) or not valid_addr_spec(address):
+        if not is_utf8(address) or not valid_addr_spec(address):
             # refused here, rather than the whole message after DATA
             return "553 5.1.3 Recipient address syntax is not valid"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 OK"
 
-    async def handle_MAIL(
-        self, server: SubmissionSession, session: Session, envelope: Envelope, address: str,
-        mail_options: list[str],
-    ) -> str:
-        if self.closing:
-            server.close_after_reply = True
-            return "421 4.3.2 Server shutting down, try again later"
-        if not _is_utf8(address):
-            return "553 5.1.7 Sender address is not valid UTF-8"
-        envelope.mail_from = address
-        envelope.mail_options.extend(mail_options)
-        return "250 2.1.0 OK"
-
     async def handle_DATA(
         self, server: SubmissionSession, session: Session, envelope: Envelope
     ) -> str:
         credential: Credential = session.auth_data
         content = envelope.original_content or b""
-        head, _ = split_header_block(content[: self.config.smtp.max_header_bytes + 4])
-        if sum(len(f) + 2 for f in head) > self.config.smtp.max_header_bytes:
-            return f"552 5.3.4 Message header exceeds {self.config.smtp.max_header_bytes} bytes"
+        refusal = self.header_too_big(content)
+        if refusal is not None:
+            return refusal
         submission = Submission(
             domain=credential.domain,
             method="smtp",
@@ -358,14 +370,20 @@ class SubmissionHandler:
         return f"250 2.0.0 OK: queued as <{message_id}>"
 
 
-class SubmissionListeners:
-    """Starts and stops the configured submission listeners."""
+class SmtpListeners:
+    """Starts and stops the configured SMTP listeners: submission ports, and the MX port when
+    there is an inbound side to hand mail to."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, mx_handler: BaseHandler | None = None) -> None:
         self.services = services
         self.guard = Guard(services.config.smtp)
         self.handler = SubmissionHandler(services, self.guard)
+        self.mx_handler = mx_handler
         self.servers: dict[str, asyncio.Server] = {}
+
+    @property
+    def handlers(self) -> list[BaseHandler]:
+        return [self.handler] + ([self.mx_handler] if self.mx_handler else [])
 
     def specs(self) -> list[ListenerSpec]:
         smtp = self.services.config.smtp
@@ -373,7 +391,8 @@ class SubmissionListeners:
             ListenerSpec(name, listen, name == "submission_tls")
             for name, listen in (("submission", smtp.submission),
                                  ("submission_tls", smtp.submission_tls),
-                                 ("submission_alt", smtp.submission_alt))
+                                 ("submission_alt", smtp.submission_alt),
+                                 ("mx", smtp.mx if self.mx_handler else ""))
             if listen
         ]
 
@@ -398,15 +417,18 @@ class SubmissionListeners:
 
     def _session(self, spec: ListenerSpec, context: ssl.SSLContext) -> SubmissionSession:
         config = self.services.config
+        mx = spec.name == "mx"
         session = SubmissionSession(
-            self.handler,
+            self.mx_handler if mx and self.mx_handler else self.handler,
             spec,
             hostname=config.server.hostname,
             ident="mta ESMTP",
             tls_context=None if spec.implicit_tls else context,
             require_starttls=False,
-            auth_required=True,
+            auth_required=not mx,
             auth_require_tls=True,
+            # the MX takes mail from anyone for our domains: it offers no AUTH at all
+            auth_exclude_mechanism=["LOGIN", "PLAIN"] if mx else None,
             data_size_limit=config.sending.max_message_bytes,
             enable_SMTPUTF8=True,
             decode_data=False,
@@ -424,13 +446,15 @@ class SubmissionListeners:
         421 to every remaining session."""
         for server in self.servers.values():
             server.close()
-        self.handler.closing = True
+        for handler in self.handlers:
+            handler.closing = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_s
-        while self.handler.busy and loop.time() < deadline:
+        while any(h.busy for h in self.handlers) and loop.time() < deadline:
             await asyncio.sleep(0.02)
-        for session in list(self.handler.sessions):
-            session.goodbye("421 4.3.2 Server shutting down, try again later")
+        for handler in self.handlers:
+            for session in list(handler.sessions):
+                session.goodbye("421 4.3.2 Server shutting down, try again later")
         for server in self.servers.values():
             await server.wait_closed()
         self.servers.clear()

@@ -1,0 +1,570 @@
+"""Inbound mail: what arrives on the MX port for the domains we host.
+
+`Inbound.receive` checks the message (SPF, DKIM, spam), reads reports about mail we sent
+(delayed bounces, complaints), and runs the routes. The message, the jobs its actions become and
+its events are written in one transaction before the sender gets its 250. The jobs (HTTP
+forwards, email forwards, store notifications) then run from the store with the manual's retry
+schedule, like outbound deliveries: a crash loses none of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email
+import email.header
+import email.parser
+import email.policy
+import hashlib
+import hmac
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from mta import tokens
+from mta.accept import AcceptError, Acceptor, Submission
+from mta.config import Config
+from mta.domains import Domain, Domains
+from mta.events import event_statement, new_event
+from mta.inbound.parsed import Parsed, decode_header_value, parse_message
+from mta.inbound.reports import Reports, report_type
+from mta.inbound.routes import RouteMatch, Routes
+from mta.inbound.verdicts import Verdict, Verdicts
+from mta.store import Statement, Store
+
+log = logging.getLogger("mta.inbound")
+_HEADERS = email.parser.BytesHeaderParser(policy=email.policy.compat32)
+
+JOB_BATCH = 100
+JOB_CONCURRENCY = 20
+JOB_LEASE_S = 600.0
+POLL_S = 0.05
+PURGE_INTERVAL_S = 3600.0
+_INSERT_MESSAGE = (
+    "INSERT INTO inbound (key, domain, received_at, sender, recipient, mime, stored_until)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_JOB = (
+    "INSERT INTO inbound_jobs (inbound_key, kind, target, route_id, due_at, created_at)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
+class InboundError(Exception):
+    """A refusal in SMTP terms (code, enhanced code, text)."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.reply = reply
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    key: str
+    domain: str
+    received_at: float
+    sender: str
+    recipient: str
+    mime: bytes
+
+
+@dataclass(frozen=True)
+class _Job:
+    id: int
+    inbound_key: str
+    kind: str  # "post" (forward to a URL), "email" (forward to an address), "notify" (store)
+    target: str
+    route_id: str
+    attempts: int
+
+
+def signed_fields(signing_key: str) -> dict[str, str]:
+    """timestamp, token and signature, as the manual's verify() checks them."""
+    timestamp = str(int(time.time()))
+    token = tokens.token_hex(25)  # 50 characters
+    signature = hmac.new(
+        signing_key.encode(), f"{timestamp}{token}".encode(), hashlib.sha256
+    ).hexdigest()
+    return {"timestamp": timestamp, "token": token, "signature": signature}
+
+
+class Inbound:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        domains: Domains,
+        routes: Routes,
+        verdicts: Verdicts,
+        reports: Reports,
+        acceptor: Acceptor,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._domains = domains
+        self._routes = routes
+        self._verdicts = verdicts
+        self._reports = reports
+        self._acceptor = acceptor
+        self._runner: asyncio.Task[None] | None = None
+        self._purger: asyncio.Task[None] | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(JOB_CONCURRENCY)
+
+    # -- receiving ------------------------------------------------------------------------------
+
+    def storage_url(self, domain: str, key: str) -> str:
+        base = self._config.api.public_url.rstrip("/") or f"http://{self._config.api.listen}"
+        return f"{base}/v3/domains/{domain}/messages/{key}"
+
+    async def receive(
+        self, sender: str, recipients: list[str], mime: bytes, peer_ip: str, helo: str
+    ) -> int:
+        """Check, route and store one message; returns how many recipients took it. Raises
+        InboundError when none would (no route, no report)."""
+        now = time.time()
+        head = _HEADERS.parsebytes(mime[: self._config.smtp.max_header_bytes + 4])
+        headers = [(str(n), decode_header_value(str(v))) for n, v in head.items()]
+        domains = [await self._domains.get(r.rpartition("@")[2]) for r in recipients]
+        verdict = Verdict("", "", None, None)
+        if any(d is not None and d.spam_action in ("tag", "block") for d in domains):
+            verdict = await self._verdicts.check(mime, sender, peer_ip, helo)
+        report = None
+        if report_type(head):  # a bounce or complaint report: read it whole, off the loop
+            report = await asyncio.to_thread(
+                email.message_from_bytes, mime, policy=email.policy.compat32
+            )
+        statements: list[Statement] = []
+        taken = 0
+        for rcpt, domain in zip(recipients, domains, strict=True):
+            if domain is None:
+                continue
+            if report is not None:
+                effect = await self._reports.read(report, rcpt)
+                if effect is not None:
+                    statements += effect.statements
+                    taken += 1
+                    continue
+            if domain.spam_action == "block" and verdict.spam:
+                log.info("dropped spam for <%s> from <%s> (score %s)", rcpt, sender, verdict.score)
+                taken += 1
+                continue
+            added = [("X-Mailgun-Incoming", "Yes"), ("X-Envelope-From", f"<{sender}>")]
+            if domain.spam_action == "tag":
+                added += verdict.headers()
+            matches = await self._routes.evaluate(rcpt, headers + added)
+            if not matches:
+                log.info("no route for <%s> (from <%s>)", rcpt, sender)
+                continue
+            prefix = "".join(f"{n}: {v}\r\n" for n, v in added).encode()
+            statements += self._routed(domain, rcpt, sender, prefix + mime, headers, matches, now)
+            taken += 1
+        if not taken:
+            raise InboundError("550 5.1.1 No such recipient here")
+        if statements:
+            await self._store.write(*statements)
+        return taken
+
+    def _routed(
+        self,
+        domain: Domain,
+        rcpt: str,
+        sender: str,
+        mime: bytes,
+        headers: list[tuple[str, str]],
+        matches: list[RouteMatch],
+        now: float,
+    ) -> list[Statement]:
+        key = tokens.token_urlsafe(24)
+        jobs = []
+        stored_until = 0.0
+        for match in matches:
+            for action in match.actions:
+                if action.kind == "forward":
+                    for target in action.destinations:
+                        web = target.lower().startswith(("http://", "https://"))
+                        jobs.append((key, "post" if web else "email", target, match.route.id,
+                                     now, now))
+                elif action.kind == "store":
+                    stored_until = now + self._config.inbound.store_days * 86400
+                    if action.notify:
+                        jobs.append((key, "notify", action.notify, match.route.id, now, now))
+        accepted = self._accepted_event(rcpt, sender, len(mime), headers, matches)
+        events = [accepted]
+        if stored_until:
+            storage = {"url": self.storage_url(domain.name, key), "key": key}
+            accepted["storage"] = storage
+            events.append(
+                new_event("stored", storage=storage, message=accepted["message"],
+                          flags={"is-test-mode": False})
+            )
+        log.info("routed mail for <%s> from <%s>: %d action(s)%s", rcpt, sender, len(jobs),
+                 ", stored" if stored_until else "")
+        statements = [
+            Statement(_INSERT_MESSAGE, [(key, domain.name, now, sender, rcpt, mime, stored_until)]),
+            event_statement(domain.name, events),
+        ]
+        if jobs:
+            statements.append(Statement(_INSERT_JOB, jobs))
+        return statements
+
+    @staticmethod
+    def _accepted_event(
+        rcpt: str,
+        sender: str,
+        size: int,
+        headers: list[tuple[str, str]],
+        matches: list[RouteMatch],
+    ) -> dict[str, Any]:
+        first: dict[str, str] = {}
+        for name, value in headers:
+            first.setdefault(name.lower(), value)
+        return new_event(
+            "accepted",
+            method="smtp",
+            recipient=rcpt,
+            recipient_domain=rcpt.rpartition("@")[2].lower(),
+            tags=[],
+            user_variables={},
+            flags={
+                "is-authenticated": False,
+                "is-routed": True,
+                "is-test-mode": False,
+                "is-system-test": False,
+            },
+            envelope={"sender": sender, "transport": "smtp", "targets": rcpt},
+            message={
+                "headers": {
+                    "to": first.get("to", ""),
+                    "message-id": first.get("message-id", "").strip().strip("<>"),
+                    "from": first.get("from", ""),
+                    "subject": first.get("subject", ""),
+                },
+                "attachments": [],
+                "recipients": [rcpt],
+                "size": size,
+            },
+            routes=[
+                {"expression": m.route.expression, "id": m.route.id, "match": {"recipient": rcpt}}
+                for m in matches
+            ],
+        )
+
+    # -- stored messages ------------------------------------------------------------------------
+
+    async def stored(self, domain: str, key: str) -> StoredMessage | None:
+        row = await self._store.fetchone(
+            "SELECT key, domain, received_at, sender, recipient, mime FROM inbound"
+            " WHERE key = ? AND domain = ? AND stored_until > ?",
+            (key, domain, time.time()),
+        )
+        if row is None:
+            return None
+        return StoredMessage(
+            row["key"],
+            row["domain"],
+            row["received_at"],
+            row["sender"],
+            row["recipient"],
+            row["mime"],
+        )
+
+    async def delete_stored(self, domain: str, key: str) -> bool:
+        if await self.stored(domain, key) is None:
+            return False
+        await self._store.write(
+            Statement(
+                "UPDATE inbound SET stored_until = 0 WHERE key = ? AND domain = ?", [(key, domain)]
+            )
+        )
+        return True
+
+    async def purge(self) -> None:
+        """Messages no longer stored and with no job left to run."""
+        await self._store.write(
+            Statement(
+                "DELETE FROM inbound WHERE stored_until < ? AND NOT EXISTS (SELECT 1 FROM"
+                " inbound_jobs j WHERE j.inbound_key = inbound.key AND j.state = 'queued')",
+                [(time.time(),)],
+            ),
+            Statement(
+                "DELETE FROM inbound_jobs WHERE state != 'queued' AND NOT EXISTS"
+                " (SELECT 1 FROM inbound i WHERE i.key = inbound_jobs.inbound_key)",
+            ),
+        )
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._store.write(
+            Statement(
+                "UPDATE inbound_jobs SET due_at = ?, lease_until = 0"
+                " WHERE state = 'queued' AND lease_until > 0",
+                [(time.time(),)],
+            )
+        )
+        self._http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self._config.inbound.post_timeout_s)
+        )
+        self._runner = asyncio.create_task(self._run_loop(), name="inbound-jobs")
+        self._purger = asyncio.create_task(self._purge_loop(), name="inbound-purge")
+
+    async def stop(self) -> None:
+        for task in (self._runner, self._purger):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._running:
+            await asyncio.wait(set(self._running), timeout=10.0)
+        if self._http is not None:
+            await self._http.close()
+
+    async def _purge_loop(self) -> None:
+        while True:
+            try:
+                await self.purge()
+            except Exception:
+                log.exception("purging inbound messages failed")
+            await asyncio.sleep(PURGE_INTERVAL_S)
+
+    async def _run_loop(self) -> None:
+        while True:
+            try:
+                now = time.time()
+                until = now + JOB_LEASE_S
+                rows = (
+                    await self._store.write_returning(
+                        "UPDATE inbound_jobs SET lease_until = ?, due_at = ? WHERE id IN"
+                        " (SELECT id FROM inbound_jobs WHERE state = 'queued' AND due_at <= ?"
+                        " ORDER BY due_at LIMIT ?)"
+                        " RETURNING id, inbound_key, kind, target, route_id, attempts",
+                        (until, until, now, JOB_BATCH),
+                    )
+                    if await self._anything_due(now)
+                    else []
+                )
+                if not rows:
+                    await asyncio.sleep(POLL_S)
+                    continue
+                for row in rows:
+                    await self._slots.acquire()
+                    job = _Job(
+                        row["id"],
+                        row["inbound_key"],
+                        row["kind"],
+                        row["target"],
+                        row["route_id"],
+                        row["attempts"],
+                    )
+                    task = asyncio.create_task(self._run(job))
+                    self._running.add(task)
+                    task.add_done_callback(self._done)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("inbound: taking due jobs failed; trying again")
+                await asyncio.sleep(1.0)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._slots.release()
+
+    async def _anything_due(self, now: float) -> bool:
+        row = await self._store.fetchone(
+            "SELECT 1 FROM inbound_jobs WHERE state = 'queued' AND due_at <= ? LIMIT 1", (now,)
+        )
+        return row is not None
+
+    async def _run(self, job: _Job) -> None:
+        try:
+            row = await self._store.fetchone(
+                "SELECT key, domain, received_at, sender, recipient, mime FROM inbound"
+                " WHERE key = ?",
+                (job.inbound_key,),
+            )
+            domain = await self._domains.get(row["domain"]) if row is not None else None
+            if row is None or domain is None:
+                await self._finish(job, "failed")
+                return
+            message = StoredMessage(
+                row["key"],
+                row["domain"],
+                row["received_at"],
+                row["sender"],
+                row["recipient"],
+                row["mime"],
+            )
+            if job.kind == "email":
+                await self._forward_email(job, domain, message)
+            else:
+                await self._post(job, domain, message)
+        except Exception:
+            log.exception(
+                "inbound job %d (%s %s) failed; it is tried again", job.id, job.kind, job.target
+            )
+            await self._retry_or_give_up(job, None, "local error")
+
+    async def _forward_email(self, job: _Job, domain: Domain, message: StoredMessage) -> None:
+        submission = Submission(
+            domain=domain.name,
+            method="smtp",
+            to=[job.target],
+            mime=message.mime,
+            envelope_sender=message.sender,
+            authenticated=False,
+        )
+        try:
+            await self._acceptor.accept(submission)
+        except AcceptError as exc:
+            log.warning(
+                "forward of <%s> to <%s> refused: %s", message.recipient, job.target, exc.message
+            )
+            await self._finish(
+                job, "failed", self._given_up(job, message, 0, exc.message, reason="generic")
+            )
+            return
+        await self._finish(job, "done")
+
+    async def _post(self, job: _Job, domain: Domain, message: StoredMessage) -> None:
+        form = await self._form(job, domain, message)
+        assert self._http is not None
+        try:
+            async with self._http.post(job.target, data=form) as response:
+                status = response.status
+                text = (await response.content.read(1024)).decode("utf-8", "replace")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            await self._retry_or_give_up(job, message, f"{exc.__class__.__name__}: {exc}")
+            return
+        if status == 200:
+            log.info("posted mail for <%s> to %s", message.recipient, job.target)
+            await self._finish(job, "done")
+        elif status == 406:
+            log.info("%s rejected mail for <%s> (406): not retried", job.target, message.recipient)
+            await self._finish(job, "rejected")
+        else:
+            await self._retry_or_give_up(job, message, f"HTTP {status}: {text[:200]}", status)
+
+    async def _form(self, job: _Job, domain: Domain, message: StoredMessage) -> aiohttp.FormData:
+        form = aiohttp.FormData()
+        if job.kind == "post" and job.target.rstrip("/").lower().endswith("mime"):
+            parsed_head = email.message_from_bytes(
+                message.mime[:65536], policy=email.policy.compat32
+            )
+            fields = {
+                "recipient": message.recipient,
+                "sender": message.sender,
+                "from": _decoded(parsed_head.get("From", "")),
+                "subject": _decoded(parsed_head.get("Subject", "")),
+                "body-mime": message.mime.decode("utf-8", "replace"),
+            }
+            for name, value in (fields | signed_fields(domain.signing_key)).items():
+                form.add_field(name, value)
+            return form
+        parsed: Parsed = await asyncio.to_thread(parse_message, message.mime)
+        fields = dict(parsed.fields)
+        fields["recipient"] = message.recipient
+        fields["sender"] = message.sender
+        if job.kind == "notify":
+            url = self.storage_url(domain.name, message.key)
+            fields["domain"] = domain.name
+            fields["message-url"] = url
+            fields["attachments"] = orjson.dumps(attachments_json(url, parsed)).decode()
+            fields.pop("attachment-count", None)
+        for name, value in (fields | signed_fields(domain.signing_key)).items():
+            form.add_field(name, value)
+        if job.kind == "post":
+            for number, attachment in enumerate(parsed.attachments, start=1):
+                form.add_field(
+                    f"attachment-{number}",
+                    attachment.data,
+                    filename=attachment.filename or f"attachment-{number}",
+                    content_type=attachment.content_type,
+                )
+        return form
+
+    async def _retry_or_give_up(
+        self, job: _Job, message: StoredMessage | None, problem: str, status: int = 0
+    ) -> None:
+        intervals = self._config.inbound.retry_intervals_s
+        if job.attempts < len(intervals):
+            due = time.time() + float(intervals[job.attempts])
+            log.info(
+                "%s %s failed (%s): tried again in %.0f s",
+                job.kind,
+                job.target,
+                problem,
+                due - time.time(),
+            )
+            await self._store.write(
+                Statement(
+                    "UPDATE inbound_jobs SET attempts = attempts + 1, due_at = ?,"
+                    " lease_until = 0 WHERE id = ?",
+                    [(due, job.id)],
+                )
+            )
+            return
+        log.warning(
+            "%s %s given up after %d attempts: %s", job.kind, job.target, job.attempts + 1, problem
+        )
+        event = self._given_up(job, message, status, problem) if message is not None else None
+        await self._finish(job, "failed", event)
+
+    def _given_up(
+        self, job: _Job, message: StoredMessage, status: int, problem: str, reason: str = "old"
+    ) -> tuple[str, dict[str, Any]]:
+        return message.domain, new_event(
+            "failed",
+            recipient=message.recipient,
+            recipient_domain=message.recipient.rpartition("@")[2].lower(),
+            severity="permanent",
+            reason=reason,
+            flags={"is-routed": True},
+            routes=[{"id": job.route_id, "match": {"recipient": message.recipient}}],
+            delivery_status={
+                "code": status,
+                "message": problem,
+                "description": f"{job.kind} to {job.target} given up",
+                "attempt-no": job.attempts + 1,
+            },
+            envelope={"sender": message.sender, "targets": job.target, "transport": job.kind},
+        )
+
+    async def _finish(
+        self, job: _Job, state: str, event: tuple[str, dict[str, Any]] | None = None
+    ) -> None:
+        """Done, rejected (406) or failed; `event` is (domain, payload) when one is recorded."""
+        statements = [
+            Statement(
+                "UPDATE inbound_jobs SET state = ?, attempts = attempts + 1, lease_until = 0"
+                " WHERE id = ?",
+                [(state, job.id)],
+            )
+        ]
+        if event is not None:
+            statements.append(event_statement(event[0], [event[1]]))
+        await self._store.write(*statements)
+
+
+def _decoded(value: str) -> str:
+    try:
+        return str(email.header.make_header(email.header.decode_header(value)))
+    except Exception:
+        return value
+
+
+def attachments_json(message_url: str, parsed: Parsed) -> list[dict[str, Any]]:
+    return [
+        {
+            "size": len(a.data),
+            "url": f"{message_url}/attachments/{n}",
+            "name": a.filename,
+            "content-type": a.content_type,
+        }
+        for n, a in enumerate(parsed.attachments)
+    ]
