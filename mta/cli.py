@@ -56,6 +56,11 @@ def _domain_command(args: argparse.Namespace) -> Callable[[Services], Awaitable[
                 if await s.domains.get(args.name) is None:
                     return _fail(f"no such domain: {args.name}")
                 await _print_records(s, args.name)
+            elif args.action == "signing-key":
+                domain = await s.domains.get(args.name)
+                if domain is None:
+                    return _fail(f"no such domain: {args.name}")
+                print(domain.signing_key)
             elif args.action == "verify":
                 domain = await s.domains.verify(args.name)
                 for key, found in sorted(domain.dns_results.items()):
@@ -167,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("remove", "delete a domain"),
         ("records", "show DNS records to publish"),
         ("verify", "check the DNS records now"),
+        ("signing-key", "print the key that signs what is POSTed to your application"),
     ):
         p = dsub.add_parser(action, parents=[common], help=text)
         p.add_argument("name")

@@ -22,7 +22,7 @@ def counts(db: Path) -> dict[str, int]:
     with connect(db) as conn:
         return {
             table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-            for table in ("messages", "recipients", "events")
+            for table in ("messages", "recipients", "events", "inbound")
         }
 
 

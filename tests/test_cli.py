@@ -91,6 +91,17 @@ async def test_domain_add_prints_spf_dkim_tracking_and_mx_records(
     assert again.stderr.strip() == "mta: This domain name is already taken"
 
 
+async def test_domain_signing_key_prints_the_key_route_posts_are_signed_with(tmp_path: Path):
+    env = cli_env(tmp_path)
+    await cli(env, "domain", "add", "keys.example.test")
+    first = (await cli(env, "domain", "signing-key", "keys.example.test")).stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{32}", first)
+    again = (await cli(env, "domain", "signing-key", "keys.example.test")).stdout.strip()
+    assert again == first
+    missing = await cli(env, "domain", "signing-key", "nope.example.test", check=False)
+    assert missing.returncode != 0
+
+
 async def test_domain_remove_while_server_runs_makes_sends_404(
     server_process: Callable[[], Process],
 ):

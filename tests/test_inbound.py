@@ -402,3 +402,16 @@ async def test_unmarked_domains_get_no_verdict_headers(start_server, app: App):
     await send_mx(running, f"a@{DOMAIN}", message(f"a@{DOMAIN}"))
     [post] = await app.wait_for(1)
     assert not [name for name in post if name.startswith("X-Mailgun-S")]
+
+
+async def test_a_stored_message_is_purged_once_its_time_is_up(start_server):
+    running = await inbound_server(start_server, inbound__store_days=0.5 / 86400)
+    await add_route(running, "catch_all()", "store()")
+    assert (await send_mx(running, f"brief@{DOMAIN}", message(f"brief@{DOMAIN}")))[0] == 250
+    [stored] = storeview.events(running.server.config.db_path, "stored")
+    path = "/" + stored["storage"]["url"].split("://", 1)[1].split("/", 1)[1]
+    await asyncio.sleep(0.6)
+    await running.services.inbound.purge()
+    assert storeview.counts(running.server.config.db_path)["inbound"] == 0
+    async with running.session() as api, api.get(path) as resp:
+        assert resp.status == 404
