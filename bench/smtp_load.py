@@ -11,6 +11,11 @@ the client costs little next to the server. Three modes:
 - `idle`: CONNECTIONS connections that say EHLO (and, with --tls, STARTTLS, EHLO and AUTH)
   and then hold still until told to close.
 
+With --plain (bench/inbound_accept.py, the MX port), reused and session skip STARTTLS and AUTH:
+EHLO, then the messages in plain text. --mail-from and --rcpt set the envelope (and the From and
+To headers); the default sender is --login. A 250 after DATA that names no Message-Id (the MX
+port's `250 2.0.0 OK`) counts the id the client put in the message.
+
 Talks to its parent over stdin/stdout. It prints `ready` once its sessions are set up (reused:
 authenticated; idle: all EHLO'd). For reused/session, the parent then writes
 `go MEASURE_FROM MEASURE_UNTIL` (time.monotonic() values, the same clock in every process on
@@ -21,6 +26,8 @@ every Message-Id answered 250 (warm-up included) to --ids.
 
     python bench/smtp_load.py --port P --mode reused --connections 50 --size 1024 \
         --login alice@mg.bench.test --password s3cret-pass --ids FILE
+    python bench/smtp_load.py --port P --mode reused --plain --mail-from a@b.example \
+        --rcpt inbox@mg.bench.test --size 5120 --ids FILE
 """
 
 from __future__ import annotations
@@ -46,12 +53,14 @@ class ReplyError(Exception):
         self.line = line
 
 
-def build_message(size: int, sender: str, tag: str) -> tuple[bytes, bytes]:
+def build_message(
+    size: int, sender: str, tag: str, recipient: str = "recipient@example.com"
+) -> tuple[bytes, bytes]:
     """A plain-text message of exactly `size` bytes once its Message-Id (of the same length
     for every message) is put in between: (head before the id, rest after it)."""
     head = (
         f"From: Bench Sender <{sender}>\r\n"
-        "To: Some Recipient <recipient@example.com>\r\n"
+        f"To: Some Recipient <{recipient}>\r\n"
         "Subject: Your order has shipped\r\n"
         f"Date: {formatdate(localtime=False)}\r\n"
         "MIME-Version: 1.0\r\n"
@@ -83,15 +92,15 @@ class Load:
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         self.ctx.check_hostname = False
         self.ctx.verify_mode = ssl.CERT_NONE  # the server's self-signed certificate
+        self.plain = args.plain
         blob = f"\0{args.login}\0{args.password}".encode()
         self.auth = b"AUTH PLAIN " + base64.b64encode(blob) + b"\r\n"
+        sender = args.mail_from or args.login
         self.envelope = (
-            f"MAIL FROM:<{args.login}> SIZE={args.size}\r\n"
-            "RCPT TO:<recipient@example.com>\r\n"
-            "DATA\r\n"
+            f"MAIL FROM:<{sender}> SIZE={args.size}\r\nRCPT TO:<{args.rcpt}>\r\nDATA\r\n"
         ).encode()
         self.tag = f"{args.tag}.{os.getpid()}"
-        self.head, self.tail = build_message(args.size, args.login, self.tag)
+        self.head, self.tail = build_message(args.size, sender, self.tag, args.rcpt)
         self.serial = 0
         self.ids: list[str] = []
         self.latencies: list[float] = []
@@ -112,8 +121,11 @@ class Load:
         return line
 
     async def open(
-        self, tls: bool = True, auth: bool = True
+        self, tls: bool | None = None, auth: bool | None = None
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """EHLO, then STARTTLS and AUTH PLAIN unless told otherwise (--plain: neither)."""
+        tls = not self.plain if tls is None else tls
+        auth = not self.plain if auth is None else auth
         reader, writer = await asyncio.open_connection("127.0.0.1", self.port, limit=1 << 16)
         try:
             await self.reply(reader, "banner", b"220")
@@ -145,9 +157,12 @@ class Load:
         line = await self.reply(reader, "end_of_data", b"250")
         now = time.monotonic()
         start, end = line.find(b"<"), line.rfind(b">")
-        if start < 0 or end < start:
+        if start >= 0 and end > start:
+            self.ids.append(line[start + 1 : end].decode())
+        elif self.plain:  # the MX port's 250 names no id: the one this message carries
+            self.ids.append(msg_id.decode())
+        else:
             raise ReplyError("end_of_data_no_id", line)
-        self.ids.append(line[start + 1 : end].decode())
         if self.window[0] <= now < self.window[1]:
             self.counts["ok"] += 1
             self.latencies.append(now - started)
@@ -252,6 +267,7 @@ class Load:
         sessions: list[tuple[asyncio.StreamReader, asyncio.StreamWriter] | None] = []
         if args.mode == "reused":
             # the first AUTH pays scrypt; the server remembers a verified login afterwards
+            # (--plain: no AUTH, the same order anyway)
             first = await self.open()
             rest = await asyncio.gather(*(self.open() for _ in range(n - 1)))
             sessions = [first, *rest]
@@ -301,13 +317,22 @@ def main() -> None:
     parser.add_argument("--mode", choices=("reused", "session", "idle"), required=True)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--size", type=int, default=1024, help="message size in bytes")
-    parser.add_argument("--login", required=True)
-    parser.add_argument("--password", required=True)
+    parser.add_argument("--login", default="", help="AUTH PLAIN user (and default sender)")
+    parser.add_argument("--password", default="")
+    parser.add_argument(
+        "--plain", action="store_true", help="reused/session: no STARTTLS, no AUTH (MX port)"
+    )
+    parser.add_argument("--mail-from", default="", help="envelope sender (default: --login)")
+    parser.add_argument("--rcpt", default="recipient@example.com", help="envelope recipient")
     parser.add_argument("--ids", required=True, help="Message-Ids answered 250 go here")
     parser.add_argument("--tag", default="m", help="makes Message-Ids unique across runs")
     parser.add_argument("--tls", action="store_true", help="idle: STARTTLS and AUTH as well")
     parser.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto")
     args = parser.parse_args()
+    if not args.plain and not (args.login and args.password):
+        parser.error("--login and --password are needed unless --plain")
+    if not (args.mail_from or args.login):
+        parser.error("--mail-from (or --login) is needed")
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = min(hard, max(soft, args.connections + 256))
