@@ -171,7 +171,10 @@ async def test_forward_to_a_url_posts_the_parsed_message_signed(start_server, ap
     assert post["body-plain"].strip() == "Hi there"
     assert post["X-Mailgun-Incoming"] == "Yes"
     headers = json.loads(post["message-headers"])
-    assert [h[0] for h in headers][:4] == ["X-Mailgun-Incoming", "X-Envelope-From", "From", "To"]
+    assert [h[0] for h in headers][:5] == [
+        "Received", "X-Mailgun-Incoming", "X-Envelope-From", "From", "To"
+    ]
+    assert headers[0][1].startswith("from ")
     assert signature_ok(await signing_key(running), post)
     assert len(post["token"]) == 50
 
@@ -415,3 +418,44 @@ async def test_a_stored_message_is_purged_once_its_time_is_up(start_server):
     assert storeview.counts(running.server.config.db_path)["inbound"] == 0
     async with running.session() as api, api.get(path) as resp:
         assert resp.status == 404
+
+
+async def test_strangers_cannot_forge_our_verdict_headers_or_inject_new_ones(
+    start_server, app: App
+):
+    running = await inbound_server(start_server)
+    await add_route(running, 'match_header("X-Mailgun-Sflag", "No")',
+                    f'forward("{app.url}/trusted")', "stop()", priority=1)
+    await add_route(running, "catch_all()", f'forward("{app.url}/inbox")', priority=2)
+    forged = message(f"a@{DOMAIN}", extra="X-Mailgun-Sflag: No\r\nX-Envelope-From: <ceo@x>\r\n")
+    assert (await send_mx(running, f"a@{DOMAIN}", forged))[0] == 250
+    [post] = await app.wait_for(1)
+    assert post["_path"] == "/inbox"
+    assert "X-Mailgun-Sflag" not in post
+    assert post["X-Envelope-From"] == "<alice@sender.example.org>"
+    code, _ = await send_mx(running, f"a@{DOMAIN}", message(f"a@{DOMAIN}"),
+                            sender='"a\rX-Injected: evil"@evil.example')
+    assert code == 553
+
+
+async def test_a_forwarded_strangers_message_cannot_steer_our_sending_options(
+    start_server, mx: Capture
+):
+    running = await inbound_server(start_server, mx)
+    await add_route(running, "catch_all()", f'forward("boss@{DEST}")')
+    steering = message(f"info@{DOMAIN}", extra="X-Mailgun-Drop-Message: yes\r\n"
+                       "X-Mailgun-Tag: pwned\r\n")
+    assert (await send_mx(running, f"info@{DOMAIN}", steering))[0] == 250
+    [got] = await mx.wait_for(1)  # not test mode: it really went out
+    assert b"X-Mailgun-Tag" not in got.data
+    accepted = [e for e in storeview.events(running.server.config.db_path, "accepted")
+                if e["recipient"] == f"boss@{DEST}"]
+    assert accepted and accepted[0]["tags"] == []
+
+
+async def test_a_mail_loop_is_refused(start_server):
+    running = await inbound_server(start_server)
+    await add_route(running, "catch_all()", "store()")
+    hops = "".join(f"Received: from hop{n} by hop{n + 1}; now\r\n" for n in range(51))
+    code, text = await send_mx(running, f"a@{DOMAIN}", message(f"a@{DOMAIN}", extra=hops))
+    assert code == 554 and text.startswith("5.4.6")

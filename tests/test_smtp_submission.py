@@ -679,7 +679,7 @@ async def test_bad_addresses_are_refused_at_mail_and_rcpt_not_after_data(
     raw = await clients.raw(mail)
     await raw.login()
     assert await raw.command(b"MAIL FROM:<\xff\xfe@example.net>") == [
-        "553 5.1.7 Sender address is not valid UTF-8"
+        "553 5.1.7 Sender address is not valid"
     ]
     assert await raw.command(f"MAIL FROM:<{LOGIN}>") == ["250 2.1.0 OK"]
     for bad in (b"<b\xff@example.net>", b"<postmaster>", b"<root@localhost>", b"<a..b@example.net>"):

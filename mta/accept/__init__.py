@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from mta import tokens
-from mta.accept.headers import HeaderOptionError, consume_control_headers
+from mta.accept.headers import HeaderOptionError, consume_control_headers, message_summary
 from mta.accept.mime import (
     Parts,
     address_header,
@@ -103,6 +103,9 @@ class Submission:
     originating_ip: str | None = None
     # an SMTP login: senders must not be on another hosted domain (see _check_senders)
     sender_login: str | None = None
+    # obey X-Mailgun-* control headers inside a pre-built message: not for mail that a route
+    # forwards on a stranger's behalf
+    control_headers: bool = True
 
 
 @dataclass(frozen=True)
@@ -238,7 +241,10 @@ class Acceptor:
         if domain.is_disabled:
             raise AcceptError(f"Domain {domain.name} is not allowed to send: domain is disabled")
         if sub.mime is not None:
-            _apply_message_options(sub)
+            if sub.control_headers:
+                _apply_message_options(sub)
+            else:
+                sub.message_headers = message_summary(sub.mime)
         from_ = parse_addresses(sub.from_, "from")
         if sub.mime is None and not from_:
             raise AcceptError("from parameter is missing")

@@ -167,6 +167,18 @@ def unwrap_variables_container(
     return re.sub(rb"\r?\n", b"\r\n", inner), variables
 
 
+def message_summary(mime: bytes) -> dict[str, str]:
+    """The summary headers of a message whose X-Mailgun-* headers are not ours to obey (mail
+    a route forwards on behalf of a stranger)."""
+    fields, _rest = split_header_block(mime)
+    summary: dict[str, str] = {}
+    for raw in fields:
+        name = header_name(raw)
+        if name in SUMMARY_HEADERS and name not in summary:
+            summary[name] = header_value(raw)
+    return summary
+
+
 def consume_control_headers(mime: bytes) -> tuple[bytes, HeaderOptions]:
     """Read and remove the X-Mailgun-* control headers; keep X-Mailgun-Variables. The header
     block is read here once; what later steps need of it comes back in `summary`."""

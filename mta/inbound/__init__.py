@@ -15,6 +15,7 @@ import email
 import email.header
 import email.parser
 import email.policy
+import email.utils
 import hashlib
 import hmac
 import logging
@@ -27,6 +28,7 @@ import orjson
 
 from mta import tokens
 from mta.accept import AcceptError, Acceptor, Submission
+from mta.accept.mime import header_name, split_header_block
 from mta.config import Config
 from mta.domains import Domain, Domains
 from mta.events import event_statement, new_event
@@ -38,12 +40,28 @@ from mta.store import Statement, Store
 
 log = logging.getLogger("mta.inbound")
 _HEADERS = email.parser.BytesHeaderParser(policy=email.policy.compat32)
+MAX_HOPS = 50  # Received headers before mail is taken for a loop (Postfix's hopcount_limit)
+MAX_HEADERS = 500  # header fields that routes look at
+ROUTES_BUDGET_S = 0.1  # route matching for all of one message's recipients together
+_OURS = ("x-mailgun-", "x-envelope-from")
+
+
+def _reserved(name: str) -> bool:
+    return name.startswith(_OURS)
+
+
+def _received(peer_ip: str, helo: str, hostname: str, now: float) -> str:
+    """The trace header RFC 5321 asks for (and what loop detection counts)."""
+    helo = "".join(c for c in helo if c.isprintable() and c not in "()\\")[:255] or "unknown"
+    stamp = email.utils.formatdate(now)
+    return f"Received: from {helo} ([{peer_ip}]) by {hostname} with ESMTP; {stamp}\r\n"
 
 JOB_BATCH = 100
 JOB_CONCURRENCY = 20
 JOB_LEASE_S = 600.0
 POLL_S = 0.05
 PURGE_INTERVAL_S = 3600.0
+PURGE_CHUNK = 200
 _INSERT_MESSAGE = (
     "INSERT INTO inbound (key, domain, received_at, sender, recipient, mime, stored_until)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -128,27 +146,36 @@ class Inbound:
         """Check, route and store one message; returns how many recipients took it. Raises
         InboundError when none would (no route, no report)."""
         now = time.time()
-        head = _HEADERS.parsebytes(mime[: self._config.smtp.max_header_bytes + 4])
-        headers = [(str(n), decode_header_value(str(v))) for n, v in head.items()]
+        fields, rest = split_header_block(mime[: self._config.smtp.max_header_bytes + 4])
+        if sum(1 for f in fields if header_name(f) == "received") > MAX_HOPS:
+            raise InboundError("554 5.4.6 Too many hops: a mail loop?")
+        # what a stranger wrote in our own header names is not ours: drop it before we add ours
+        kept = [f for f in fields if not _reserved(header_name(f))]
+        mime = b"\r\n".join(kept) + rest + mime[self._config.smtp.max_header_bytes + 4 :]
+        head = _HEADERS.parsebytes(b"\r\n".join(kept) + b"\r\n\r\n")
+        headers = [(str(n), decode_header_value(str(v))) for n, v in head.items()][:MAX_HEADERS]
+        recipients = list(dict.fromkeys(recipients))
         domains = [await self._domains.get(r.rpartition("@")[2]) for r in recipients]
         verdict = Verdict("", "", None, None)
         if any(d is not None and d.spam_action in ("tag", "block") for d in domains):
             verdict = await self._verdicts.check(mime, sender, peer_ip, helo)
         report = None
-        if report_type(head):  # a bounce or complaint report: read it whole, off the loop
-            report = await asyncio.to_thread(
-                email.message_from_bytes, mime, policy=email.policy.compat32
-            )
+        if report_type(head):  # a bounce or complaint report: read once, whole, off the loop
+            report = await self._reports.summarise(mime)
+        received = _received(peer_ip, helo, self._config.server.hostname, now)
+        deadline = time.perf_counter() + ROUTES_BUDGET_S
         statements: list[Statement] = []
         taken = 0
         for rcpt, domain in zip(recipients, domains, strict=True):
+            await asyncio.sleep(0)  # other sessions go on between recipients
             if domain is None:
                 continue
             if report is not None:
                 effect = await self._reports.read(report, rcpt)
                 if effect is not None:
-                    statements += effect.statements
+                    statements += effect
                     taken += 1
+                    report = None  # one report takes effect once, whatever the recipients
                     continue
             if domain.spam_action == "block" and verdict.spam:
                 log.info("dropped spam for <%s> from <%s> (score %s)", rcpt, sender, verdict.score)
@@ -157,11 +184,11 @@ class Inbound:
             added = [("X-Mailgun-Incoming", "Yes"), ("X-Envelope-From", f"<{sender}>")]
             if domain.spam_action == "tag":
                 added += verdict.headers()
-            matches = await self._routes.evaluate(rcpt, headers + added)
+            matches = await self._routes.evaluate(rcpt, headers + added, deadline)
             if not matches:
                 log.info("no route for <%s> (from <%s>)", rcpt, sender)
                 continue
-            prefix = "".join(f"{n}: {v}\r\n" for n, v in added).encode()
+            prefix = (received + "".join(f"{n}: {v}\r\n" for n, v in added)).encode()
             statements += self._routed(domain, rcpt, sender, prefix + mime, headers, matches, now)
             taken += 1
         if not taken:
@@ -285,18 +312,23 @@ class Inbound:
         return True
 
     async def purge(self) -> None:
-        """Messages no longer stored and with no job left to run."""
-        await self._store.write(
-            Statement(
-                "DELETE FROM inbound WHERE stored_until < ? AND NOT EXISTS (SELECT 1 FROM"
-                " inbound_jobs j WHERE j.inbound_key = inbound.key AND j.state = 'queued')",
-                [(time.time(),)],
-            ),
-            Statement(
-                "DELETE FROM inbound_jobs WHERE state != 'queued' AND NOT EXISTS"
-                " (SELECT 1 FROM inbound i WHERE i.key = inbound_jobs.inbound_key)",
-            ),
-        )
+        """Messages no longer stored and with no job left to run, a few hundred at a time: one
+        long transaction would hold up every acknowledgement behind it."""
+        while True:
+            done = await self._store.fetchall(
+                "SELECT key FROM inbound i WHERE stored_until < ? AND NOT EXISTS (SELECT 1"
+                " FROM inbound_jobs j WHERE j.inbound_key = i.key AND j.state = 'queued')"
+                " LIMIT ?",
+                (time.time(), PURGE_CHUNK),
+            )
+            if not done:
+                return
+            keys = [row["key"] for row in done]
+            marks = ",".join("?" * len(keys))
+            await self._store.write(
+                Statement(f"DELETE FROM inbound_jobs WHERE inbound_key IN ({marks})", [keys]),
+                Statement(f"DELETE FROM inbound WHERE key IN ({marks})", [keys]),
+            )
 
     # -- jobs -----------------------------------------------------------------------------------
 
@@ -321,7 +353,11 @@ class Inbound:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         if self._running:
-            await asyncio.wait(set(self._running), timeout=10.0)
+            grace = self._config.outbound.stop_grace_s
+            _done, pending = await asyncio.wait(set(self._running), timeout=grace)
+            for task in pending:  # cancelled, a job keeps its lease and runs after a restart
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         if self._http is not None:
             await self._http.close()
 
@@ -473,6 +509,7 @@ class Inbound:
         if job.kind == "notify":
             url = self.storage_url(domain.name, message.key)
             fields["domain"] = domain.name
+            fields["recipients"] = message.recipient  # §3: both spellings
             fields["message-url"] = url
             fields["attachments"] = orjson.dumps(attachments_json(url, parsed)).decode()
             fields.pop("attachment-count", None)

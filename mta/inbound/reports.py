@@ -8,6 +8,7 @@ recipient. It then becomes an event, and a hard bounce or a complaint lands on i
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import logging
@@ -30,10 +31,23 @@ _REPLY_CODE = re.compile(r"\b([245]\d\d)\b")
 
 
 @dataclass(frozen=True)
-class Report:
-    kind: str  # "bounce" or "complaint"
-    recipient_id: int
-    statements: list[Statement]
+class Failure:
+    """One failed recipient of a DSN."""
+
+    recipient: str
+    status: str
+    diagnostic: str
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What a report says, read once per message (off the loop): the rest is lookups."""
+
+    kind: str  # "delivery-status" or "feedback-report"
+    failures: tuple[Failure, ...] = ()
+    return_paths: tuple[str, ...] = ()  # a complaint's candidate return paths of ours
+    message_id: str = ""
+    original_recipient: str = ""
 
 
 def report_type(message: EmailMessage) -> str:
@@ -85,35 +99,28 @@ class Reports:
             return None
         return sent
 
-    async def read(self, message: EmailMessage, envelope_recipient: str) -> Report | None:
-        """The report's effect, or None when it is no report about mail of ours."""
-        kind = report_type(message)
-        if kind == "delivery-status":
-            return await self._bounce(message, envelope_recipient)
-        if kind == "feedback-report":
-            return await self._complaint(message, envelope_recipient)
-        return None
+    async def summarise(self, mime: bytes) -> Summary | None:
+        return await asyncio.to_thread(_summarise, mime)
 
-    async def _bounce(self, message: EmailMessage, envelope_recipient: str) -> Report | None:
+    async def read(self, summary: Summary, envelope_recipient: str) -> list[Statement] | None:
+        """The report's effect (statements to commit), or None when it is not about mail of
+        ours sent through `envelope_recipient`."""
+        if summary.kind == "delivery-status":
+            return await self._bounce(summary, envelope_recipient)
+        return await self._complaint(summary, envelope_recipient)
+
+    async def _bounce(self, summary: Summary, envelope_recipient: str) -> list[Statement] | None:
         sent = await self._ours(envelope_recipient)
         if sent is None:
             return None
-        failure = None
-        for part in message.walk():
-            if part.get_content_type() != "message/delivery-status":
-                continue
-            for block in _field_blocks(part)[1:] or _field_blocks(part):
-                action = str(block.get("Action", "")).strip().lower()
-                final = block.get("Final-Recipient") or block.get("Original-Recipient")
-                recipient = _address(final).lower()
-                if action == "failed" and recipient in ("", sent.address.lower()):
-                    failure = block
-                    break
+        failure = next(
+            (f for f in summary.failures if f.recipient in ("", sent.address.lower())), None
+        )
         if failure is None:
             return None  # a delay warning, or a report about someone else
-        status = _STATUS.search(str(failure.get("Status", "")))
+        status = _STATUS.search(failure.status)
         enhanced = status.group(0) if status else "5.0.0"
-        diagnostic = " ".join(str(failure.get("Diagnostic-Code", "")).split(";", 1)[-1].split())
+        diagnostic = failure.diagnostic
         code_match = _REPLY_CODE.search(diagnostic)
         code = int(code_match.group(1)) if code_match else 550
         verdict = self._classifier.classify(code, enhanced, diagnostic[:1000])
@@ -138,49 +145,73 @@ class Reports:
         statements = [event_statement(sent.message.domain, [event])]
         if permanent and verdict.suppress:
             statements.append(
-                bounce_statement(
-                    sent.message.domain, sent.address, str(code), diagnostic, time.time()
-                )
+                bounce_statement(sent.message.domain, sent.address, str(code), diagnostic,
+                                 time.time())
             )
         log.info("delayed bounce for <%s> (%s %s): %s", sent.address, code, enhanced, diagnostic)
-        return Report("bounce", sent.id, statements)
+        return statements
 
-    async def _complaint(self, message: EmailMessage, envelope_recipient: str) -> Report | None:
+    async def _complaint(self, summary: Summary, envelope_recipient: str
+                         ) -> list[Statement] | None:
+        for candidate in (envelope_recipient, *summary.return_paths):
+            sent = await self._ours(candidate)
+            if sent is not None:
+                event = delivery_event(sent, "complained", {}, mail_from=None)
+                log.info("complaint about <%s> for %s", sent.address, sent.message.domain)
+                return [
+                    event_statement(sent.message.domain, [event]),
+                    complaint_statement(sent.message.domain, sent.address, time.time()),
+                ]
+        if summary.message_id and summary.original_recipient:
+            # without one of our return paths anyone could name a Message-Id: the complaint
+            # is recorded as an event, but nobody is put on the complaints list for it
+            rid = await recipient_by_message_id(
+                self._store, summary.message_id, summary.original_recipient
+            )
+            sent = await sent_recipient(self._store, rid) if rid is not None else None
+            if sent is not None:
+                log.info("unverified complaint about <%s>: recorded, not suppressed",
+                         sent.address)
+                event = delivery_event(sent, "complained", {}, mail_from=None)
+                return [event_statement(sent.message.domain, [event])]
+        return None
+
+
+def _summarise(mime: bytes) -> Summary | None:
+    message = email.message_from_bytes(mime, policy=email.policy.compat32)
+    kind = report_type(message)
+    if kind == "delivery-status":
+        failures = []
+        for part in message.walk():
+            if part.get_content_type() != "message/delivery-status":
+                continue
+            blocks = _field_blocks(part)
+            for block in blocks[1:] or blocks:
+                if str(block.get("Action", "")).strip().lower() != "failed":
+                    continue
+                final = block.get("Final-Recipient") or block.get("Original-Recipient")
+                diagnostic = str(block.get("Diagnostic-Code", "")).split(";", 1)[-1]
+                failures.append(
+                    Failure(_address(final).lower(), str(block.get("Status", "")),
+                            " ".join(diagnostic.split()))
+                )
+        return Summary(kind, failures=tuple(failures))
+    if kind == "feedback-report":
         fields: EmailMessage | None = None
         for part in message.walk():
             if part.get_content_type() == "message/feedback-report":
                 blocks = _field_blocks(part)
                 fields = blocks[0] if blocks else None
         original = _original(message)
-        candidates = [envelope_recipient]
+        paths = []
         if fields is not None:
-            candidates.append(_address(fields.get("Original-Mail-From")))
+            paths.append(_address(fields.get("Original-Mail-From")))
         if original is not None:
-            candidates.append(_address(original.get("Return-Path")))
-        sent = None
-        for candidate in candidates:
-            if candidate and (sent := await self._ours(candidate)) is not None:
-                break
-        if sent is None and original is not None:
-            rcpt = _address(fields.get("Original-Rcpt-To")) if fields is not None else ""
-            rcpt = rcpt or str(original.get("To", "")).strip().strip("<>")
-            message_id = str(original.get("Message-Id", ""))
-            if rcpt and message_id:
-                rid = await recipient_by_message_id(self._store, message_id, rcpt)
-                sent = await sent_recipient(self._store, rid) if rid is not None else None
-        if sent is None:
-            return None
-        event = delivery_event(sent, "complained", {}, mail_from=None)
-        log.info("complaint about <%s> for %s", sent.address, sent.message.domain)
-        return Report(
-            "complaint",
-            sent.id,
-            [
-                event_statement(sent.message.domain, [event]),
-                complaint_statement(sent.message.domain, sent.address, time.time()),
-            ],
-        )
-
-
-def parse(mime: bytes) -> EmailMessage:
-    return email.message_from_bytes(mime, policy=email.policy.compat32)
+            paths.append(_address(original.get("Return-Path")))
+        rcpt = _address(fields.get("Original-Rcpt-To")) if fields is not None else ""
+        if not rcpt and original is not None:
+            rcpt = str(original.get("To", "")).strip().strip("<>")
+        message_id = str(original.get("Message-Id", "")) if original is not None else ""
+        return Summary(kind, return_paths=tuple(p for p in paths if p), message_id=message_id,
+                       original_recipient=rcpt)
+    return None

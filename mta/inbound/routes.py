@@ -146,13 +146,17 @@ class RouteTable:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def evaluate(self, recipient: str, headers: Sequence[tuple[str, str]]) -> list[RouteMatch]:
+    def evaluate(
+        self, recipient: str, headers: Sequence[tuple[str, str]], deadline: float | None = None
+    ) -> list[RouteMatch]:
+        """`deadline` (time.perf_counter) bounds a whole message's recipients together."""
         rcpt = clip(recipient, self._input_bytes)
         folded = rcpt.lower() if rcpt.isascii() else None
         view: MatchInput | None = None
         matches: list[RouteMatch] = []
         clock = time.perf_counter
-        deadline = clock() + EVALUATION_BUDGET_S
+        own = clock() + EVALUATION_BUDGET_S
+        deadline = own if deadline is None else min(own, deadline)
         for kind, needle, prefix, fold, match, header, entry in self._plan:
             if kind == _RECIPIENT:  # one match_recipient (fold: always), Term.search inlined
                 if needle and folded is not None:
@@ -328,11 +332,11 @@ class Routes:
         return len(self._routes), self._routes[skip : skip + limit]
 
     async def evaluate(
-        self, recipient: str, headers: Sequence[tuple[str, str]]
+        self, recipient: str, headers: Sequence[tuple[str, str]], deadline: float | None = None
     ) -> list[RouteMatch]:
         """The routes that match a message for one recipient, in order, with their actions."""
         await self._refresh()
-        return self._table.evaluate(recipient, headers)
+        return self._table.evaluate(recipient, headers, deadline)
 
     # -- writes -----------------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ log = logging.getLogger("mta.smtp")
 logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command at INFO
 
 NULL_SENDER = "<>"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # CR or LF in an address would split a header
 _HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
 # enhanced codes for aiosmtpd's own replies, by reply code (RFC 3463)
 _DEFAULT_ENHANCED = {
@@ -245,8 +246,8 @@ class BaseHandler:
         if self.closing:
             server.close_after_reply = True
             return "421 4.3.2 Server shutting down, try again later"
-        if not is_utf8(address):
-            return "553 5.1.7 Sender address is not valid UTF-8"
+        if not is_utf8(address) or _CONTROL.search(address):
+            return "553 5.1.7 Sender address is not valid"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"

@@ -46,6 +46,8 @@ class MxHandler(BaseHandler):
         if refusal is not None:
             return refusal
         sender = "" if envelope.mail_from == NULL_SENDER else (envelope.mail_from or "")
+        if sender and not valid_addr_spec(sender):
+            return "553 5.1.7 Sender address is not valid"
         self.busy += 1
         try:
             await self.inbound.receive(

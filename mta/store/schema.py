@@ -210,7 +210,7 @@ MIGRATIONS: list[str] = [
         mime BLOB NOT NULL,
         stored_until REAL NOT NULL DEFAULT 0
     );
-    CREATE INDEX inbound_received ON inbound (received_at);
+    CREATE INDEX inbound_stored ON inbound (stored_until);
 
     CREATE TABLE inbound_jobs (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
