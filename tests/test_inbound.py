@@ -459,3 +459,20 @@ async def test_a_mail_loop_is_refused(start_server):
     hops = "".join(f"Received: from hop{n} by hop{n + 1}; now\r\n" for n in range(51))
     code, text = await send_mx(running, f"a@{DOMAIN}", message(f"a@{DOMAIN}", extra=hops))
     assert code == 554 and text.startswith("5.4.6")
+
+
+async def test_a_message_for_many_recipients_is_stored_once(start_server):
+    running = await inbound_server(start_server)
+    await add_route(running, "catch_all()", "store()")
+    port = running.server.smtp.port("mx")
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
+    await client.connect()
+    rcpts = [f"r{n}@{DOMAIN}" for n in range(5)]
+    body = "x" * 70 + "\r\n"
+    await client.sendmail("alice@sender.example.org", rcpts, message(rcpts[0], body=body * 70))
+    client.close()
+    db = running.server.config.db_path
+    with storeview.connect(db) as conn:
+        rows = conn.execute("SELECT count(*) FROM inbound").fetchone()[0]
+        contents = conn.execute("SELECT count(*) FROM inbound_mime").fetchone()[0]
+    assert (rows, contents) == (5, 1)

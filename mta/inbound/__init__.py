@@ -63,8 +63,12 @@ POLL_S = 0.05
 PURGE_INTERVAL_S = 3600.0
 PURGE_CHUNK = 200
 _INSERT_MESSAGE = (
-    "INSERT INTO inbound (key, domain, received_at, sender, recipient, mime, stored_until)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO inbound (key, domain, received_at, sender, recipient, mime_key, prefix,"
+    " stored_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SELECT_MESSAGE = (
+    "SELECT i.key, i.domain, i.received_at, i.sender, i.recipient, i.prefix, m.mime"
+    " FROM inbound i JOIN inbound_mime m ON m.key = i.mime_key"
 )
 _INSERT_JOB = (
     "INSERT INTO inbound_jobs (inbound_key, kind, target, route_id, due_at, created_at)"
@@ -163,9 +167,11 @@ class Inbound:
         if report_type(head):  # a bounce or complaint report: read once, whole, off the loop
             report = await self._reports.summarise(mime)
         received = _received(peer_ip, helo, self._config.server.hostname, now)
+        mime_key = tokens.token_urlsafe(24)  # the content, stored once for every recipient
         deadline = time.perf_counter() + ROUTES_BUDGET_S
         statements: list[Statement] = []
         taken = 0
+        keeps_content = False
         for rcpt, domain in zip(recipients, domains, strict=True):
             await asyncio.sleep(0)  # other sessions go on between recipients
             if domain is None:
@@ -189,10 +195,17 @@ class Inbound:
                 log.info("no route for <%s> (from <%s>)", rcpt, sender)
                 continue
             prefix = (received + "".join(f"{n}: {v}\r\n" for n, v in added)).encode()
-            statements += self._routed(domain, rcpt, sender, prefix + mime, headers, matches, now)
+            routed = self._routed(domain, rcpt, sender, mime_key, prefix, len(mime), headers,
+                                  matches, now)
+            statements += routed
+            keeps_content = keeps_content or len(routed) > 1
             taken += 1
         if not taken:
             raise InboundError("550 5.1.1 No such recipient here")
+        if keeps_content:
+            statements.append(
+                Statement("INSERT INTO inbound_mime (key, mime) VALUES (?, ?)", [(mime_key, mime)])
+            )
         if statements:
             await self._store.write(*statements)
         return taken
@@ -202,11 +215,15 @@ class Inbound:
         domain: Domain,
         rcpt: str,
         sender: str,
-        mime: bytes,
+        mime_key: str,
+        prefix: bytes,
+        size: int,
         headers: list[tuple[str, str]],
         matches: list[RouteMatch],
         now: float,
     ) -> list[Statement]:
+        """The events of a routed recipient, and (when an action needs the message later) its
+        row and jobs: the first statement is always the events."""
         key = tokens.token_urlsafe(24)
         jobs = []
         stored_until = 0.0
@@ -221,7 +238,7 @@ class Inbound:
                     stored_until = now + self._config.inbound.store_days * 86400
                     if action.notify:
                         jobs.append((key, "notify", action.notify, match.route.id, now, now))
-        accepted = self._accepted_event(rcpt, sender, len(mime), headers, matches)
+        accepted = self._accepted_event(rcpt, sender, size + len(prefix), headers, matches)
         events = [accepted]
         if stored_until:
             storage = {"url": self.storage_url(domain.name, key), "key": key}
@@ -232,10 +249,12 @@ class Inbound:
             )
         log.info("routed mail for <%s> from <%s>: %d action(s)%s", rcpt, sender, len(jobs),
                  ", stored" if stored_until else "")
-        statements = [
-            Statement(_INSERT_MESSAGE, [(key, domain.name, now, sender, rcpt, mime, stored_until)]),
-            event_statement(domain.name, events),
-        ]
+        statements = [event_statement(domain.name, events)]
+        if jobs or stored_until:
+            statements.append(
+                Statement(_INSERT_MESSAGE, [(key, domain.name, now, sender, rcpt, mime_key,
+                                             prefix, stored_until)])
+            )
         if jobs:
             statements.append(Statement(_INSERT_JOB, jobs))
         return statements
@@ -286,8 +305,7 @@ class Inbound:
 
     async def stored(self, domain: str, key: str) -> StoredMessage | None:
         row = await self._store.fetchone(
-            "SELECT key, domain, received_at, sender, recipient, mime FROM inbound"
-            " WHERE key = ? AND domain = ? AND stored_until > ?",
+            _SELECT_MESSAGE + " WHERE i.key = ? AND i.domain = ? AND i.stored_until > ?",
             (key, domain, time.time()),
         )
         if row is None:
@@ -298,7 +316,7 @@ class Inbound:
             row["received_at"],
             row["sender"],
             row["recipient"],
-            row["mime"],
+            row["prefix"] + row["mime"],
         )
 
     async def delete_stored(self, domain: str, key: str) -> bool:
@@ -316,7 +334,8 @@ class Inbound:
         long transaction would hold up every acknowledgement behind it."""
         while True:
             done = await self._store.fetchall(
-                "SELECT key FROM inbound i WHERE stored_until < ? AND NOT EXISTS (SELECT 1"
+                "SELECT key, mime_key FROM inbound i WHERE stored_until < ? AND NOT EXISTS"
+                " (SELECT 1"
                 " FROM inbound_jobs j WHERE j.inbound_key = i.key AND j.state = 'queued')"
                 " LIMIT ?",
                 (time.time(), PURGE_CHUNK),
@@ -324,10 +343,16 @@ class Inbound:
             if not done:
                 return
             keys = [row["key"] for row in done]
+            contents = list({row["mime_key"] for row in done})
             marks = ",".join("?" * len(keys))
             await self._store.write(
                 Statement(f"DELETE FROM inbound_jobs WHERE inbound_key IN ({marks})", [keys]),
                 Statement(f"DELETE FROM inbound WHERE key IN ({marks})", [keys]),
+                Statement(
+                    f"DELETE FROM inbound_mime WHERE key IN ({','.join('?' * len(contents))})"
+                    " AND NOT EXISTS (SELECT 1 FROM inbound i WHERE i.mime_key = inbound_mime.key)",
+                    [contents],
+                ),
             )
 
     # -- jobs -----------------------------------------------------------------------------------
@@ -420,8 +445,7 @@ class Inbound:
     async def _run(self, job: _Job) -> None:
         try:
             row = await self._store.fetchone(
-                "SELECT key, domain, received_at, sender, recipient, mime FROM inbound"
-                " WHERE key = ?",
+                _SELECT_MESSAGE + " WHERE i.key = ?",
                 (job.inbound_key,),
             )
             domain = await self._domains.get(row["domain"]) if row is not None else None
@@ -434,7 +458,7 @@ class Inbound:
                 row["received_at"],
                 row["sender"],
                 row["recipient"],
-                row["mime"],
+                row["prefix"] + row["mime"],
             )
             if job.kind == "email":
                 await self._forward_email(job, domain, message)

@@ -10,7 +10,9 @@ Tables and the modules that own them (only the owner writes SQL against them):
 - bounces, unsubscribes, complaints: mta.suppressions
 - server_secrets: mta.outbound (keys for return-path tags)
 - routes: mta.inbound.routes
-- inbound, inbound_jobs: mta.inbound (received messages, stored ones, and their actions)
+- inbound, inbound_mime, inbound_jobs: mta.inbound (received messages: one copy of the content
+  per SMTP transaction, a row per routed recipient with its own added headers, and the jobs of
+  their actions)
 - admin_version: bumped by triggers whenever admin data changes, so in-process caches of
   domains and keys notice changes made by another process (the `mta` CLI).
 """
@@ -201,16 +203,22 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER routes_del AFTER DELETE ON routes
         BEGIN UPDATE admin_version SET version = version + 1; END;
 
+    CREATE TABLE inbound_mime (
+        key TEXT PRIMARY KEY,
+        mime BLOB NOT NULL
+    );
     CREATE TABLE inbound (
         key TEXT PRIMARY KEY,
         domain TEXT NOT NULL,
         received_at REAL NOT NULL,
         sender TEXT NOT NULL,
         recipient TEXT NOT NULL,
-        mime BLOB NOT NULL,
+        mime_key TEXT NOT NULL,
+        prefix BLOB NOT NULL,
         stored_until REAL NOT NULL DEFAULT 0
     );
     CREATE INDEX inbound_stored ON inbound (stored_until);
+    CREATE INDEX inbound_mime_key ON inbound (mime_key);
 
     CREATE TABLE inbound_jobs (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
