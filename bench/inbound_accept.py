@@ -326,9 +326,11 @@ def check_database(server: BenchServer, answered: list[str]) -> dict[str, int]:
     try:
         stored: list[str] = []
         no_id = wrong_recipient = not_stored = 0
-        for mime, recipient, stored_until in conn.execute(
-            "SELECT mime, recipient, stored_until FROM inbound"
+        for prefix, content, recipient, stored_until in conn.execute(
+            "SELECT i.prefix, m.mime, i.recipient, i.stored_until FROM inbound i"
+            " JOIN inbound_mime m ON m.key = i.mime_key"
         ):
+            mime = bytes(prefix) + bytes(content)
             head = bytes(mime[: mime.find(b"\r\n\r\n") + 2])
             found = _MESSAGE_ID.search(head)
             if found is None:
