@@ -252,6 +252,15 @@ class BaseHandler:
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
 
+    def recipient_refusal(self, envelope: Envelope, address: str) -> str | None:
+        """Too many recipients, or an address that is no address: refused at RCPT, rather than
+        the whole message after DATA."""
+        if len(envelope.rcpt_tos) >= self.config.sending.max_recipients:
+            return f"452 4.5.3 Too many recipients (at most {self.config.sending.max_recipients})"
+        if not is_utf8(address) or not valid_addr_spec(address):
+            return "553 5.1.3 Recipient address syntax is not valid"
+        return None
+
     def header_too_big(self, content: bytes) -> str | None:
         limit = self.config.smtp.max_header_bytes
         head, _ = split_header_block(content[: limit + 4])
@@ -330,11 +339,9 @@ class SubmissionHandler(BaseHandler):
         self, server: SubmissionSession, session: Session, envelope: Envelope, address: str,
         rcpt_options: list[str],
     ) -> str:
-        if len(envelope.rcpt_tos) >= self.config.sending.max_recipients:
-            return f"452 4.5.3 Too many recipients (at most {self.config.sending.max_recipients})"
-        if not is_utf8(address) or not valid_addr_spec(address):
-            # refused here, rather than the whole message after DATA
-            return "553 5.1.3 Recipient address syntax is not valid"
+        refusal = self.recipient_refusal(envelope, address)
+        if refusal is not None:
+            return refusal
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 OK"

@@ -13,7 +13,7 @@ from aiosmtpd.smtp import Envelope, Session
 from mta.accept import valid_addr_spec
 from mta.api.context import Services
 from mta.inbound import Inbound, InboundError
-from mta.smtp import NULL_SENDER, BaseHandler, SubmissionSession, is_utf8
+from mta.smtp import NULL_SENDER, BaseHandler, SubmissionSession
 from mta.smtp.guard import Guard
 
 log = logging.getLogger("mta.smtp")
@@ -28,10 +28,9 @@ class MxHandler(BaseHandler):
         self, server: SubmissionSession, session: Session, envelope: Envelope, address: str,
         rcpt_options: list[str],
     ) -> str:
-        if len(envelope.rcpt_tos) >= self.config.sending.max_recipients:
-            return f"452 4.5.3 Too many recipients (at most {self.config.sending.max_recipients})"
-        if not is_utf8(address) or not valid_addr_spec(address):
-            return "553 5.1.3 Recipient address syntax is not valid"
+        refusal = self.recipient_refusal(envelope, address)
+        if refusal is not None:
+            return refusal
         if await self.services.domains.get(address.rpartition("@")[2]) is None:
             log.info("refused relaying from %s to <%s>", server.peer_ip, address)
             return "550 5.7.1 Relaying denied"
