@@ -337,6 +337,7 @@ def routes(sink_port: int, one_site: bool) -> dict[str, str]:
         "MTA_SMTP_SUBMISSION": "",  # no SMTP listeners: only the HTTP API and delivery
         "MTA_SMTP_SUBMISSION_TLS": "",
         "MTA_SMTP_SUBMISSION_ALT": "",
+        "MTA_SMTP_MX": "",
         "MTA_OUTBOUND_ENABLED": "true",
         "MTA_DNS_ONLY_ANSWERS": "true",
         "MTA_DNS_STATIC_MX": json.dumps(static_mx),

@@ -426,6 +426,7 @@ def main() -> int:
         "MTA_SMTP_SUBMISSION": f"127.0.0.1:{smtp_port}",
         "MTA_SMTP_SUBMISSION_TLS": "",  # off: only the STARTTLS port is measured
         "MTA_SMTP_SUBMISSION_ALT": "",
+        "MTA_SMTP_MX": "",  # nor the inbound MX
         "MTA_SMTP_MAX_CONNECTIONS_PER_IP": str(args.per_ip_limit),
     }
     extra_env.update(item.split("=", 1) for item in args.env)
