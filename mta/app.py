@@ -48,11 +48,9 @@ async def open_services(config: Config) -> Services:
         domains = Domains(store, config, resolver)
         acceptor = Acceptor(store, domains, config)
         routes = Routes(store, config)
-        reports = Reports(
-            store,
-            ReturnPaths(await load_secret(store)),
-            load_classifier(config.outbound.bounce_rules_file),
-        )
+        return_paths = ReturnPaths(await load_secret(store))
+        classifier = load_classifier(config.outbound.bounce_rules_file)
+        reports = Reports(store, return_paths, classifier)
         return Services(
             config=config,
             store=store,
@@ -62,6 +60,8 @@ async def open_services(config: Config) -> Services:
             credentials=Credentials(store),
             acceptor=acceptor,
             routes=routes,
+            return_paths=return_paths,
+            classifier=classifier,
             inbound=Inbound(
                 config, store, domains, routes, Verdicts(config, resolver), reports, acceptor
             ),
@@ -96,7 +96,12 @@ class Server:
         if self.config.outbound.enabled:  # built first: its policy files are checked here
             services = self.services
             self.outbound = Outbound(
-                self.config, services.store, services.domains, services.resolver
+                self.config,
+                services.store,
+                services.domains,
+                services.resolver,
+                services.classifier,
+                services.return_paths,
             )
         host, port = parse_listen("api.listen", self.config.api.listen)
         self.runner = web.AppRunner(build_app(self.services), access_log=None, handle_signals=False)

@@ -15,6 +15,8 @@ from mta.domains import Domain, Domains
 from mta.inbound import Inbound
 from mta.inbound.routes import Routes
 from mta.keys import ApiKeys
+from mta.outbound.policy import Classifier
+from mta.outbound.returnpath import ReturnPaths
 from mta.store import Store
 
 
@@ -28,6 +30,8 @@ class Services:
     credentials: Credentials
     acceptor: Acceptor
     routes: Routes
+    return_paths: ReturnPaths
+    classifier: Classifier
     inbound: Inbound
 
 

@@ -30,16 +30,9 @@ async def get_message(request: web.Request) -> web.Response:
         "recipient": message.recipient,
         "sender": message.sender,
     }
-    parsed = await asyncio.to_thread(parse_message, message.mime)
     if "message/rfc2822" in request.headers.get("Accept", ""):
-        return json_response(
-            envelope
-            | {
-                "from": parsed.fields.get("from", ""),
-                "subject": parsed.fields.get("subject", ""),
-                "body-mime": message.mime.decode("utf-8", "replace"),
-            }
-        )
+        return json_response(message.raw_fields() | envelope)
+    parsed = await asyncio.to_thread(parse_message, message.mime)
     url = services(request).inbound.storage_url(message.domain, message.key)
     fields = dict(parsed.fields)
     fields.pop("attachment-count", None)

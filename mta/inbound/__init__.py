@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email
-import email.header
 import email.parser
 import email.policy
 import email.utils
@@ -44,18 +43,6 @@ MAX_HOPS = 50  # Received headers before mail is taken for a loop (Postfix's hop
 MAX_HEADERS = 500  # header fields that routes look at
 ROUTES_BUDGET_S = 0.1  # route matching for all of one message's recipients together
 _OURS = ("x-mailgun-", "x-envelope-from")
-
-
-def _reserved(name: str) -> bool:
-    return name.startswith(_OURS)
-
-
-def _received(peer_ip: str, helo: str, hostname: str, now: float) -> str:
-    """The trace header RFC 5321 asks for (and what loop detection counts)."""
-    helo = "".join(c for c in helo if c.isprintable() and c not in "()\\")[:255] or "unknown"
-    stamp = email.utils.formatdate(now)
-    return f"Received: from {helo} ([{peer_ip}]) by {hostname} with ESMTP; {stamp}\r\n"
-
 JOB_BATCH = 100
 JOB_CONCURRENCY = 20
 JOB_LEASE_S = 600.0
@@ -76,6 +63,16 @@ _INSERT_JOB = (
 )
 
 
+def _reserved(name: str) -> bool:
+    return name.startswith(_OURS)
+
+
+def _received(peer_ip: str, helo: str, hostname: str, now: float) -> str:
+    """The trace header RFC 5321 asks for (and what loop detection counts)."""
+    helo = "".join(c for c in helo if c.isprintable() and c not in "()\\")[:255] or "unknown"
+    stamp = email.utils.formatdate(now)
+    return f"Received: from {helo} ([{peer_ip}]) by {hostname} with ESMTP; {stamp}\r\n"
+
 class InboundError(Exception):
     """A refusal in SMTP terms (code, enhanced code, text)."""
 
@@ -92,6 +89,24 @@ class StoredMessage:
     sender: str
     recipient: str
     mime: bytes
+
+    @classmethod
+    def from_row(cls, row: Any) -> StoredMessage:
+        """A `_SELECT_MESSAGE` row: the recipient's own added headers, then the content."""
+        return cls(row["key"], row["domain"], row["received_at"], row["sender"],
+                   row["recipient"], row["prefix"] + row["mime"])
+
+    def raw_fields(self) -> dict[str, str]:
+        """Mailgun's raw-MIME form: envelope, From and Subject, and the message itself."""
+        end = self.mime.find(b"\r\n\r\n")
+        head = _HEADERS.parsebytes(self.mime if end < 0 else self.mime[: end + 4])
+        return {
+            "recipient": self.recipient,
+            "sender": self.sender,
+            "from": decode_header_value(str(head.get("From", ""))),
+            "subject": decode_header_value(str(head.get("Subject", ""))),
+            "body-mime": self.mime.decode("utf-8", "replace"),
+        }
 
 
 @dataclass(frozen=True)
@@ -308,16 +323,7 @@ class Inbound:
             _SELECT_MESSAGE + " WHERE i.key = ? AND i.domain = ? AND i.stored_until > ?",
             (key, domain, time.time()),
         )
-        if row is None:
-            return None
-        return StoredMessage(
-            row["key"],
-            row["domain"],
-            row["received_at"],
-            row["sender"],
-            row["recipient"],
-            row["prefix"] + row["mime"],
-        )
+        return None if row is None else StoredMessage.from_row(row)
 
     async def delete_stored(self, domain: str, key: str) -> bool:
         if await self.stored(domain, key) is None:
@@ -452,14 +458,7 @@ class Inbound:
             if row is None or domain is None:
                 await self._finish(job, "failed")
                 return
-            message = StoredMessage(
-                row["key"],
-                row["domain"],
-                row["received_at"],
-                row["sender"],
-                row["recipient"],
-                row["prefix"] + row["mime"],
-            )
+            message = StoredMessage.from_row(row)
             if job.kind == "email":
                 await self._forward_email(job, domain, message)
             else:
@@ -513,16 +512,7 @@ class Inbound:
     async def _form(self, job: _Job, domain: Domain, message: StoredMessage) -> aiohttp.FormData:
         form = aiohttp.FormData()
         if job.kind == "post" and job.target.rstrip("/").lower().endswith("mime"):
-            parsed_head = email.message_from_bytes(
-                message.mime[:65536], policy=email.policy.compat32
-            )
-            fields = {
-                "recipient": message.recipient,
-                "sender": message.sender,
-                "from": _decoded(parsed_head.get("From", "")),
-                "subject": _decoded(parsed_head.get("Subject", "")),
-                "body-mime": message.mime.decode("utf-8", "replace"),
-            }
+            fields = message.raw_fields()
             for name, value in (fields | signed_fields(domain.signing_key)).items():
                 form.add_field(name, value)
             return form
@@ -610,13 +600,6 @@ class Inbound:
         if event is not None:
             statements.append(event_statement(event[0], [event[1]]))
         await self._store.write(*statements)
-
-
-def _decoded(value: str) -> str:
-    try:
-        return str(email.header.make_header(email.header.decode_header(value)))
-    except Exception:
-        return value
 
 
 def attachments_json(message_url: str, parsed: Parsed) -> list[dict[str, Any]]:

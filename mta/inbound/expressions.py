@@ -713,8 +713,7 @@ class MatchInput:
 
 @dataclass(eq=False)
 class Expression:
-    """A parsed route expression. `simple` is its only term when it is one match_recipient
-    (the common case, which the evaluator runs without building a MatchInput)."""
+    """A parsed route expression."""
 
     source: str
     root: Node
@@ -722,7 +721,6 @@ class Expression:
     group_count: int
     group_names: frozenset[str]
     header_names: frozenset[str]
-    simple: Term | None
     _numbers: tuple[tuple[int, int], ...] = field(repr=False)  # group -> (term, its group)
     _names: dict[str, tuple[int, ...]] = field(repr=False)  # name -> terms defining it
 
@@ -915,7 +913,6 @@ def parse_expression(source: str, input_bytes: int = 1024) -> Expression:
         numbers += [(term.index, local) for local in range(1, term.regex.groups + 1)]
         for name in term.regex.groupindex:
             names.setdefault(name, []).append(term.index)
-    simple = terms[0] if isinstance(root, Term) and root.kind == "recipient" else None
     return Expression(
         source=text,
         root=root,
@@ -923,7 +920,6 @@ def parse_expression(source: str, input_bytes: int = 1024) -> Expression:
         group_count=len(numbers),
         group_names=frozenset(names),
         header_names=frozenset(t.header for t in terms if t.kind == "header"),
-        simple=simple,
         _numbers=tuple(numbers),
         _names={name: tuple(indexes) for name, indexes in names.items()},
     )

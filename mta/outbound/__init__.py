@@ -18,8 +18,8 @@ from mta.dns import Resolver
 from mta.domains import Domains
 from mta.outbound.client import Connector, Timeouts
 from mta.outbound.mx import MxResolver
-from mta.outbound.policy import load_classifier, load_shaping
-from mta.outbound.returnpath import ReturnPaths, load_secret
+from mta.outbound.policy import Classifier, load_shaping
+from mta.outbound.returnpath import ReturnPaths
 from mta.outbound.scheduler import Scheduler
 from mta.store import Store
 
@@ -29,14 +29,23 @@ PURGE_INTERVAL_S = 3600
 
 
 class Outbound:
-    def __init__(self, config: Config, store: Store, domains: Domains, resolver: Resolver) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        domains: Domains,
+        resolver: Resolver,
+        classifier: Classifier,
+        return_paths: ReturnPaths,
+    ) -> None:
         self._config = config
         self._store = store
         self._domains = domains
         self._resolver = resolver
+        self._classifier = classifier
+        self._return_paths = return_paths
         # read and checked now, so that a policy mistake stops the server before it listens
         self._shaping = load_shaping(config.outbound.shaping_file)
-        self._classifier = load_classifier(config.outbound.bounce_rules_file)
         self.scheduler: Scheduler | None = None
         self._lock_fd: int | None = None
         self._purger: asyncio.Task[None] | None = None
@@ -59,7 +68,7 @@ class Outbound:
             connector,
             self._shaping,
             self._classifier,
-            ReturnPaths(await load_secret(self._store)),
+            self._return_paths,
         )
         await self.scheduler.start()
         self._purger = asyncio.create_task(self._purge_loop(), name="outbound-purge")
