@@ -36,11 +36,9 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import json
 import os
 import re
-import select
 import shutil
 import signal
 import sqlite3
@@ -54,17 +52,16 @@ import urllib.request
 from pathlib import Path
 
 from common import (
-    BENCH_DIR,
     DOMAIN,
     BenchServer,
     bench_server,
     cpu_seconds,
     free_port,
-    parse_load_lines,
     proc_status,
     wait_for_port,
 )
 from http_accept import fs_type, machine_cpu, start_profiler, thread_cpu
+from smtp_accept import Clients, sleep_until
 
 RECIPIENT = f"inbox@{DOMAIN}"
 SENDER_DOMAIN = "sender.bench.test"
@@ -212,110 +209,6 @@ class Receiver:
 
 
 # -- the load ------------------------------------------------------------------------------------
-
-
-class Clients:
-    """N `smtp_load.py --plain --mode reused` processes sharing the sessions between them."""
-
-    def __init__(self, port: int, args: argparse.Namespace, work: Path) -> None:
-        n = args.clients
-        self.ids_paths = [work / f"inbound.{i}.ids" for i in range(n)]
-        shares = [args.connections // n + (i < args.connections % n) for i in range(n)]
-        self.procs = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    str(BENCH_DIR / "smtp_load.py"),
-                    "--port",
-                    str(port),
-                    "--mode",
-                    "reused",
-                    "--plain",
-                    "--mail-from",
-                    SENDER,
-                    "--rcpt",
-                    RECIPIENT,
-                    "--connections",
-                    str(share),
-                    "--size",
-                    str(args.size),
-                    "--ids",
-                    str(self.ids_paths[i]),
-                    "--tag",
-                    f"in{i}",
-                    "--loop",
-                    args.client_loop,
-                ],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for i, share in enumerate(shares)
-        ]
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        for proc in self.procs:
-            assert proc.stdout is not None
-            left = max(0.0, deadline - time.monotonic())
-            ready, _, _ = select.select([proc.stdout], [], [], left)
-            line = proc.stdout.readline().strip() if ready else ""
-            if line != "ready":
-                self.kill()
-                _, err = proc.communicate(timeout=10)
-                raise RuntimeError(f"load client not ready ({line!r}): {err.strip()[-800:]}")
-
-    def go(self, start: float, end: float) -> None:
-        for proc in self.procs:
-            assert proc.stdin is not None
-            proc.stdin.write(f"go {start!r} {end!r}\n")
-            proc.stdin.flush()
-
-    def cpu(self) -> float:
-        total = 0.0
-        for proc in self.procs:
-            with contextlib.suppress(OSError):  # already gone
-                total += cpu_seconds(proc.pid)
-        return total
-
-    def finish(self, timeout: float = 60) -> dict[str, str]:
-        """Their load_* figures: counts summed, latency percentiles the worst process's."""
-        merged: dict[str, str] = {}
-        for proc in self.procs:
-            try:
-                out, err = proc.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                raise RuntimeError("load client did not finish in time") from None
-            if proc.returncode != 0:
-                raise RuntimeError(f"load client failed ({proc.returncode}): {err.strip()[-800:]}")
-            for name, value in parse_load_lines(out).items():
-                if name.startswith("sample_"):
-                    merged[f"{name}.{len(merged)}"] = value
-                elif name.startswith("latency_"):
-                    merged[name] = str(max(int(value), int(merged.get(name, 0))))
-                elif value.lstrip("-").isdigit():
-                    merged[name] = str(int(merged.get(name, 0)) + int(value))
-        return merged
-
-    def answered(self) -> list[str]:
-        ids: list[str] = []
-        for path in self.ids_paths:
-            if path.exists():
-                ids += path.read_text().split()
-        return ids
-
-    def kill(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-
-
-def sleep_until(moment: float) -> None:
-    delay = moment - time.monotonic()
-    if delay > 0:
-        time.sleep(delay)
 
 
 # -- checks --------------------------------------------------------------------------------------
@@ -476,12 +369,15 @@ def main() -> int:
                 flush=True,
             )
             rss_before = proc_status(server.pid, "VmRSS")
-            clients = Clients(mx_port, args, work)
+            clients = Clients(
+                mx_port, "reused", args.connections, args.size, args.clients, work, "in",
+                args.client_loop, plain=["--mail-from", SENDER, "--rcpt", RECIPIENT],
+            )
             try:
                 clients.wait_ready()
                 measure_from = time.monotonic() + args.warmup
                 measure_until = measure_from + args.duration
-                clients.go(measure_from, measure_until)
+                clients.tell(f"go {measure_from!r} {measure_until!r}")
                 profiler = None
                 if args.profile:
                     sleep_until(measure_from - 0.5)

@@ -88,7 +88,10 @@ class Clients:
         tag: str,
         client_loop: str,
         tls: bool = False,
+        plain: list[str] | None = None,
     ) -> None:
+        """`plain`: no STARTTLS and no AUTH (the MX port), with these smtp_load.py arguments
+        (--mail-from, --rcpt) instead of a login."""
         self.ids_paths = [work / f"{tag}.{i}.ids" for i in range(processes)]
         self.procs: list[subprocess.Popen[str]] = []
         shares = [
@@ -106,10 +109,8 @@ class Clients:
                 str(share),
                 "--size",
                 str(size),
-                "--login",
-                LOGIN,
-                "--password",
-                PASSWORD,
+                *(["--plain", *plain] if plain is not None else
+                  ["--login", LOGIN, "--password", PASSWORD]),
                 "--ids",
                 str(self.ids_paths[i]),
                 "--tag",

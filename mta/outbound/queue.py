@@ -119,18 +119,7 @@ class Queue:
         for row in rows:
             message = self._messages[row["message_key"]]
             message.pending += 1
-            variables = row["user_variables"]
-            deliveries.append(
-                Delivery(
-                    id=row["id"],
-                    message=message,
-                    address=row["address"],
-                    attempts=row["attempts"],
-                    to_header=row["to_header"],
-                    user_variables=orjson.loads(variables) if variables else None,
-                    copy=copies.get(row["id"]),
-                )
-            )
+            deliveries.append(_delivery(row, message, copies.get(row["id"])))
         return deliveries
 
     async def renew(self, ids: list[int], until: float) -> None:
@@ -303,6 +292,11 @@ async def sent_recipient(store: Store, recipient_id: int) -> Delivery | None:
         options=orjson.loads(row["options"]),
         mime=row["shared"],
     )
+    return _delivery(row, message, row["mime"])
+
+
+def _delivery(row: Any, message: Message, copy: bytes | None) -> Delivery:
+    """A recipient row (id, address, attempts, to_header, user_variables) as a Delivery."""
     variables = row["user_variables"]
     return Delivery(
         id=row["id"],
@@ -311,7 +305,7 @@ async def sent_recipient(store: Store, recipient_id: int) -> Delivery | None:
         attempts=row["attempts"],
         to_header=row["to_header"],
         user_variables=orjson.loads(variables) if variables else None,
-        copy=row["mime"],
+        copy=copy,
     )
 
 
