@@ -6,6 +6,7 @@ loopback: an aiohttp application receiving the posts, a capture SMTP server for 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import json
@@ -476,3 +477,34 @@ async def test_a_message_for_many_recipients_is_stored_once(start_server):
         rows = conn.execute("SELECT count(*) FROM inbound").fetchone()[0]
         contents = conn.execute("SELECT count(*) FROM inbound_mime").fetchone()[0]
     assert (rows, contents) == (5, 1)
+
+
+async def test_forwarded_attachments_arrive_as_files_with_their_content_id_map(
+    start_server, app: App
+):
+    running = await inbound_server(start_server)
+    await add_route(running, "catch_all()", f'forward("{app.url}/files")')
+    logo = base64.b64encode(b"\x89PNG-logo").decode()
+    report = base64.b64encode(b"%PDF-1.4 report").decode()
+    mime = (
+        "From: Alice <alice@sender.example.org>\r\nTo: files@mg.example.test\r\n"
+        "Subject: With files\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/related; boundary="R"\r\n\r\n'
+        "--R\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+        '<p>Logo: <img src="cid:logo@x"></p>\r\n'
+        "--R\r\nContent-Type: image/png\r\nContent-ID: <logo@x>\r\n"
+        "Content-Disposition: inline; filename=\"logo.png\"\r\n"
+        f"Content-Transfer-Encoding: base64\r\n\r\n{logo}\r\n"
+        "--R\r\nContent-Type: application/pdf\r\n"
+        "Content-Disposition: attachment; filename=\"report.pdf\"\r\n"
+        f"Content-Transfer-Encoding: base64\r\n\r\n{report}\r\n"
+        "--R--\r\n"
+    ).encode()
+    assert (await send_mx(running, f"files@{DOMAIN}", mime))[0] == 250
+    [post] = await app.wait_for(1)
+    [files] = app.files
+    assert post["attachment-count"] == "2"
+    assert files["attachment-1"] == ("logo.png", b"\x89PNG-logo")
+    assert files["attachment-2"] == ("report.pdf", b"%PDF-1.4 report")
+    assert json.loads(post["content-id-map"]) == {"<logo@x>": "attachment-1"}
+    assert "Logo:" in post["body-plain"] and "cid:logo@x" in post["body-html"]
