@@ -71,9 +71,30 @@ class SmtpConfig:
     idle_timeout_s: float = setting(300.0, "close a session silent this long (RFC 5321: 5 min)")
     session_timeout_s: float = setting(1800.0, "close any session this old")
     max_line_bytes: int = setting(2048, "longest command or message line accepted")
-    max_header_bytes: int = setting(262_144, "largest header block of a message")
+    max_header_bytes: int = setting(262_144, "largest header block of a message (SMTP and API)")
+    max_header_fields: int = setting(1000, "most header fields in a message (SMTP and API)")
+    bare_lf: str = setting(
+        "normalise",
+        "a DATA line ending in a bare LF: normalise (read as CRLF, like Postfix) or reject; a "
+        "bare CR or a NUL is always refused",
+    )
+    min_data_rate: int = setting(
+        1024, "slowest DATA upload kept open, in bytes/s averaged after data_rate_grace_s"
+    )
+    data_rate_grace_s: float = setting(30.0, "DATA time before min_data_rate is enforced")
+    data_memory_bytes: int = setting(
+        64 * MiB, "DATA held in memory by all sessions together; beyond it sessions spool to disk"
+    )
+    spool_max_bytes: int = setting(
+        4096 * MiB, "DATA spooled to disk by all sessions together; beyond it a message gets 451"
+    )
     max_connections: int = setting(2000, "concurrent SMTP sessions in all")
-    max_connections_per_ip: int = setting(50, "concurrent SMTP sessions from one address")
+    max_connections_per_ip: int = setting(
+        50, "concurrent submission sessions from one IPv4 address or IPv6 /64"
+    )
+    mx_max_connections_per_ip: int = setting(
+        10, "concurrent MX sessions from one IPv4 address or IPv6 /64"
+    )
     auth_failures: int = setting(5, "failed AUTH attempts from one address before it is blocked")
     auth_failure_window_s: float = setting(300.0, "window in which auth_failures are counted")
     auth_block_s: float = setting(300.0, "how long a blocked address gets 454/421")
@@ -99,6 +120,13 @@ class SendingConfig:
     max_recipients: int = setting(1000, "most recipients (to + cc + bcc) in one submission")
     max_schedule_days: float = setting(3.0, "how far ahead o:deliverytime may be")
     max_options_bytes: int = setting(16_384, "total size of o:, h: and v: values (Mailgun: 16 kB)")
+    max_address_bytes: int = setting(
+        262_144, "total size of the from, to, cc and bcc values of one submission"
+    )
+    max_accepting_bytes: int = setting(
+        128 * MiB,
+        "message bytes being accepted at once (HTTP and SMTP together); more wait their turn",
+    )
     sandbox_max_recipients: int = setting(5, "authorised recipients a sandbox domain may have")
 
 
@@ -188,6 +216,20 @@ class InboundConfig:
     store_days: float = setting(3.0, "how long store() keeps a message")
     max_routes_checked: int = setting(1000, "routes evaluated for one recipient at most")
     regex_input_bytes: int = setting(1024, "longest text a route pattern is matched against")
+    max_mime_parts: int = setting(1000, "most MIME parts in a received message (more: 552)")
+    max_mime_depth: int = setting(20, "deepest MIME nesting in a received message (more: 552)")
+    forward_allow: list = setting(
+        [], "CIDRs forward() and store(notify=) may post to even if forward_deny lists them"
+    )
+    forward_deny: list = setting(
+        [
+            "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+            "172.16.0.0/12", "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/4",
+            "240.0.0.0/4", "::/128", "::1/128", "fc00::/7", "fe80::/10", "ff00::/8",
+        ],
+        "CIDRs forward() and store(notify=) never post to (private, loopback, link-local, "
+        "metadata); checked on the address connected to",
+    )
 
 
 @dataclass
@@ -261,7 +303,9 @@ def _coerce(key: str, kind: type, value: Any) -> Any:
         if kind is str:
             return value if isinstance(value, str) else _bad("a string")
         if kind in (list, dict):
-            if from_env:
+            if from_env and kind is list and not value.lstrip().startswith("["):
+                value = [item.strip() for item in value.split(",") if item.strip()]
+            elif from_env:
                 value = json.loads(value)
             if not isinstance(value, kind):
                 _bad("a list" if kind is list else "a table")
@@ -349,8 +393,11 @@ def validate(config: Config) -> None:
         raise ConfigError("smtp.tls_cert/tls_key: give both or neither")
     if config.smtp.foreign_senders not in ("allow", "reject"):
         raise ConfigError("smtp.foreign_senders: expected allow or reject")
-    for name in ("max_line_bytes", "max_header_bytes", "max_connections",
-                 "max_connections_per_ip", "auth_failures"):
+    if config.smtp.bare_lf not in ("normalise", "reject"):
+        raise ConfigError("smtp.bare_lf: expected normalise or reject")
+    for name in ("max_line_bytes", "max_header_bytes", "max_header_fields", "max_connections",
+                 "max_connections_per_ip", "mx_max_connections_per_ip", "auth_failures",
+                 "data_memory_bytes"):
         if getattr(config.smtp, name) < 1:
             raise ConfigError(f"smtp.{name}: must be positive")
     for server in config.dns.nameservers:
@@ -386,8 +433,19 @@ def validate(config: Config) -> None:
     for key, records in config.dns.answers.items():
         if len(key.split()) != 2 or not isinstance(records, list):
             raise ConfigError(f'dns.answers: expected "name TYPE" = [records], got {key!r}')
+    if config.sending.max_accepting_bytes < config.sending.max_message_bytes:
+        raise ConfigError("sending.max_accepting_bytes: must be at least max_message_bytes")
+    for name in ("forward_allow", "forward_deny"):
+        for cidr in getattr(config.inbound, name):
+            try:
+                ipaddress.ip_network(str(cidr), strict=False)
+            except ValueError:
+                raise ConfigError(f"inbound.{name}: {cidr!r} is not a CIDR") from None
     for name, limit in (
         ("sending.max_message_bytes", config.sending.max_message_bytes),
+        ("sending.max_address_bytes", config.sending.max_address_bytes),
+        ("inbound.max_mime_parts", config.inbound.max_mime_parts),
+        ("inbound.max_mime_depth", config.inbound.max_mime_depth),
         ("sending.max_recipients", config.sending.max_recipients),
         ("api.max_request_bytes", config.api.max_request_bytes),
     ):
@@ -412,7 +470,7 @@ def render_reference() -> str:
     lines = [
         "# mta configuration: every setting with its default and what it does.",
         "# Any key can be overridden by the environment as MTA_<SECTION>_<KEY>,",
-        "# e.g. MTA_API_LISTEN=0.0.0.0:8080 (lists and tables as JSON).",
+        "# e.g. MTA_API_LISTEN=0.0.0.0:8080 (tables as JSON; lists as JSON or comma-separated).",
     ]
     for name, cls in sections():
         lines += ["", f"[{name}]  # {cls.__doc__}"]
