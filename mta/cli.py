@@ -11,6 +11,7 @@ import os
 import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from mta import config as config_module
 from mta.api.context import Services
@@ -19,6 +20,7 @@ from mta.config import Config, ConfigError
 from mta.credentials import CredentialError, full_login
 from mta.dates import rfc2822
 from mta.domains import DomainError
+from mta.store import owner_only
 
 
 async def _print_records(services: Services, name: str) -> None:
@@ -142,6 +144,14 @@ def _credential_command(args: argparse.Namespace) -> Callable[[Services], Awaita
     return run
 
 
+def _tighten_data_dir(config: Config) -> None:
+    """What makes the data directory makes it 0700 (store, TLS pair, spool); one left open to
+    other users by an older version or `install -d` is tightened before anything reads it."""
+    data_dir = Path(config.server.data_dir)
+    if data_dir.is_dir():
+        owner_only(data_dir, 0o700)
+
+
 def _fail(message: str) -> int:
     print(f"mta: {message}", file=sys.stderr)
     return 1
@@ -232,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
+        _tighten_data_dir(config)
         if args.command == "serve":
             asyncio.run(serve(config))
             return 0

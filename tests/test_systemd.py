@@ -27,9 +27,32 @@ def test_unit_runs_unprivileged_with_only_the_low_port_capability():
     assert unit["CapabilityBoundingSet"] == ["CAP_NET_BIND_SERVICE"]
     assert unit["NoNewPrivileges"] == ["true"]
     assert unit["ProtectSystem"] == ["strict"]
-    assert unit["ReadWritePaths"] == ["/var/lib/mta"]
     assert unit["Restart"] == ["on-failure"]
     assert unit["ExecStart"][0].split()[1:] == ["serve", "--config", "/etc/mta/mta.toml"]
+
+
+def test_unit_keeps_the_data_dir_private_and_its_only_writable_place():
+    unit = settings()
+    assert unit["StateDirectory"] == ["mta"]  # /var/lib/mta, made and owned for User=
+    assert unit["StateDirectoryMode"] == ["0700"]
+    assert "ReadWritePaths" not in unit  # StateDirectory= is the one writable path
+    assert unit["UMask"] == ["0077"]
+
+
+def test_unit_refuses_privileged_and_resource_changing_system_calls():
+    unit = settings()
+    assert unit["SystemCallFilter"] == ["@system-service", "~@privileged @resources"]
+    assert unit["SystemCallErrorNumber"] == ["EPERM"]
+    assert unit["SystemCallArchitectures"] == ["native"]
+
+
+def test_unit_hides_other_processes_and_bounds_memory_and_tasks():
+    unit = settings()
+    assert unit["ProtectProc"] == ["invisible"]
+    assert unit["ProcSubset"] == ["pid"]
+    assert unit["RemoveIPC"] == ["yes"]
+    assert unit["MemoryMax"] == ["2G"]
+    assert unit["TasksMax"] == ["256"]
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")

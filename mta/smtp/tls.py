@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from mta.config import Config
+from mta.store import owner_only
 
 log = logging.getLogger("mta.smtp")
 
@@ -39,8 +40,9 @@ def _self_signed(hostname: str, cert_path: Path, key_path: Path) -> None:
         .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
         .sign(key, hashes.SHA256())
     )
-    key_path.parent.mkdir(parents=True, exist_ok=True)
+    key_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an older key file keeps its mode through O_TRUNC
     with os.fdopen(fd, "wb") as out:
         out.write(key.private_bytes(serialization.Encoding.PEM,
                                     serialization.PrivateFormat.TraditionalOpenSSL,
@@ -58,6 +60,7 @@ def certificate_paths(config: Config) -> tuple[Path, Path]:
         _self_signed(config.server.hostname, cert_path, key_path)
         log.warning("no smtp.tls_cert configured: made a self-signed certificate for %s in %s"
                     " (clients must be told not to verify it)", config.server.hostname, cert_path)
+    owner_only(key_path, 0o600)
     return cert_path, key_path
 
 

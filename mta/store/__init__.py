@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import sqlite3
+import stat
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -54,6 +56,28 @@ class _Job:
 
 class StoreClosed(Exception):
     pass
+
+
+def owner_only(path: Path, mode: int) -> None:
+    """Tighten an existing file or directory that other local users could read to `mode`:
+    it holds secrets (DKIM and signing keys, messages, TLS keys). Logged, since someone made
+    it wider (an older version, `install -d`, a copy)."""
+    current = stat.S_IMODE(path.stat().st_mode)
+    if current & 0o077:
+        path.chmod(mode)
+        log.warning("%s was mode %04o, open to other local users: tightened to %04o",
+                    path, current, mode)
+
+
+def _private_files(path: Path) -> None:
+    """The database and its -wal/-shm companions are made 0600 whatever the umask (SQLite
+    gives the companions the main file's mode), in a directory made 0700 if it is missing."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):  # made here, never briefly open to others
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if file.is_file():
+            owner_only(file, 0o600)
 
 
 def _connect(path: Path, busy_timeout_ms: int, *, readonly: bool = False) -> sqlite3.Connection:
@@ -150,7 +174,7 @@ class Store:
         return store
 
     async def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _private_files(self.path)
         loop = asyncio.get_running_loop()
         self._write_conn = await loop.run_in_executor(
             None, _connect, self.path, self._busy_timeout_ms
