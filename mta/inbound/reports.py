@@ -14,7 +14,7 @@ import email.policy
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import Message as EmailMessage
 
 from mta.events import event_statement
@@ -26,6 +26,9 @@ from mta.suppressions import bounce_statement, complaint_statement
 
 log = logging.getLogger("mta.inbound")
 
+# return paths of ours one report may name (its envelope recipients and, for a complaint, the
+# paths it quotes): a real one names one, maybe twice; more would be guessing tags
+MAX_GUESSES = 3
 _STATUS = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})")
 _REPLY_CODE = re.compile(r"\b([245]\d\d)\b")
 
@@ -39,15 +42,17 @@ class Failure:
     diagnostic: str
 
 
-@dataclass(frozen=True)
+@dataclass
 class Summary:
-    """What a report says, read once per message (off the loop): the rest is lookups."""
+    """What a report says, read once per message (off the loop): the rest is lookups. It also
+    counts the return paths checked for it, so that one message cannot try many tags."""
 
     kind: str  # "delivery-status" or "feedback-report"
     failures: tuple[Failure, ...] = ()
     return_paths: tuple[str, ...] = ()  # a complaint's candidate return paths of ours
     message_id: str = ""
     original_recipient: str = ""
+    guesses_left: int = field(default=MAX_GUESSES, compare=False)
 
 
 def report_type(message: EmailMessage) -> str:
@@ -90,10 +95,11 @@ class Reports:
         self._return_paths = return_paths
         self._classifier = classifier
 
-    async def _ours(self, address: str) -> Delivery | None:
+    async def _ours(self, summary: Summary, address: str) -> Delivery | None:
         claim = self._return_paths.parse(address)
-        if claim is None:
+        if claim is None or summary.guesses_left <= 0:
             return None
+        summary.guesses_left -= 1
         sent = await sent_recipient(self._store, claim.recipient_id)
         if sent is None or not self._return_paths.genuine(claim, sent.message.key):
             return None
@@ -110,7 +116,7 @@ class Reports:
         return await self._complaint(summary, envelope_recipient)
 
     async def _bounce(self, summary: Summary, envelope_recipient: str) -> list[Statement] | None:
-        sent = await self._ours(envelope_recipient)
+        sent = await self._ours(summary, envelope_recipient)
         if sent is None:
             return None
         failure = next(
@@ -153,8 +159,8 @@ class Reports:
 
     async def _complaint(self, summary: Summary, envelope_recipient: str
                          ) -> list[Statement] | None:
-        for candidate in (envelope_recipient, *summary.return_paths):
-            sent = await self._ours(candidate)
+        for candidate in dict.fromkeys((envelope_recipient, *summary.return_paths)):
+            sent = await self._ours(summary, candidate)
             if sent is not None:
                 event = delivery_event(sent, "complained", {}, mail_from=None)
                 log.info("complaint about <%s> for %s", sent.address, sent.message.domain)

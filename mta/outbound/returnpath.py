@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from mta.store import Statement, Store
 
 _SECRET_NAME = "return_path"
-_TAG_LENGTH = 10
+# 80 bits in hex: forging a bounce for someone else's row means guessing it, and each DSN
+# may try only a few (mta.inbound.reports), so that is out of reach; the local part stays
+# well under 64 characters
+_TAG_LENGTH = 20
 _PATTERN = re.compile(r"bounce\+([0-9a-z]+)\.([0-9a-f]+)@(.+)", re.IGNORECASE)
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 
