@@ -110,7 +110,10 @@ class Server:
         await site.start()
         self.api_port = self.runner.addresses[0][1]
         services = self.services
-        mx = MxHandler(services, Guard(self.config.smtp), services.inbound)
+        mx = MxHandler(
+            services, Guard(self.config.smtp, self.config.smtp.mx_max_connections_per_ip),
+            services.inbound,
+        )
         self.smtp = SmtpListeners(services, mx)
         await self.smtp.start()
         await services.inbound.start()

@@ -95,9 +95,34 @@ class SmtpConfig:
     mx_max_connections_per_ip: int = setting(
         10, "concurrent MX sessions from one IPv4 address or IPv6 /64"
     )
-    auth_failures: int = setting(5, "failed AUTH attempts from one address before it is blocked")
-    auth_failure_window_s: float = setting(300.0, "window in which auth_failures are counted")
-    auth_block_s: float = setting(300.0, "how long a blocked address gets 454/421")
+    auth_failures: int = setting(
+        5, "failed AUTH attempts from one IPv4 address or IPv6 /64 before it is blocked"
+    )
+    auth_failure_window_s: float = setting(
+        300.0, "window in which auth_failures and auth_login_failures are counted"
+    )
+    auth_block_s: float = setting(300.0, "how long a blocked network gets 421")
+    auth_login_failures: int = setting(
+        10, "failed AUTH attempts for one login, from any network, before the login backs off"
+    )
+    auth_login_backoff_s: float = setting(
+        60.0,
+        "first backoff of a login: AUTH from networks it has not logged in from gets 454 "
+        "unchecked; doubles each time it recurs",
+    )
+    auth_login_backoff_max_s: float = setting(
+        3600.0, "longest login backoff; the doubling starts again after this long without one"
+    )
+    auth_known_network_s: float = setting(
+        604_800.0,
+        "a network a login succeeded from is exempt from the login's backoff and from "
+        "auth_failures_per_s this long",
+    )
+    auth_failures_per_s: float = setting(
+        5.0, "failed AUTHs per second server-wide; past it, AUTHs needing a password check get 454"
+    )
+    auth_check_threads: int = setting(2, "threads of their own for password checks (scrypt)")
+    auth_check_queue: int = setting(32, "password checks waiting for a thread; more get 454")
 
 
 @dataclass
@@ -397,9 +422,17 @@ def validate(config: Config) -> None:
         raise ConfigError("smtp.bare_lf: expected normalise or reject")
     for name in ("max_line_bytes", "max_header_bytes", "max_header_fields", "max_connections",
                  "max_connections_per_ip", "mx_max_connections_per_ip", "auth_failures",
-                 "data_memory_bytes"):
+                 "auth_login_failures", "auth_check_threads", "data_memory_bytes"):
         if getattr(config.smtp, name) < 1:
             raise ConfigError(f"smtp.{name}: must be positive")
+    for name in ("auth_failure_window_s", "auth_login_backoff_s", "auth_failures_per_s"):
+        if getattr(config.smtp, name) <= 0:
+            raise ConfigError(f"smtp.{name}: must be positive")
+    for name in ("auth_block_s", "auth_known_network_s", "auth_check_queue"):
+        if getattr(config.smtp, name) < 0:
+            raise ConfigError(f"smtp.{name}: must not be negative")
+    if config.smtp.auth_login_backoff_max_s < config.smtp.auth_login_backoff_s:
+        raise ConfigError("smtp.auth_login_backoff_max_s: must be at least auth_login_backoff_s")
     for server in config.dns.nameservers:
         parse_nameserver("dns.nameservers", server)
     if config.server.log_level.lower() not in ("debug", "info", "warning", "error"):

@@ -3,24 +3,35 @@
 scrypt is deliberately slow (tens of ms), so a successful check is remembered, keyed by an HMAC
 of login, password and stored hash under a per-process secret: a relayhost that opens a
 connection per message pays the cost once, a wrong password pays it every time, and a changed
-password invalidates the memory (the stored hash is part of the key).
+password invalidates the memory (the stored hash is part of the key). Checks run on a few
+threads of their own with a bounded wait list (`PasswordChecks`), so a flood of logins cannot
+take the default thread pool that the rest of the server shares.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
+import logging
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
+from mta.config import SmtpConfig
 from mta.store import Statement, Store
+
+log = logging.getLogger("mta.credentials")
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 MIN_PASSWORD, MAX_PASSWORD = 5, 128
+QUIET_LOG_S = 60.0  # one warning a minute while checks are turned away
 
 
 class CredentialError(Exception):
@@ -69,6 +80,46 @@ def full_login(login: str, domain: str) -> str:
     return login if "@" in login else f"{login}@{domain}"
 
 
+class CheckRefused(Exception):
+    """A password that was not checked (no leave for it, or too many checks waiting): a
+    temporary condition for the client, never a wrong password."""
+
+
+class PasswordChecks:
+    """scrypt on `auth_check_threads` threads of its own; at most `auth_check_queue` checks
+    wait for them, more are refused at once rather than queued without end."""
+
+    def __init__(self, config: SmtpConfig) -> None:
+        self._executor = ThreadPoolExecutor(
+            config.auth_check_threads, thread_name_prefix="password-check"
+        )
+        self._room = config.auth_check_threads + config.auth_check_queue
+        self.pending = 0  # running or waiting, until the thread is done with it
+        self._logged = float("-inf")
+
+    async def run(self, check: Callable[..., bool], *args: Any) -> bool:
+        if self.pending >= self._room:
+            now = time.monotonic()
+            if now - self._logged >= QUIET_LOG_S:
+                self._logged = now
+                log.warning("%d password checks running or waiting: more get 454 for now",
+                            self.pending)
+            raise CheckRefused("too many password checks waiting")
+        loop = asyncio.get_running_loop()
+        future = self._executor.submit(check, *args)
+        self.pending += 1
+        # counted until the thread has finished, even when the session that asked is gone
+        future.add_done_callback(lambda _: self._release(loop))
+        return await asyncio.wrap_future(future)
+
+    def _release(self, loop: asyncio.AbstractEventLoop) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody counts any more
+            loop.call_soon_threadsafe(self._finished)
+
+    def _finished(self) -> None:
+        self.pending -= 1
+
+
 class Credentials:
     """Owns the credentials table."""
 
@@ -78,6 +129,7 @@ class Credentials:
         self._cache_version = -1
         self._verified: set[bytes] = set()
         self._secret = secrets.token_bytes(32)
+        self.checks = PasswordChecks(SmtpConfig())  # sized from [smtp] by the SMTP listeners
 
     async def _refresh(self) -> None:
         version = self._store.admin_version()
@@ -88,20 +140,34 @@ class Credentials:
         self._cache_version = version
 
     async def verify(self, login: str, password: str) -> Credential | None:
-        """The credential if the password is right; checked off the event loop."""
-        await self._refresh()
-        login = login.strip().lower()
-        domain, stored = self._hashes.get(login, ("", _DUMMY_HASH))
-        mark = hmac.new(self._secret, f"{login}\0{password}\0{stored}".encode(),
-                        hashlib.sha256).digest()
-        if mark in self._verified:
-            return Credential(login, domain, 0.0)
-        if not await asyncio.to_thread(check_password, password, stored) or not domain:
+        """The credential if the password is right: remembered, or checked."""
+        return await self.remembered(login, password) or await self.check(login, password)
+
+    async def remembered(self, login: str, password: str) -> Credential | None:
+        """The credential if this password was checked right before (an HMAC, no scrypt)."""
+        login, domain, _, mark = await self._lookup(login, password)
+        return Credential(login, domain, 0.0) if mark in self._verified else None
+
+    async def check(self, login: str, password: str) -> Credential | None:
+        """The credential if the password is right, by scrypt on `checks` (CheckRefused when
+        too many wait); an unknown login costs the same, so timing does not tell it."""
+        login, domain, stored, mark = await self._lookup(login, password)
+        if not await self.checks.run(check_password, password, stored) or not domain:
             return None
         if len(self._verified) > 100_000:
             self._verified.clear()
         self._verified.add(mark)
         return Credential(login, domain, 0.0)
+
+    async def _lookup(self, login: str, password: str) -> tuple[str, str, str, bytes]:
+        """Login as stored, its domain and hash (a dummy for unknown logins), and the mark
+        a right check of this password leaves."""
+        await self._refresh()
+        login = login.strip().lower()
+        domain, stored = self._hashes.get(login, ("", _DUMMY_HASH))
+        mark = hmac.new(self._secret, f"{login}\0{password}\0{stored}".encode(),
+                        hashlib.sha256).digest()
+        return login, domain, stored, mark
 
     async def create(self, domain: str, login: str, password: str) -> Credential:
         login = full_login(login, domain)

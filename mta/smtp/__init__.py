@@ -25,14 +25,15 @@ from mta.accept import AcceptError, Submission, valid_addr_spec
 from mta.accept.mime import split_header_block
 from mta.api.context import Services
 from mta.config import Config, parse_listen
-from mta.credentials import Credential
-from mta.smtp.guard import Guard
+from mta.credentials import CheckRefused, Credential, PasswordChecks
+from mta.smtp.guard import Guard, login_key, network_of
 from mta.smtp.tls import server_context
 
 log = logging.getLogger("mta.smtp")
 logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command at INFO
 
 NULL_SENDER = "<>"
+AUTH_TEMPORARY = "454 4.7.0 Temporary authentication failure, try again later"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # CR or LF in an address would split a header
 _HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
 # enhanced codes for aiosmtpd's own replies, by reply code (RFC 3463)
@@ -275,8 +276,14 @@ class SubmissionHandler(BaseHandler):
     async def handle_AUTH(
         self, server: SubmissionSession, session: Session, envelope: Envelope, args: list[str]
     ) -> str | None:
-        """PLAIN and LOGIN, answered only after the password check (scrypt, off the loop)."""
-        if self.guard.blocked(server.peer_ip):
+        """PLAIN and LOGIN, answered only after the password check, behind the guard: a blocked
+        network is sent away (421); a login backing off after attacks is not checked for
+        networks it has not logged in from, and a check that would need scrypt past the
+        server-wide budget or the check threads' wait list is not run. Those get 454 (RFC 4954's
+        temporary authentication failure): mail clients do not ask for another password and
+        relayhosts defer rather than bounce, and the session may try again later."""
+        network = network_of(server.peer_ip)
+        if self.guard.blocked(network):
             server.close_after_reply = True
             return "421 4.7.0 Too many authentication failures from your address, try later"
         mechanism = args[0].upper()
@@ -302,13 +309,19 @@ class SubmissionHandler(BaseHandler):
                 return None
         else:
             return "504 5.5.4 Unrecognized authentication type"
-        credential = await self._verify(login, password)
+        key = login_key(login)
+        if self.guard.held(network, key):
+            return AUTH_TEMPORARY
+        try:
+            credential = await self._verify(login, password, network, key)
+        except CheckRefused:
+            self.guard.auth_failed(network, key, checked=False)
+            return AUTH_TEMPORARY
         if credential is None:
-            if self.guard.auth_failed(server.peer_ip):
-                log.warning("blocking %s after repeated authentication failures", server.peer_ip)
-            log.info("authentication failed for %r from %s",
-                     _printable(login.decode("utf-8", "replace")), server.peer_ip)
+            self.guard.auth_failed(network, key)
+            log.info("authentication failed for %r from %s", _printable(key), server.peer_ip)
             return "535 5.7.8 Authentication credentials invalid"
+        self.guard.auth_succeeded(network, key)
         session.authenticated = True
         session.auth_data = credential
         return "235 2.7.0 Authentication successful"
@@ -327,13 +340,31 @@ class SubmissionHandler(BaseHandler):
         answer = await server.challenge_auth(prompt)
         return None if answer is MISSING else answer  # type: ignore[return-value]
 
-    async def _verify(self, login: bytes, password: bytes) -> Credential | None:
+    async def _verify(
+        self, login: bytes, password: bytes, network: str, key: str
+    ) -> Credential | None:
+        """The credential, or None for wrong credentials. A remembered right password costs
+        an HMAC and needs no leave; a scrypt check needs the guard's (else CheckRefused), and
+        gives its share of the failure budget back when it passes or does not run."""
         try:
-            return await self.services.credentials.verify(
-                login.decode("utf-8"), password.decode("utf-8")
-            )
+            login_text, password_text = login.decode("utf-8"), password.decode("utf-8")
         except UnicodeDecodeError:
             return None
+        credentials = self.services.credentials
+        credential = await credentials.remembered(login_text, password_text)
+        if credential is not None:
+            return credential
+        units = self.guard.take_check(network, key)
+        if units is None:
+            raise CheckRefused("over the server-wide rate of failed logins")
+        try:
+            credential = await credentials.check(login_text, password_text)
+        except CheckRefused:
+            self.guard.give_back(units)
+            raise
+        if credential is not None:
+            self.guard.give_back(units)
+        return credential
 
     async def handle_RCPT(
         self, server: SubmissionSession, session: Session, envelope: Envelope, address: str,
@@ -384,7 +415,9 @@ class SmtpListeners:
 
     def __init__(self, services: Services, mx_handler: BaseHandler | None = None) -> None:
         self.services = services
-        self.guard = Guard(services.config.smtp)
+        smtp = services.config.smtp
+        self.guard = Guard(smtp, smtp.max_connections_per_ip)
+        services.credentials.checks = PasswordChecks(smtp)
         self.handler = SubmissionHandler(services, self.guard)
         self.mx_handler = mx_handler
         self.servers: dict[str, asyncio.Server] = {}
