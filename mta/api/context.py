@@ -8,6 +8,7 @@ from aiohttp import web
 
 from mta.accept import Acceptor
 from mta.api.errors import ApiError
+from mta.api.forms import whole_number
 from mta.config import Config
 from mta.credentials import Credentials
 from mta.dns import Resolver
@@ -54,13 +55,14 @@ async def path_domain(
     return domain
 
 
-def query_int(request: web.Request, name: str, default: int, high: int) -> int:
+def query_int(request: web.Request, name: str, default: int, high: int, low: int = 0) -> int:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or int(raw) > high:
-        raise ApiError(400, f"'{name}' must be a whole number from 0 to {high}")
-    return int(raw)
+    value = whole_number(raw, high)
+    if value is None or value < low:
+        raise ApiError(400, f"'{name}' must be a whole number from {low} to {high}")
+    return value
 
 
 def base_url(request: web.Request) -> str:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from mta.api.context import base_url, path_domain, services
+from mta.api.context import base_url, path_domain, query_int, services
 from mta.api.errors import ApiError, json_response
-from mta.events.query import EventQuery, QueryError
+from mta.events.query import MAX_LIMIT, EventQuery, QueryError
 
 
 async def get_events(request: web.Request) -> web.Response:
@@ -17,9 +17,8 @@ async def get_events(request: web.Request) -> web.Response:
         if token:
             query = EventQuery.from_token(token)
         else:
-            query = EventQuery.from_params(
-                list(request.query.items()), svc.config.events.default_limit
-            )
+            limit = query_int(request, "limit", svc.config.events.default_limit, MAX_LIMIT, 1)
+            query = EventQuery.from_params(list(request.query.items()), limit)
     except QueryError as exc:
         raise ApiError(400, str(exc)) from None
     items, (next_token, previous_token) = await query.run(

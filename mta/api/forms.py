@@ -3,12 +3,19 @@ in order, query-string parameters merged in (some clients put them there on PUT/
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 from multidict import MultiDict
 
 from mta.api.errors import ApiError
+
+# C0 controls and DEL: no real field name has one, and CR/LF in an `h:` name would be a header
+# of its own in the message, NUL a truncated one
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SHOWN = 60  # characters of a client's text quoted back in an error
 
 
 @dataclass(frozen=True)
@@ -54,9 +61,16 @@ def _as_text(value: str | Upload) -> str:
 
 
 async def read_form(request: web.Request) -> Form:
+    """Every request body the API takes is read here, so a body that is cut short or a field
+    name no client would send gets its 400 in one place."""
     fields: MultiDict[str | Upload] = MultiDict(request.query)
-    if not request.body_exists:
-        return Form(fields)
+    if request.body_exists:
+        await _read_body(request, fields)
+    _check_names(fields)
+    return Form(fields)
+
+
+async def _read_body(request: web.Request, fields: MultiDict[str | Upload]) -> None:
     ctype = request.content_type
     if ctype not in ("multipart/form-data", "application/x-www-form-urlencoded", "", None):
         raise ApiError(
@@ -64,20 +78,47 @@ async def read_form(request: web.Request) -> Form:
             "Invalid request content type. Expecting 'multipart/form-data' or "
             "'application/x-www-form-urlencoded'",
         )
+    kind = "multipart/form-data" if ctype == "multipart/form-data" else "form"
     try:
         posted = await request.post()
     except web.HTTPRequestEntityTooLarge:
         raise
     except (ValueError, AssertionError, UnicodeDecodeError, LookupError) as exc:
-        kind = "multipart/form-data" if ctype == "multipart/form-data" else "form"
         raise ApiError(400, f"malformed {kind} request: {exc}") from None
+    except BadHttpMessage as exc:  # a part's header lines: cut short, or CR/LF/NUL in a name
+        raise ApiError(400, f"malformed {kind} request: {exc.message}") from None
+    except ConnectionResetError:  # the client stopped sending before its Content-Length
+        raise ApiError(400, f"malformed {kind} request: the body ended early") from None
     for name, value in posted.items():
         if isinstance(value, web.FileField):
             fields.add(name, Upload(value.filename, value.content_type, value.file.read()))
             value.file.close()
         else:
             fields.add(name, value)
-    return Form(fields)
+
+
+def _check_names(fields: MultiDict[str | Upload]) -> None:
+    """Refuse a field name with a control character (query string or body, any encoding)."""
+    for name in fields:
+        if _CONTROL.search(name):
+            raise ApiError(400, f"form field name {shown(name)} contains a control character")
+
+
+def shown(text: str) -> str:
+    """A client's text quoted in an error message: escaped, and cut if long."""
+    cut = text if len(text) <= _SHOWN else text[:_SHOWN] + "..."
+    return repr(cut)
+
+
+def whole_number(text: str, high: int) -> int | None:
+    """`text` as a whole number from 0 to `high`, else None. ASCII digits only (str.isdigit
+    also takes '²', which int() refuses), and no more of them than `high` has before int()
+    (which refuses over 4,300 digits and is slow well before)."""
+    digits = text.lstrip("0") or "0"
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > len(str(high)):
+        return None
+    value = int(digits)
+    return value if value <= high else None
 
 
 def parse_bool(name: str, value: str | None, *, extra: tuple[str, ...] = ()) -> bool | str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,6 +23,12 @@ from mta.events import SEP
 from mta.store import Store
 
 MAX_LIMIT = 300
+# Bounds on what one query may ask for, so that parsing stays shallow (the parser recurses)
+# and the SQL stays within SQLite's expression depth and variable count
+MAX_TERMS = 100  # terms in all the filters of a query
+MAX_NESTING = 20  # parentheses and NOTs inside each other
+_MAX_NUMBER_DIGITS = 15  # a size term (SQLite integers are 64-bit; int() refuses 4,300 digits)
+_SHOWN = 60  # characters of a client's expression quoted back in an error
 
 # filter field -> (column, how a term matches)
 FIELDS: dict[str, tuple[str, str]] = {
@@ -50,26 +57,30 @@ class QueryError(Exception):
 _TOKEN = re.compile(r'\s*(?:(\()|(\))|"([^"]*)"|([^\s()"]+))')
 
 
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= _SHOWN else text[:_SHOWN] + "...")
+
+
 def _tokenize(text: str) -> list[tuple[str, str]]:
-    tokens, pos = [], 0
+    tokens, pos, terms = [], 0, 0
+    text = text.rstrip()
     while pos < len(text):
-        if text[pos:].strip() == "":
-            break
         match = _TOKEN.match(text, pos)
         if not match:
-            raise QueryError(f"invalid filter expression: {text!r}")
+            raise QueryError(f"invalid filter expression: {_shown(text)}")
         pos = match.end()
         lpar, rpar, phrase, word = match.groups()
         if lpar:
             tokens.append(("(", lpar))
         elif rpar:
             tokens.append((")", rpar))
-        elif phrase is not None:
-            tokens.append(("term", phrase))
         elif word in ("AND", "OR", "NOT"):
             tokens.append((word, word))
         else:
-            tokens.append(("term", word))
+            terms += 1
+            if terms > MAX_TERMS:
+                raise QueryError(f"filters may have at most {MAX_TERMS} terms in all")
+            tokens.append(("term", phrase if phrase is not None else word))
     return tokens
 
 
@@ -79,6 +90,7 @@ class _Parser:
         self.column, self.kind = FIELDS[field_name]
         self.tokens = _tokenize(text)
         self.pos = 0
+        self.depth = 0
         self.params: list[Any] = []
 
     def parse(self) -> str:
@@ -107,20 +119,32 @@ class _Parser:
             parts.append(self._not())
         return parts[0] if len(parts) == 1 else "(" + " AND ".join(parts) + ")"
 
+    def _deeper(self) -> None:
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise QueryError(
+                f"filter for '{self.field}' nests parentheses and NOT more than {MAX_NESTING} deep"
+            )
+
     def _not(self) -> str:
         if self._peek() == "NOT":
             self.pos += 1
-            return f"(NOT {self._not()})"
+            self._deeper()
+            inner = self._not()
+            self.depth -= 1
+            return f"(NOT {inner})"
         return self._atom()
 
     def _atom(self) -> str:
         kind = self._peek()
         if kind == "(":
             self.pos += 1
+            self._deeper()
             inner = self._or()
             if self._peek() != ")":
                 raise QueryError(f"unbalanced parentheses in filter for '{self.field}'")
             self.pos += 1
+            self.depth -= 1
             return inner
         if kind != "term":
             raise QueryError(f"invalid filter expression for '{self.field}'")
@@ -131,9 +155,12 @@ class _Parser:
     def _term(self, term: str) -> str:
         col, kind = self.column, self.kind
         if kind == "number":
-            match = re.fullmatch(r"([<>]?)(\d+)", term)
+            match = re.fullmatch(rf"([<>]?)(\d{{1,{_MAX_NUMBER_DIGITS}}})", term)
             if not match:
-                raise QueryError(f"'{self.field}' takes numbers, >N or <N, got {term!r}")
+                raise QueryError(
+                    f"'{self.field}' takes numbers of up to {_MAX_NUMBER_DIGITS} digits, >N or"
+                    f" <N, got {_shown(term)}"
+                )
             self.params.append(int(match.group(2)))
             return f"{col} {match.group(1) or '='} ?"
         if term[:1] in "<>" and term[1:].isdigit():
@@ -183,25 +210,45 @@ class EventQuery:
 
     @classmethod
     def from_token(cls, token: str) -> EventQuery:
+        """The query a page token carries. The client may have edited it: every field must
+        have the type we wrote, or SQL and comparisons would fail on it later."""
         try:
             data = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+            cursor = data["cursor"]
             query = cls(
-                filters=[(str(f), str(v)) for f, v in data["filters"]],
-                ascending=bool(data["ascending"]),
+                filters=[(f, v) for f, v in data["filters"]],
+                ascending=data["ascending"],
                 begin=data["begin"],
                 end=data["end"],
-                limit=int(data["limit"]),
-                cursor=tuple(data["cursor"]) if data["cursor"] else None,  # type: ignore[arg-type]
-                backwards=bool(data["backwards"]),
+                limit=data["limit"],
+                cursor=None if cursor is None else (cursor[0], cursor[1]),
+                backwards=data["backwards"],
             )
-        except (ValueError, KeyError, TypeError, binascii.Error, orjson.JSONDecodeError):
+            if len(cursor or ()) not in (0, 2) or not query._well_typed():
+                raise ValueError
+        except (ValueError, KeyError, IndexError, TypeError, binascii.Error):
             raise QueryError("invalid page token") from None
         query.validate()
         return query
 
+    def _well_typed(self) -> bool:
+        times = [t for t in (self.begin, self.end) if t is not None]
+        if self.cursor is not None:
+            times.append(self.cursor[0])
+            if not _integer(self.cursor[1]):
+                return False
+        return (
+            all(isinstance(f, str) and isinstance(v, str) for f, v in self.filters)
+            and isinstance(self.ascending, bool)
+            and isinstance(self.backwards, bool)
+            and _integer(self.limit)
+            and all(_integer(t) or (isinstance(t, float) and math.isfinite(t)) for t in times)
+        )
+
     @classmethod
-    def from_params(cls, params: list[tuple[str, str]], default_limit: int) -> EventQuery:
-        query = cls(limit=default_limit)
+    def from_params(cls, params: list[tuple[str, str]], limit: int) -> EventQuery:
+        """The first page's query; `limit` is read by the caller like every API's limit."""
+        query = cls(limit=limit)
         ascending: bool | None = None
         for name, value in params:
             if name == "begin":
@@ -213,11 +260,7 @@ class EventQuery:
                 if lowered not in _TRUE + _FALSE:
                     raise QueryError("'ascending' must be yes or no")
                 ascending = lowered in _TRUE
-            elif name == "limit":
-                if not value.strip().isdigit():
-                    raise QueryError("'limit' must be a whole number")
-                query.limit = int(value)
-            elif name == "pretty":
+            elif name in ("limit", "pretty"):
                 continue
             else:
                 query.filters.append((name, value))
@@ -235,8 +278,11 @@ class EventQuery:
     def validate(self) -> None:
         if not 1 <= self.limit <= MAX_LIMIT:
             raise QueryError(f"'limit' must be between 1 and {MAX_LIMIT}")
+        terms = 0
         for name, expression in self.filters:
-            filter_sql(name, expression)
+            terms += len(filter_sql(name, expression)[1])  # one parameter a term
+            if terms > MAX_TERMS:
+                raise QueryError(f"filters may have at most {MAX_TERMS} terms in all")
 
     def _range(self, retention_days: float) -> tuple[float, float]:
         horizon = time.time() - retention_days * 86400
@@ -291,6 +337,12 @@ class EventQuery:
 
 
 _FAR_FUTURE = 1e12
+_SQLITE_INTEGER = range(-(2**63), 2**63)
+
+
+def _integer(value: Any) -> bool:
+    """An int SQLite can take (JSON booleans are not numbers here)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value in _SQLITE_INTEGER
 _TRUE = ("yes", "true", "1", "on")  # the boolean spellings clients send (Python SDK: True)
 _FALSE = ("no", "false", "0", "off")
 
