@@ -13,6 +13,7 @@ from aiohttp import web
 from mta.accept import Acceptor
 from mta.api import build_app
 from mta.api.context import Services
+from mta.budget import ByteBudget
 from mta.config import Config, parse_listen
 from mta.credentials import Credentials
 from mta.dns import Resolver
@@ -63,8 +64,10 @@ async def open_services(config: Config) -> Services:
             return_paths=return_paths,
             classifier=classifier,
             inbound=Inbound(
-                config, store, domains, routes, Verdicts(config, resolver), reports, acceptor
+                config, store, domains, routes, Verdicts(config, resolver), reports, acceptor,
+                resolver,
             ),
+            accepting=ByteBudget(config.sending.max_accepting_bytes),
         )
     except BaseException:
         await store.close()  # its threads would otherwise keep the process alive

@@ -51,7 +51,7 @@ def _domain_command(args: argparse.Namespace) -> Callable[[Services], Awaitable[
                 for d in await s.domains.all():
                     print(f"{d.name}\t{d.type}\t{d.state}\tcreated {rfc2822(d.created_at)}")
             elif args.action == "remove":
-                if not await s.domains.delete(args.name):
+                if not await s.delete_domain(args.name):
                     return _fail(f"no such domain: {args.name}")
                 print(f"removed {args.name}")
             elif args.action == "records":

@@ -236,13 +236,15 @@ class Domains:
         assert domain is not None
         return domain
 
-    async def delete(self, name: str) -> bool:
+    async def delete(self, name: str, *also: Statement) -> bool:
+        """Remove a domain; `also` are other owners' statements committed with it."""
         domain = await self.get(name)
         if domain is None:
             return False
         await self._store.write(
             Statement("DELETE FROM domains WHERE name = ?", [(domain.name,)]),
             Statement("DELETE FROM authorized_recipients WHERE domain = ?", [(domain.name,)]),
+            *also,
         )
         return True
 

@@ -81,6 +81,15 @@ class ApiKeys:
             for r in rows
         ]
 
+    @staticmethod
+    def revoke_domain(domain: str, now: float) -> Statement:
+        """Revokes every sending key of a domain being removed (written with its removal: a
+        key must not outlive its domain, nor work again if the name is added later)."""
+        return Statement(
+            "UPDATE api_keys SET revoked_at = ? WHERE domain = ? AND revoked_at IS NULL",
+            [(now, domain)],
+        )
+
     async def revoke(self, key_id: str) -> bool:
         row = await self._store.fetchone(
             "SELECT id FROM api_keys WHERE id = ? AND revoked_at IS NULL", (key_id,)

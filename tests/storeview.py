@@ -11,6 +11,8 @@ from typing import Any
 
 import orjson
 
+from mta.accept.template import Personal, Template
+
 
 def connect(db: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
@@ -27,18 +29,28 @@ def counts(db: Path) -> dict[str, int]:
 
 
 def recipients(db: Path, message_id: str) -> list[dict[str, Any]]:
+    """Each recipient row with `mime`, what is sent to that recipient: the stored message, or
+    for a batch send its template rendered with the recipient's values, as the outbound queue
+    renders it."""
     with connect(db) as conn:
         rows = conn.execute(
             "SELECT r.address, r.state, r.due_at, coalesce(r.mime, m.mime) AS mime,"
-            " r.user_variables, m.options, m.sender FROM recipients r"
+            " r.user_variables, r.personal, m.options, m.sender FROM recipients r"
             " JOIN messages m ON m.key = r.message_key WHERE m.message_id = ? ORDER BY r.id",
             (message_id,),
         ).fetchall()
-    return [dict(row) for row in rows]
+    out = []
+    for row in rows:
+        found = dict(row)
+        if orjson.loads(found["options"]).get("template"):
+            personal = Personal.load(found["personal"])
+            found["mime"] = Template.load(found["mime"]).render(personal)
+        out.append(found)
+    return out
 
 
 def message_for(db: Path, message_id: str, address: str) -> EmailMessage:
-    """The exact bytes queued for one recipient, parsed."""
+    """The exact bytes that go to one recipient, parsed."""
     for row in recipients(db, message_id):
         if row["address"].lower() == address.lower():
             return parse(row["mime"])

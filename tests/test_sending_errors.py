@@ -110,7 +110,7 @@ async def test_unknown_path_is_404_json(running: Running, api):
         ),
         (
             {"h:X-Evil": "a\r\nBcc: victim@example.net"},
-            "Header value of X-Evil must not contain CR or LF",
+            "Header value of X-Evil must not contain CR, LF or NUL",
         ),
         ({"h:X-Bad Name": "v"}, "Header name is not valid: 'X-Bad Name'"),
         ({"h:X-Ünicode": "v"}, "Header name must be pure ASCII: X-Ünicode"),
@@ -165,15 +165,7 @@ async def test_tags_are_ascii_only_and_case_insensitive(running: Running, api):
     assert event["tags"] == ["gre", "news"]
 
 
-async def test_deliverytime_in_the_past_or_beyond_three_days_is_refused(running: Running, api):
-    past = time.strftime("%a, %d %b %Y %H:%M:%S -0000", time.gmtime(time.time() - 3600))
-    await assert_refused(
-        running,
-        api,
-        GOOD | {"o:deliverytime": past},
-        400,
-        "invalid delivery time: it is in the past",
-    )
+async def test_deliverytime_beyond_three_days_is_refused(running: Running, api):
     await assert_refused(
         running,
         api,

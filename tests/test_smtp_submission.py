@@ -463,6 +463,7 @@ async def test_x_mailgun_headers_become_options_and_only_variables_stay(mail: Ru
         "require_tls": True,
         "skip_verification": False,
         "user-variables": {"order": "123", "n": 2, "shop": "north"},
+        "template": True,  # a batch send: stored once, personalised per recipient at delivery
     }
     row = storeview.recipients(db, message_id)[0]
     assert row["due_at"] == deliver_at

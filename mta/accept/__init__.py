@@ -10,24 +10,37 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import functools
-import ipaddress
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
 from mta import tokens
+from mta.accept.addresses import Address, split_addresses, valid_addr_spec
 from mta.accept.headers import HeaderOptionError, consume_control_headers, message_summary
 from mta.accept.mime import (
+    HeadError,
+    HeaderSlot,
+    MessageHead,
     Parts,
+    Piece,
     address_header,
     build_message,
     encode_header,
-    personalise_mime,
-    recipient_substituter,
+    header_line,
+    render,
+)
+from mta.accept.template import (
+    MimeSlot,
+    Personal,
+    Template,
+    ToSlot,
+    VariablesSlot,
+    personalised_variables,
 )
 from mta.config import Config
 from mta.dates import message_date
@@ -35,10 +48,17 @@ from mta.domains import Domain, Domains
 from mta.events import event_statement, new_event, record
 from mta.store import Statement, Store
 
+__all__ = ["AcceptError", "Acceptor", "Address", "Options", "Submission", "valid_addr_spec"]
+
 log = logging.getLogger("mta.accept")
+T = TypeVar("T")
 
 # every line end, a lone CR too, becomes CRLF: what SMTP puts on the wire (and DKIM signs)
 _CRLF_NORMALISE = re.compile(rb"\r\n|\r|\n")
+_HEADER_NAME = re.compile(r"[!-9;-~]+")
+_UNSAFE_VALUE = re.compile(r"[\r\n\0]")
+_VARIABLE_KEY = re.compile(r"%recipient\.([^%\s]{1,256})%")
+ADDRESSES_ON_LOOP = 8192  # address text parsed on the event loop; more goes to a thread
 
 
 class AcceptError(Exception):
@@ -65,7 +85,7 @@ class Options:
     campaigns: list[str] = field(default_factory=list)
     dkim: bool | None = None
     deliver_at: float | None = None
-    test_mode: bool = False
+    test_mode: bool | None = None
     tracking: bool | None = None
     tracking_clicks: bool | str | None = None  # True, False or "htmlonly"
     tracking_opens: bool | None = None
@@ -89,7 +109,7 @@ class Submission:
     cc: list[str] = field(default_factory=list)
     bcc: list[str] = field(default_factory=list)
     parts: Parts | None = None
-    mime: bytes | None = None  # a pre-built message (messages.mime, SMTP), instead of parts
+    mime: bytes | bytearray | None = None  # a pre-built message (messages.mime, SMTP)
     headers: list[tuple[str, str]] = field(default_factory=list)  # h:Name -> value
     user_variables: dict[str, Any] = field(default_factory=dict)  # v:* (API), added as a header
     # X-Mailgun-Variables already inside a pre-built message (they stay there)
@@ -101,98 +121,37 @@ class Submission:
     envelope_sender: str | None = None
     authenticated: bool = True
     originating_ip: str | None = None
-    # an SMTP login: senders must not be on another hosted domain (see _check_senders)
-    sender_login: str | None = None
+    # who sends, when they may only speak for `domain` (an SMTP login, a domain sending key):
+    # senders on another hosted domain are refused (see _check_senders)
+    principal: str | None = None
     # obey X-Mailgun-* control headers inside a pre-built message: not for mail that a route
     # forwards on a stranger's behalf
     control_headers: bool = True
 
 
 @dataclass(frozen=True)
-class Address:
-    name: str
-    addr: str
-
-    @property
-    def key(self) -> str:
-        return self.addr.lower()
-
-    @property
-    def domain(self) -> str:
-        return self.addr.rpartition("@")[2].lower()
-
-
-_LOCAL_OK = re.compile(r"[^\s<>()\[\],;:\"\\@]+|\"[^\"\r\n]+\"")
-_LABEL = r"[^\W_](?:(?:[^\W_]|-){0,61}[^\W_])?"  # letters/digits (IDN too), inner hyphens
-_DOMAIN_OK = re.compile(rf"(?:{_LABEL}\.)+{_LABEL}")
-# the common forms, `addr` and `Name <addr>`, read without email.utils (several times faster)
-_SIMPLE_ADDRESS = re.compile(
-    r"\s*(?:([^\s<>@][^<>@]*?)\s*<([^<>\s@]+@[^<>\s@]+)>|([^<>\s@]+@[^<>\s@]+))\s*"
-)
-
-
-def valid_addr_spec(addr: str) -> bool:
-    local, at, domain = addr.rpartition("@")
-    if not at or not local or not domain or len(addr) > 254 or len(local) > 64:
-        return False
-    if (
-        not _LOCAL_OK.fullmatch(local)
-        or local.startswith(".")
-        or local.endswith(".")
-        or (".." in local)
-    ):
-        return False
-    if domain.startswith("[") and domain.endswith("]"):
-        literal = domain[1:-1]
-        literal = literal[5:] if literal.lower().startswith("ipv6:") else literal
-        try:
-            ipaddress.ip_address(literal)
-        except ValueError:
-            return False
-        return True
-    if _DOMAIN_OK.fullmatch(domain) is None:
-        return False
-    if domain.isascii():
-        return len(domain) <= 253 and all(len(label) <= 63 for label in domain.split("."))
-    try:  # an internationalised name must still fit DNS once encoded
-        encoded = domain.encode("idna")
-    except UnicodeError:
-        return False
-    return len(encoded) <= 253
-
-
-def _split_addresses(value: str) -> list[tuple[str, str]]:
-    if not any(c in value for c in '"(\\;:'):
-        pairs = []
-        for piece in value.split(","):
-            match = _SIMPLE_ADDRESS.fullmatch(piece)
-            if match is None:
-                break
-            name, bracketed, bare = match.groups()
-            pairs.append((name or "", bracketed or bare))
-        else:
-            return pairs
-    return email.utils.getaddresses([value])
+class _Addresses:
+    from_: list[Address]
+    to: list[Address]
+    cc: list[Address]
+    bcc: list[Address]
 
 
 def parse_addresses(values: list[str], param: str) -> list[Address]:
     """Addresses from repeated and/or comma-separated values; 400 naming the parameter."""
     out = []
     for value in values:
-        if "\r" in value or "\n" in value:
+        if _UNSAFE_VALUE.search(value):
             raise AcceptError(
                 f"{param} parameter is not a valid address. please check documentation"
             )
-        if not value.strip():
-            continue
-        for name, addr in _split_addresses(value):
-            addr = addr.strip()
+        for name, addr in split_addresses(value):
             if not valid_addr_spec(addr):
                 raise AcceptError(
                     f"{param} parameter is not a valid address. please check documentation"
                 )
             local, _, dom = addr.rpartition("@")
-            out.append(Address(name.strip(), f"{local}@{dom.lower()}"))
+            out.append(Address(name, f"{local}@{dom.lower()}"))
     return out
 
 
@@ -203,12 +162,25 @@ def new_message_id(domain: str, now: float) -> str:
 
 @dataclass
 class _Copy:
-    """One stored copy of the message and the recipients it goes to."""
+    """The recipients one copy of the message goes to, and what personalises it (a batch send:
+    its To recipient's values)."""
 
     to_header: str
     recipients: list[Address]
-    mime: bytes | None  # None: the message's shared content
+    personal: Personal | None
     user_variables: dict[str, Any]
+
+
+@dataclass
+class _Built:
+    """A message ready to store: its content (plain, or a batch template) and its copies."""
+
+    content: bytes
+    is_template: bool
+    size: int
+    copies: list[_Copy]
+    message_id: str
+    summary: dict[str, Any]
 
 
 class Acceptor:
@@ -240,21 +212,20 @@ class Acceptor:
         limits = self._config.sending
         if domain.is_disabled:
             raise AcceptError(f"Domain {domain.name} is not allowed to send: domain is disabled")
+        head: MessageHead | None = None
         if sub.mime is not None:
-            if sub.control_headers:
-                _apply_message_options(sub)
-            else:
-                sub.message_headers = message_summary(sub.mime)
-        from_ = parse_addresses(sub.from_, "from")
+            head = await _maybe_off_loop(
+                len(sub.mime) > _HEAVY_BYTES, functools.partial(self._read_message, sub)
+            )
+        addresses = await self._parse_addresses(sub)
+        from_ = addresses.from_
         if sub.mime is None and not from_:
             raise AcceptError("from parameter is missing")
-        if sub.sender_login is not None:
-            await self._check_senders(domain, sub, from_)
-        to = parse_addresses(sub.to, "to")
+        if sub.principal is not None:
+            await self._check_senders(domain, sub, from_, head)
+        to, cc, bcc = addresses.to, addresses.cc, addresses.bcc
         if not to:
             raise AcceptError("to parameter is missing")
-        cc = parse_addresses(sub.cc, "cc")
-        bcc = parse_addresses(sub.bcc, "bcc")
         everyone = _unique(to + cc + bcc)
         if len(everyone) > limits.max_recipients:
             raise AcceptError(
@@ -270,13 +241,7 @@ class Acceptor:
                     smtp="550 5.7.1",
                 )
         self._check_options(sub, now)
-        for name, value in sub.headers:
-            if not name.isascii():
-                raise AcceptError(f"Header name must be pure ASCII: {name}")
-            if not re.fullmatch(r"[!-9;-~]+", name):
-                raise AcceptError(f"Header name is not valid: {name!r}")
-            if "\r" in value or "\n" in value:
-                raise AcceptError(f"Header value of {name} must not contain CR or LF")
+        _check_headers(sub)
         budget = sum(len(n) + len(str(v)) for n, v in sub.headers)
         budget += sum(len(k) + len(str(v)) for k, v in sub.user_variables.items())
         budget += sum(len(t) for t in sub.options.tags + sub.options.campaigns)
@@ -284,13 +249,12 @@ class Acceptor:
             raise AcceptError(
                 "Send options (parameters starting with o:, h:, or v:) are limited to 16 kB total"
             )
+        if sub.recipient_variables is not None:
+            _check_header_variables(sub, head)
 
-        prepare = functools.partial(self._prepare, domain, sub, from_, to, cc, bcc, now)
-        if _is_heavy(sub, len(everyone)):
-            # big bodies and large batches are built off the event loop: other clients go on
-            message_id, statements = await asyncio.to_thread(prepare)
-        else:
-            message_id, statements = prepare()
+        prepare = functools.partial(self._prepare, domain, sub, head, addresses, now)
+        # big bodies and large batches are built off the event loop: other clients go on
+        message_id, statements = await _maybe_off_loop(_is_heavy(sub, len(everyone)), prepare)
         await self._store.write(*statements)
         log.info(
             "accepted <%s> for %s via %s: %d recipient(s), sender <%s>",
@@ -302,63 +266,118 @@ class Acceptor:
         )
         return message_id
 
+    def _read_message(self, sub: Submission) -> MessageHead:
+        """A pre-built message: line ends normalised first, then its header block read once
+        (and its X-Mailgun-* options taken); everything after reads that one reading."""
+        assert sub.mime is not None
+        mime = normalise_line_ends(sub.mime)
+        smtp = self._config.smtp
+
+        def parse(message: bytes | bytearray) -> MessageHead:
+            try:
+                return MessageHead.parse(message, smtp.max_header_bytes, smtp.max_header_fields)
+            except HeadError as exc:
+                raise AcceptError(str(exc), smtp="552 5.3.4") from None
+
+        head = parse(mime)
+        if sub.control_headers:
+            try:
+                head, found = consume_control_headers(head, lambda inner: parse(
+                    normalise_line_ends(inner)))
+            except HeaderOptionError as exc:
+                raise AcceptError(str(exc)) from None
+            _apply_message_options(sub, found)
+        else:
+            sub.message_headers = message_summary(head)
+        for name in ("from", "sender"):
+            if head.count(name) > 1:
+                raise AcceptError(
+                    f"'message' has more than one {name.title()} header", smtp="550 5.6.0"
+                )
+        return head
+
+    async def _parse_addresses(self, sub: Submission) -> _Addresses:
+        """Sizes are capped before any parsing; long inputs are parsed off the event loop."""
+        limits = self._config.sending
+        values = [*sub.from_, *sub.to, *sub.cc, *sub.bcc]
+        size = sum(len(v) for v in values)
+        if size > limits.max_address_bytes:
+            raise AcceptError(
+                f"from, to, cc and bcc are limited to {limits.max_address_bytes} bytes in all",
+                smtp="552 5.3.4",
+            )
+        if sum(v.count("@") for v in (*sub.to, *sub.cc, *sub.bcc)) > 2 * limits.max_recipients:
+            raise AcceptError(
+                f"Too many recipients, max is {limits.max_recipients}", smtp="452 4.5.3"
+            )
+
+        def parse() -> _Addresses:
+            return _Addresses(
+                parse_addresses(sub.from_, "from"),
+                parse_addresses(sub.to, "to"),
+                parse_addresses(sub.cc, "cc"),
+                parse_addresses(sub.bcc, "bcc"),
+            )
+
+        return await _maybe_off_loop(size > ADDRESSES_ON_LOOP, parse)
+
     def _prepare(
         self,
         domain: Domain,
         sub: Submission,
-        from_: list[Address],
-        to: list[Address],
-        cc: list[Address],
-        bcc: list[Address],
+        head: MessageHead | None,
+        addresses: _Addresses,
         now: float,
     ) -> tuple[str, list[Statement]]:
-        """Build every copy and the rows that store them (no I/O)."""
+        """Build the message and the rows that store it (no I/O)."""
         limits = self._config.sending
         message_id = new_message_id(domain.name, now)
-        if sub.mime is not None:
-            shared, copies, message_id, headers = self._copies_from_mime(
-                sub, to, cc, bcc, message_id
-            )
+        if head is not None:
+            built = self._from_mime(sub, head, addresses, message_id, now)
         else:
-            shared, copies, message_id, headers = self._copies_from_parts(
-                sub, from_, to, cc, bcc, message_id, now
-            )
-        biggest = max([len(shared or b"")] + [len(c.mime or b"") for c in copies])
-        if biggest > limits.max_message_bytes:
+            built = self._from_parts(sub, addresses, message_id, now)
+        if built.size > limits.max_message_bytes:
             raise AcceptError(
                 f"Message size exceeds the {_size(limits.max_message_bytes)} limit", 413
             )
         if sub.envelope_sender is not None:  # "" is the null sender of a bounce: keep it
             sender = sub.envelope_sender
         else:
-            sender = from_[0].addr if from_ else headers["from-addr"]
-        statements = self._statements(domain, sub, message_id, sender, shared, copies, headers, now)
-        return message_id, statements
+            from_ = addresses.from_
+            sender = from_[0].addr if from_ else built.summary["from-addr"]
+        return built.message_id, self._statements(domain, sub, sender, built, now)
 
-    async def _check_senders(self, domain: Domain, sub: Submission, from_: list[Address]) -> None:
-        """An SMTP login sends for its own domain: envelope and From addresses on another domain
-        hosted here are refused (a stolen login cannot speak for other customers); addresses on
-        domains not hosted here pass when smtp.foreign_senders = "allow" (a relayhost's cron
-        mail from root@host), and are refused when it is "reject"."""
+    async def _check_senders(
+        self, domain: Domain, sub: Submission, from_: list[Address], head: MessageHead | None
+    ) -> None:
+        """A login or a domain sending key sends for its own domain: the envelope sender and
+        every address of every From and Sender header on another domain hosted here are
+        refused (a stolen login cannot speak for other customers); addresses on domains not
+        hosted here pass when smtp.foreign_senders = "allow" (a relayhost's cron mail from
+        root@host), and are refused when it is "reject"."""
         addresses = [a.addr for a in from_]
         if sub.envelope_sender:
             addresses.append(sub.envelope_sender)
-        for name in ("from", "sender"):
-            if name in sub.message_headers:
-                addresses += [a for _, a in email.utils.getaddresses([sub.message_headers[name]])]
+        headers = [v for n, v in sub.headers if n.lower() == "sender"]
+        if head is not None:
+            headers += head.values("from") + head.values("sender")
+        for value in headers:
+            addresses += [addr for _, addr in split_addresses(value)]
         for addr in addresses:
             sender_domain = addr.rpartition("@")[2].lower().rstrip(".")
             if sender_domain == domain.name or sender_domain.endswith("." + domain.name):
                 continue
             if await self._domains.get(sender_domain) is not None:
                 raise AcceptError(
-                    f"Sender {addr} is on {sender_domain}; {sub.sender_login} may only send"
+                    f"Sender {addr} is on {sender_domain}; {sub.principal} may only send"
                     f" for {domain.name}",
+                    403,
                     smtp="550 5.7.1",
                 )
             if self._config.smtp.foreign_senders == "reject":
                 raise AcceptError(
-                    f"Sender {addr} is not on {domain.name}, the domain of {sub.sender_login}",
+                    f"Sender {addr} is not on {domain.name}, the domain of {sub.principal}",
+                    403,
                     smtp="550 5.7.1",
                 )
 
@@ -373,116 +392,97 @@ class Acceptor:
         if len(opts.campaigns) > 3:
             raise AcceptError("Too many campaigns, max is 3 per message")
         if opts.deliver_at is not None:
-            if opts.deliver_at < now - 60:
-                raise AcceptError("invalid delivery time: it is in the past")
-            if opts.deliver_at > now + self._config.sending.max_schedule_days * 86400:
+            if opts.deliver_at <= now:  # a time already past: send now, as Mailgun does
+                opts.deliver_at = None
+            elif opts.deliver_at > now + self._config.sending.max_schedule_days * 86400:
                 days = self._config.sending.max_schedule_days
                 raise AcceptError(f"invalid delivery time: at most {days:g} days in the future")
 
-    # -- building the copies -----------------------------------------------------------------
+    # -- building ------------------------------------------------------------------------------
 
-    def _variables_header(self, variables: dict[str, Any]) -> list[str]:
-        if not variables:
-            return []
-        return [encode_header("X-Mailgun-Variables", orjson.dumps(variables).decode())]
-
-    def _copies_from_parts(
-        self,
-        sub: Submission,
-        from_: list[Address],
-        to: list[Address],
-        cc: list[Address],
-        bcc: list[Address],
-        message_id: str,
-        now: float,
-    ) -> tuple[bytes | None, list[_Copy], str, dict[str, Any]]:
+    def _from_parts(
+        self, sub: Submission, addresses: _Addresses, message_id: str, now: float
+    ) -> _Built:
         parts = sub.parts or Parts()
         if parts.text is None and parts.html is None and parts.amp_html is None:
             raise AcceptError("Need at least one of 'text' or 'html' parameters specified")
+        from_, to, cc, bcc = addresses.from_, addresses.to, addresses.cc, addresses.bcc
         custom = [(n, v) for n, v in sub.headers if n.lower() not in _RESERVED_HEADERS]
         for name, value in sub.headers:
             if name.lower() == "message-id":
                 message_id = value.strip().strip("<>") or message_id
-        from_header = address_header("From", [(a.name, a.addr) for a in from_])
-        cc_header = [address_header("Cc", [(a.name, a.addr) for a in cc])] if cc else []
-        fixed_tail = [f"Message-Id: <{message_id}>", f"Date: {message_date(now)}"]
         summary = {
             "from": ", ".join(email.utils.formataddr((a.name, a.addr)) for a in from_),
             "from-addr": from_[0].addr,
             "subject": parts.subject,
             "message-id": message_id,
             "attachments": [a.summary for a in parts.attachments],
+            "to": format_to(to),
         }
+        batch = sub.recipient_variables is not None
+        to_line: Piece | ToSlot = ToSlot() if batch else header_line(
+            address_header("To", [(a.name, a.addr) for a in to])
+        )
+        variables: list[Piece | VariablesSlot] = []
+        if batch:
+            variables = [VariablesSlot(sub.user_variables)]
+        elif sub.user_variables:
+            variables = [header_line(_variables_header(sub.user_variables))]
+        headers: list[Any] = [
+            header_line(address_header("From", [(a.name, a.addr) for a in from_])),
+            to_line,
+            *([header_line(address_header("Cc", [(a.name, a.addr) for a in cc]))] if cc else []),
+            HeaderSlot("Subject", parts.subject),
+            header_line(f"Message-Id: <{message_id}>"),
+            header_line(f"Date: {message_date(now)}"),
+            *(HeaderSlot(n, v) for n, v in custom),
+            *variables,
+        ]
+        pieces = build_message(headers, parts)
+        if not batch:
+            content = render(pieces, _same)
+            copies = [_Copy(summary["to"], _unique(to + cc + bcc), None, sub.user_variables)]
+            return _Built(content, False, len(content), copies, message_id, summary)
+        template = Template(pieces)
+        return _Built(
+            template.dump(), True, template.size,
+            self._batch_copies(sub, to, cc, bcc, sub.user_variables), message_id, summary,
+        )
 
-        def render(to_list: list[Address], subst: Any, variables: dict[str, Any]) -> bytes:
-            personal = Parts(
-                subject=subst(parts.subject),
-                text=subst(parts.text) if parts.text is not None else None,
-                html=subst(parts.html) if parts.html is not None else None,
-                amp_html=subst(parts.amp_html) if parts.amp_html is not None else None,
-                attachments=parts.attachments,
-            )
-            headers = [
-                from_header,
-                address_header("To", [(a.name, a.addr) for a in to_list]),
-                *cc_header,
-                encode_header("Subject", personal.subject),
-                *fixed_tail,
-                *(encode_header(n, subst(v)) for n, v in custom),
-                *self._variables_header(variables),
-            ]
-            return build_message(headers, personal)
-
-        if sub.recipient_variables is None:
-            mime = render(to, _same, sub.user_variables)
-            summary["to"] = format_to(to)
-            return (
-                mime,
-                [_Copy(summary["to"], _unique(to + cc + bcc), None, sub.user_variables)],
-                message_id,
-                summary,
-            )
-        per_recipient = _variables_by_address(sub)
-        copies = []
-        for rcpt in to:
-            subst = recipient_substituter(rcpt.name, rcpt.addr, per_recipient.get(rcpt.key, {}))
-            variables = {
-                k: subst(v) if isinstance(v, str) else v for k, v in sub.user_variables.items()
-            }
-            mime = render([rcpt], subst, variables)
-            copies.append(_Copy(format_to([rcpt]), _unique([rcpt, *cc, *bcc]), mime, variables))
-        summary["to"] = format_to(to)
-        return None, copies, message_id, summary
-
-    def _copies_from_mime(
+    def _from_mime(
         self,
         sub: Submission,
-        to: list[Address],
-        cc: list[Address],
-        bcc: list[Address],
+        head: MessageHead,
+        addresses: _Addresses,
         message_id: str,
-    ) -> tuple[bytes | None, list[_Copy], str, dict[str, Any]]:
-        assert sub.mime is not None
-        mime = _CRLF_NORMALISE.sub(b"\r\n", sub.mime)
+        now: float,
+    ) -> _Built:
         found = sub.message_headers
-        if ":" not in mime.split(b"\r\n", 1)[0].decode("latin-1"):
+        if not head.fields or b":" not in head.fields[0]:
             raise AcceptError("'message' parameter is not a valid MIME message")
         added = []
         if "message-id" in found and found["message-id"].strip("<> "):
             message_id = found["message-id"].strip().strip("<>")
         else:
-            added.append(f"Message-Id: <{message_id}>")
+            added.append(header_line(f"Message-Id: <{message_id}>"))
         if "date" not in found:
-            added.append(f"Date: {message_date(time.time())}")
-        added += [encode_header(n, v) for n, v in sub.headers if n.lower() != "x-mailgun-variables"]
-        added += self._variables_header(sub.user_variables)
-        if added:
-            mime = ("\r\n".join(added) + "\r\n").encode("utf-8") + mime
+            added.append(header_line(f"Date: {message_date(now)}"))
+        for name, _value in sub.headers:
+            if name.lower() in ("from", "sender") and head.count(name.lower()):
+                raise AcceptError(f"h:{name} would be a second {name} header of 'message'")
+        added += [
+            header_line(encode_header(n, v))
+            for n, v in sub.headers
+            if n.lower() != "x-mailgun-variables"
+        ]
+        if sub.user_variables:
+            added.append(header_line(_variables_header(sub.user_variables)))
+        mime = head.to_bytes(added)
         from_header = found.get("from", "")
-        from_addrs = email.utils.getaddresses([from_header])
+        from_addrs = split_addresses(from_header)
         summary = {
             "from": from_header,
-            "from-addr": from_addrs[0][1] if from_addrs and from_addrs[0][1] else "",
+            "from-addr": from_addrs[0][1] if from_addrs else "",
             "subject": found.get("subject", ""),
             "message-id": message_id,
             "to": found.get("to", ""),
@@ -490,53 +490,62 @@ class Acceptor:
         }
         if not summary["from-addr"]:
             raise AcceptError("'message' has no valid From header")
+        to, cc, bcc = addresses.to, addresses.cc, addresses.bcc
         merged = sub.message_variables | sub.user_variables
         if sub.recipient_variables is None:
-            return (
-                mime,
-                [_Copy(summary["to"], _unique(to + cc + bcc), None, merged)],
-                message_id,
-                summary,
-            )
+            copies = [_Copy(summary["to"], _unique(to + cc + bcc), None, merged)]
+            return _Built(mime, False, len(mime), copies, message_id, summary)
+        template = Template([MimeSlot(mime)])
+        copies = self._batch_copies(sub, to, cc, bcc, merged)
+        return _Built(template.dump(), True, len(mime), copies, message_id, summary)
+
+    @staticmethod
+    def _batch_copies(
+        sub: Submission,
+        to: list[Address],
+        cc: list[Address],
+        bcc: list[Address],
+        variables: dict[str, Any],
+    ) -> list[_Copy]:
+        """One copy per `to` recipient (cc and bcc get each one too, as with Mailgun), each with
+        its own values; the content itself is stored once."""
         per_recipient = _variables_by_address(sub)
         copies = []
         for rcpt in to:
-            subst = recipient_substituter(rcpt.name, rcpt.addr, per_recipient.get(rcpt.key, {}))
-            copy = personalise_mime(mime, format_to([rcpt]), subst)
-            variables = {k: subst(v) if isinstance(v, str) else v for k, v in merged.items()}
-            copies.append(_Copy(format_to([rcpt]), _unique([rcpt, *cc, *bcc]), copy, variables))
-        return None, copies, message_id, summary
+            personal = Personal(rcpt.name, rcpt.addr, per_recipient.get(rcpt.key, {}))
+            copies.append(
+                _Copy(
+                    format_to([rcpt]),
+                    _unique([rcpt, *cc, *bcc]),
+                    personal,
+                    personalised_variables(variables, personal.substituter()),
+                )
+            )
+        return copies
 
     # -- storing -----------------------------------------------------------------------------
 
     def _statements(
-        self,
-        domain: Domain,
-        sub: Submission,
-        message_id: str,
-        sender: str,
-        shared: bytes | None,
-        copies: list[_Copy],
-        summary: dict[str, Any],
-        now: float,
+        self, domain: Domain, sub: Submission, sender: str, built: _Built, now: float
     ) -> list[Statement]:
         opts = sub.options
         key = tokens.token_urlsafe(24)
         due = opts.deliver_at if opts.deliver_at is not None else now
         recipient_rows, events = [], []
-        for copy in copies:
-            size = len(copy.mime if copy.mime is not None else shared or b"")
-            variables_blob = orjson.dumps(copy.user_variables) if copy.mime is not None else None
+        for copy in built.copies:
+            personal = copy.personal.dump() if copy.personal is not None else None
+            variables_blob = orjson.dumps(copy.user_variables) if personal is not None else None
             # each copy is its own message to its own recipients (a batch: one `to` each)
             copy_recipients = [r.addr for r in copy.recipients]
-            to_header = copy.to_header if copy.mime is not None else None
+            to_header = copy.to_header if personal is not None else None
             for rcpt in copy.recipients:
                 recipient_rows.append(
-                    (key, rcpt.addr, copy.mime, variables_blob, to_header, "queued", due)
+                    (key, rcpt.addr, variables_blob, to_header, personal, "queued", due)
                 )
                 events.append(
-                    self._accepted_event(sub, sender, rcpt, copy, summary, copy_recipients, size)
+                    self._accepted_event(sub, sender, rcpt, copy, built, copy_recipients)
                 )
+        summary = built.summary
         # what later events about this message repeat (delivered, failed, ...)
         described = {
             "headers": {
@@ -549,19 +558,22 @@ class Acceptor:
             "method": sub.method,
             "is-authenticated": sub.authenticated,
         }
-        options = orjson.dumps(
-            opts.as_json()
-            | {"user-variables": sub.message_variables | sub.user_variables, "message": described}
-        )
+        options = opts.as_json() | {
+            "user-variables": sub.message_variables | sub.user_variables,
+            "message": described,
+        }
+        if built.is_template:
+            options["template"] = True
         return [
             Statement(
                 "INSERT INTO messages (key, message_id, domain, created_at, sender, options, mime)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(key, message_id, domain.name, now, sender, options, shared)],
+                [(key, built.message_id, domain.name, now, sender, orjson.dumps(options),
+                  built.content)],
             ),
             Statement(
                 "INSERT INTO recipients"
-                " (message_key, address, mime, user_variables, to_header, state, due_at)"
+                " (message_key, address, user_variables, to_header, personal, state, due_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 recipient_rows,
             ),
@@ -574,11 +586,11 @@ class Acceptor:
         sender: str,
         rcpt: Address,
         copy: _Copy,
-        summary: dict[str, Any],
+        built: _Built,
         recipients: list[str],
-        size: int,
     ) -> dict[str, Any]:
         opts = sub.options
+        summary = built.summary
         payload = new_event(
             "accepted",
             method=sub.method,
@@ -589,7 +601,7 @@ class Acceptor:
             user_variables=copy.user_variables,
             flags={
                 "is-authenticated": sub.authenticated,
-                "is-test-mode": opts.test_mode,
+                "is-test-mode": bool(opts.test_mode),
                 "is-routed": False,
                 "is-system-test": False,
                 "is-big": len(recipients) > 100,
@@ -604,7 +616,7 @@ class Acceptor:
                 },
                 "attachments": summary["attachments"],
                 "recipients": recipients,
-                "size": size,
+                "size": built.size,
             },
         )
         if opts.deliver_at is not None:
@@ -615,17 +627,17 @@ class Acceptor:
 
     async def _record_rejection(self, domain: Domain, sub: Submission, exc: AcceptError) -> None:
         """Refusals that got as far as a sender and a recipient leave a `rejected` event."""
-        if not (sub.from_ or sub.envelope_sender or sub.mime) or not sub.to:
+        if not (sub.from_ or sub.envelope_sender or sub.message_headers) or not sub.to:
             return
         headers = {
-            "to": ", ".join(sub.to),
+            "to": ", ".join(sub.to)[:1000],
             "message-id": "",
-            "from": ", ".join(sub.from_),
-            "subject": sub.parts.subject if sub.parts else "",
+            "from": ", ".join(sub.from_)[:1000],
+            "subject": sub.parts.subject[:1000] if sub.parts else "",
         }
         for name in ("to", "from", "subject", "message-id"):  # a pre-built message's own
             if name in sub.message_headers:
-                value = sub.message_headers[name]
+                value = sub.message_headers[name][:1000]
                 headers[name] = value.strip("<> ") if name == "message-id" else value
         payload = new_event(
             "rejected",
@@ -636,11 +648,14 @@ class Acceptor:
             tags=sub.options.tags,
             campaigns=[{"id": c, "name": c} for c in sub.options.campaigns],
             user_variables=sub.user_variables,
-            flags={"is-authenticated": sub.authenticated, "is-test-mode": sub.options.test_mode},
+            flags={
+                "is-authenticated": sub.authenticated,
+                "is-test-mode": bool(sub.options.test_mode),
+            },
             envelope={
-                "sender": sub.envelope_sender or ", ".join(sub.from_),
+                "sender": sub.envelope_sender or ", ".join(sub.from_)[:1000],
                 "transport": sub.method,
-                "targets": ", ".join(sub.to),
+                "targets": ", ".join(sub.to)[:1000],
             },
             message={"headers": headers, "attachments": [], "size": 0},
         )
@@ -667,6 +682,67 @@ _RESERVED_HEADERS = {
 }
 
 
+def normalise_line_ends(mime: bytes | bytearray) -> bytes | bytearray:
+    """Every line end, a bare CR or LF too, as CRLF: what SMTP carries and DKIM signs. Counting
+    is cheap and most messages need no copy."""
+    crlf = mime.count(b"\r\n")
+    if mime.count(b"\r") == crlf and mime.count(b"\n") == crlf:
+        return mime
+    return _CRLF_NORMALISE.sub(b"\r\n", mime)
+
+
+def _check_headers(sub: Submission) -> None:
+    """h: headers: a field name of printable ASCII without a colon, a value without CR, LF or
+    NUL (either would start a header of its own), and never a second From or Sender."""
+    seen: set[str] = set()
+    for name, value in sub.headers:
+        if not name.isascii():
+            raise AcceptError(f"Header name must be pure ASCII: {name}")
+        if not _HEADER_NAME.fullmatch(name):
+            raise AcceptError(f"Header name is not valid: {name!r}")
+        if _UNSAFE_VALUE.search(value):
+            raise AcceptError(f"Header value of {name} must not contain CR, LF or NUL")
+        lowered = name.lower()
+        if lowered in ("from", "sender") and lowered in seen:
+            raise AcceptError(f"h:{name} is given more than once")
+        seen.add(lowered)
+    parts = sub.parts
+    if parts is not None:
+        if _UNSAFE_VALUE.search(parts.subject):
+            raise AcceptError("subject parameter must not contain CR, LF or NUL")
+        for attachment in parts.attachments:
+            if _UNSAFE_VALUE.search(attachment.filename):
+                field_name = "inline" if attachment.inline else "attachment"
+                raise AcceptError(f"{field_name} file name must not contain CR, LF or NUL")
+
+
+def _check_header_variables(sub: Submission, head: MessageHead | None) -> None:
+    """A recipient variable put into a header must not break it: values with CR, LF or NUL
+    are refused where a header uses them (in bodies they are just text)."""
+    if head is not None:
+        texts = [bytes(f).decode("utf-8", "replace") for f in head.fields]
+    else:
+        texts = [v for _, v in sub.headers] + [sub.parts.subject if sub.parts else ""]
+    keys = {m.group(1) for text in texts for m in _VARIABLE_KEY.finditer(text)}
+    if not keys:
+        return
+    for address, values in (sub.recipient_variables or {}).items():
+        if not isinstance(values, dict):
+            continue
+        for key in keys & values.keys():
+            value = values[key]
+            text = value if isinstance(value, str) else orjson.dumps(value).decode()
+            if _UNSAFE_VALUE.search(text):
+                raise AcceptError(
+                    f"recipient-variables: the value of {key!r} for {address} is used in a"
+                    " header and must not contain CR, LF or NUL"
+                )
+
+
+def _variables_header(variables: dict[str, Any]) -> str:
+    return encode_header("X-Mailgun-Variables", orjson.dumps(variables).decode())
+
+
 def _variables_by_address(sub: Submission) -> dict[str, dict[str, Any]]:
     """recipient-variables keyed by lower-cased address (keys are matched without case)."""
     return {
@@ -688,21 +764,16 @@ def normalise_tags(tags: list[str]) -> list[str]:
     return list(dict.fromkeys(t for t in cleaned if t))
 
 
-def _apply_message_options(sub: Submission) -> None:
+def _apply_message_options(sub: Submission, found: Any) -> None:
     """Merge the X-Mailgun-* headers (and a variables container) of a pre-built message into the
     submission; options given outside the message (API fields) win."""
-    assert sub.mime is not None
-    try:
-        sub.mime, found = consume_control_headers(sub.mime)
-    except HeaderOptionError as exc:
-        raise AcceptError(str(exc)) from None
     opts = sub.options
     opts.tags = opts.tags + found.tags
     opts.campaigns = opts.campaigns + [c for c in found.campaigns if c not in opts.campaigns]
     if opts.deliver_at is None:
         opts.deliver_at = found.deliver_at
     for name, value in found.flags.items():
-        if getattr(opts, name) in (None, False):
+        if getattr(opts, name) is None:
             setattr(opts, name, value)
     sub.message_variables = found.user_variables
     sub.message_headers = found.summary
@@ -724,6 +795,10 @@ def _is_heavy(sub: Submission, recipients: int) -> bool:
         sum(len(a.data) for a in parts.attachments) > _HEAVY_BYTES
         or len(parts.html or "") + len(parts.text or "") > _HEAVY_BYTES
     )
+
+
+async def _maybe_off_loop(heavy: bool, work: Callable[[], T]) -> T:
+    return await asyncio.to_thread(work) if heavy else work()
 
 
 def _same(text: str) -> str:

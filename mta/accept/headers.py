@@ -13,12 +13,13 @@ import email.message
 import logging
 import quopri
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from mta.accept.mime import header_name, header_value, split_header_block
+from mta.accept.mime import MessageHead, header_name, header_value
 from mta.dates import parse_date
 
 log = logging.getLogger("mta.accept")
@@ -119,9 +120,10 @@ def _multipart_parts(body: bytes, boundary: str) -> list[bytes]:
 
 def _part_content(part: bytes) -> tuple[dict[str, str], bytes]:
     """(header values by lower-cased name, the content after the blank line)."""
-    fields, rest = split_header_block(part)
-    headers = {header_name(f): header_value(f) for f in fields}
-    return headers, re.sub(rb"\A\r?\n\r?\n", b"", rest, count=1)
+    end = -2 if part.startswith(b"\r\n") else part.find(b"\r\n\r\n")
+    head, content = (part[: max(end, 0)], part[end + 4 :]) if end != -1 else (part, b"")
+    fields = re.split(rb"\r\n(?![ \t])", head) if head else []
+    return {header_name(f): header_value(f) for f in fields}, content
 
 
 def _container_type(fields: list[bytes]) -> str | None:
@@ -164,50 +166,47 @@ def unwrap_variables_container(
             inner = content
     if not inner:
         raise HeaderOptionError("the mailgun-variables container has no message/rfc822 part")
-    return re.sub(rb"\r?\n", b"\r\n", inner), variables
+    return inner, variables
 
 
-def message_summary(mime: bytes) -> dict[str, str]:
-    """The summary headers of a message whose X-Mailgun-* headers are not ours to obey (mail
-    a route forwards on behalf of a stranger)."""
-    fields, _rest = split_header_block(mime)
+def message_summary(head: MessageHead) -> dict[str, str]:
+    """The first From, Sender, To, Subject, Message-Id and Date, decoded."""
     summary: dict[str, str] = {}
-    for raw in fields:
-        name = header_name(raw)
-        if name in SUMMARY_HEADERS and name not in summary:
-            summary[name] = header_value(raw)
+    for name in SUMMARY_HEADERS:
+        value = head.first(name)
+        if value is not None:
+            summary[name] = value
     return summary
 
 
-def consume_control_headers(mime: bytes) -> tuple[bytes, HeaderOptions]:
-    """Read and remove the X-Mailgun-* control headers; keep X-Mailgun-Variables. The header
-    block is read here once; what later steps need of it comes back in `summary`."""
-    fields, rest = split_header_block(mime)
+def consume_control_headers(
+    head: MessageHead, parse: Callable[[bytes], MessageHead]
+) -> tuple[MessageHead, HeaderOptions]:
+    """Read and remove the X-Mailgun-* control headers; keep X-Mailgun-Variables. A
+    multipart/mailgun-variables container gives way to the message inside it, whose header
+    block `parse` reads (with the same limits)."""
     options = HeaderOptions()
-    container = _container_type(fields)
+    container = _container_type(head.fields)
     if container is not None:
-        mime, options.recipient_variables = unwrap_variables_container(container, rest)
-        fields, rest = split_header_block(mime)
-    kept: list[bytes] = []
-    for raw in fields:
-        name = header_name(raw)
+        inner, options.recipient_variables = unwrap_variables_container(
+            container, bytes(head.body)
+        )
+        head = parse(inner)
+    consumed = False
+    for raw, name in zip(head.fields, head.names, strict=True):
         if not name.startswith("x-mailgun-"):
-            kept.append(raw)
-            if name in SUMMARY_HEADERS and name not in options.summary:
-                options.summary[name] = header_value(raw)
             continue
         value = header_value(raw)
         shown = raw.split(b":", 1)[0].decode("ascii", "replace").strip()
         if name == "x-mailgun-variables":
-            kept.append(raw)
             try:
                 options.user_variables.update(_json_object(shown, value))
             except HeaderOptionError:
                 log.warning("ignoring an X-Mailgun-Variables header that is not a JSON object")
             continue
         if name not in CONSUMED:
-            kept.append(raw)
             continue
+        consumed = True
         if name == "x-mailgun-tag":
             options.tags.append(value)
         elif name == "x-mailgun-campaign-id":
@@ -222,6 +221,7 @@ def consume_control_headers(mime: bytes) -> tuple[bytes, HeaderOptions]:
         elif name in _FLAG_HEADERS:
             options.flags[_FLAG_HEADERS[name]] = _flag(shown, value)
         # sending-ip(-pool), template, STO and TZO headers: consumed, not acted on
-    if len(kept) == len(fields):
-        return mime, options
-    return b"\r\n".join(kept) + rest, options
+    if consumed:
+        head = head.without(lambda name: name in CONSUMED)
+    options.summary = message_summary(head)
+    return head, options

@@ -64,9 +64,14 @@ def guess_type(filename: str, given: str | None) -> str:
 
 # -- headers ------------------------------------------------------------------------------------
 
+_UNSAFE_IN_HEADER = str.maketrans({"\r": " ", "\n": " ", "\0": " "})
+
 
 def encode_header(name: str, value: str) -> str:
-    """One header line (folded when needed), with non-ASCII text as RFC 2047 words."""
+    """One header line (folded when needed), with non-ASCII text as RFC 2047 words. The API
+    refuses CR, LF and NUL in header values; anything that reaches here anyway becomes a space:
+    a value can never start a header of its own."""
+    value = value.translate(_UNSAFE_IN_HEADER)
     if value.isascii() and len(name) + len(value) < 996:
         return f"{name}: {value}"
     encoded = email.header.Header(
@@ -98,6 +103,35 @@ def address_header(name: str, addresses: list[tuple[str, str]]) -> str:
 
 # -- bodies -----------------------------------------------------------------------------------
 
+# A message is built as pieces: bytes as they stand, and slots whose text is personalised per
+# recipient of a batch send (mta.accept.template). A message sent alike to everyone is its
+# pieces rendered once; a batch is stored as its pieces and rendered per recipient at delivery.
+
+
+@dataclass(frozen=True)
+class TextSlot:
+    """A text/* part whose text may hold %recipient...% variables."""
+
+    content_type: str
+    text: str
+
+    def render(self, substitute: Callable[[str], str]) -> bytes:
+        return _text_part(self.content_type, substitute(self.text)).encode("ascii")
+
+
+@dataclass(frozen=True)
+class HeaderSlot:
+    """A header whose value may hold %recipient...% variables."""
+
+    name: str
+    value: str
+
+    def render(self, substitute: Callable[[str], str]) -> bytes:
+        return (encode_header(self.name, substitute(self.value)) + CRLF).encode("utf-8")
+
+
+Piece = bytes | TextSlot | HeaderSlot
+
 
 def _text_part(content_type: str, text: str) -> str:
     text = _NEWLINES.sub(CRLF, text)
@@ -117,13 +151,25 @@ def _text_part(content_type: str, text: str) -> str:
 
 
 def _param(name: str, value: str) -> str:
-    if value.isascii() and '"' not in value and "\\" not in value:
+    if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
         return f'{name}="{value}"'
     return f"{name}*=utf-8''{quote(value, safe='!#$&+-.^_`|~')}"
 
 
-def _file_part(att: Attachment) -> str:
-    data = base64.encodebytes(att.data).decode("ascii").replace("\n", CRLF)
+_BASE64_BLOCK = 57 * 1024  # input bytes per encoded block: 1,024 lines of 76 characters
+
+
+def _base64_lines(data: bytes) -> list[bytes]:
+    """The base64 body in blocks of whole CRLF-ended lines: a big attachment is never held
+    as one line-by-line list or as text (either costs several times its size)."""
+    view = memoryview(data)
+    return [
+        base64.encodebytes(view[i : i + _BASE64_BLOCK]).replace(b"\n", b"\r\n")
+        for i in range(0, len(data), _BASE64_BLOCK)
+    ]
+
+
+def _file_part(att: Attachment) -> list[Piece]:
     disposition = "inline" if att.inline else "attachment"
     lines = [
         f"Content-Type: {att.content_type}; {_param('name', att.filename)}",
@@ -132,43 +178,58 @@ def _file_part(att: Attachment) -> str:
     ]
     if att.inline:
         lines.append(f"Content-ID: <{att.filename}>")
-    return CRLF.join(lines) + CRLF + CRLF + data
+    head = (CRLF.join(lines) + CRLF + CRLF).encode("utf-8")
+    return [head, *_base64_lines(att.data)]
 
 
-def _multipart(subtype: str, parts: list[str]) -> str:
+def _multipart(subtype: str, parts: list[list[Piece]]) -> list[Piece]:
     boundary = tokens.token_hex(16)
-    body = "".join(f"--{boundary}{CRLF}{part}{CRLF}" for part in parts)
-    return (
-        f'Content-Type: multipart/{subtype}; boundary="{boundary}"{CRLF}{CRLF}'
-        f"{body}--{boundary}--{CRLF}"
-    )
+    delimiter = f"--{boundary}{CRLF}".encode("ascii")
+    out: list[Piece] = [
+        f'Content-Type: multipart/{subtype}; boundary="{boundary}"{CRLF}{CRLF}'.encode("ascii")
+    ]
+    for part in parts:
+        out += [delimiter, *part, b"\r\n"]
+    out.append(f"--{boundary}--{CRLF}".encode("ascii"))
+    return out
 
 
-def build_body(parts: Parts) -> str:
+def build_body(parts: Parts) -> list[Piece]:
     """The MIME entity (its own Content-* headers, a blank line, the body)."""
-    html = _text_part("text/html", parts.html) if parts.html is not None else None
+    html: list[Piece] | None = None
+    if parts.html is not None:
+        html = [TextSlot("text/html", parts.html)]
     inlines = [_file_part(a) for a in parts.attachments if a.inline]
     if html is not None and inlines:
         html = _multipart("related", [html, *inlines])
         inlines = []
-    alternatives = []
+    alternatives: list[list[Piece]] = []
     if parts.text is not None:
-        alternatives.append(_text_part("text/plain", parts.text))
+        alternatives.append([TextSlot("text/plain", parts.text)])
     if parts.amp_html is not None:
-        alternatives.append(_text_part("text/x-amp-html", parts.amp_html))
+        alternatives.append([TextSlot("text/x-amp-html", parts.amp_html)])
     if html is not None:
         alternatives.append(html)
     if not alternatives:
-        alternatives.append(_text_part("text/plain", ""))
+        alternatives.append([TextSlot("text/plain", "")])
     body = alternatives[0] if len(alternatives) == 1 else _multipart("alternative", alternatives)
     files = inlines + [_file_part(a) for a in parts.attachments if not a.inline]
     return _multipart("mixed", [body, *files]) if files else body
 
 
-def build_message(headers: list[str], parts: Parts) -> bytes:
-    """Header lines (already encoded) + MIME-Version + the body entity."""
-    head = CRLF.join([*headers, "MIME-Version: 1.0"])
-    return (head + CRLF + build_body(parts)).encode("utf-8")
+def build_message(headers: list[Piece], parts: Parts) -> list[Piece]:
+    """Header pieces (each a whole line with its CRLF) + MIME-Version + the body entity."""
+    return [*headers, b"MIME-Version: 1.0\r\n", *build_body(parts)]
+
+
+def header_line(text: str) -> bytes:
+    return (text + CRLF).encode("utf-8")
+
+
+def render(pieces: list[Piece], substitute: Callable[[str], str]) -> bytes:
+    return b"".join(
+        p if isinstance(p, bytes) else p.render(substitute) for p in pieces
+    )
 
 
 # -- personalisation -----------------------------------------------------------------------------
@@ -207,17 +268,16 @@ def _json_text(value: Any) -> str:
     return orjson.dumps(value).decode("utf-8")
 
 
-def split_header_block(mime: bytes) -> tuple[list[bytes], bytes]:
-    """(header fields, each with its continuation lines; the rest from the blank line on)."""
-    match = re.search(rb"\r?\n\r?\n", mime)
-    head, rest = (mime[: match.start()], mime[match.start() :]) if match else (mime, b"")
-    fields: list[bytes] = []
-    for line in re.split(rb"\r?\n", head):
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1] += b"\r\n" + line
-        elif line:
-            fields.append(line)
-    return fields, rest
+# -- reading a message's header block --------------------------------------------------------
+
+
+class HeadError(ValueError):
+    """A header block over the limits; the text says which."""
+
+
+_FIELD_START = re.compile(rb"(?:\A|\r\n)(?![ \t])")
+_FIELD_SPLIT = re.compile(rb"\r\n(?![ \t])")
+_UNFOLD = re.compile(rb"\r\n[ \t]")
 
 
 def header_name(field: bytes) -> str:
@@ -226,17 +286,78 @@ def header_name(field: bytes) -> str:
 
 def header_value(field: bytes) -> str:
     raw = field.split(b":", 1)[1] if b":" in field else b""
-    text = re.sub(rb"\r?\n[ \t]", b" ", raw).strip().decode("utf-8", "replace")
+    text = _UNFOLD.sub(b" ", raw).strip().decode("utf-8", "replace")
     try:
         return str(email.header.make_header(email.header.decode_header(text)))
     except (ValueError, LookupError, email.errors.HeaderParseError):
         return text
 
 
+@dataclass
+class MessageHead:
+    """A message's header block read once, from the bytes that are stored and delivered (CRLF
+    line ends only: the SMTP reader and the accept path normalise before anything parses).
+
+    `fields` are the raw fields, continuation lines kept (CRLF inside); `body` is everything
+    from the blank line on (a memoryview: a 25 MB body is not copied to be looked at)."""
+
+    fields: list[bytes]
+    body: memoryview
+    _names: list[str] | None = None
+
+    @classmethod
+    def parse(cls, mime: bytes | bytearray, max_bytes: int, max_fields: int) -> MessageHead:
+        view = memoryview(mime)
+        if mime[:2] == b"\r\n":  # no header at all
+            return cls([], view)
+        end = mime.find(b"\r\n\r\n", 0, max_bytes + 4)
+        if end < 0:
+            if len(mime) > max_bytes:
+                raise HeadError(f"Message header exceeds {max_bytes} bytes")
+            end = len(mime) - 2 if mime.endswith(b"\r\n") else len(mime)
+        head = bytes(view[:end])
+        if len(_FIELD_START.findall(head)) > max_fields:
+            raise HeadError(f"Message header has more than {max_fields} fields")
+        return cls(_FIELD_SPLIT.split(head) if head else [], view[end:])
+
+    @property
+    def names(self) -> list[str]:
+        if self._names is None:
+            self._names = [header_name(f) for f in self.fields]
+        return self._names
+
+    def values(self, name: str) -> list[str]:
+        """Every value of a header (decoded, unfolded), in order."""
+        return [header_value(f) for f, n in zip(self.fields, self.names, strict=True) if n == name]
+
+    def first(self, name: str) -> str | None:
+        for field, found in zip(self.fields, self.names, strict=True):
+            if found == name:
+                return header_value(field)
+        return None
+
+    def count(self, name: str) -> int:
+        return self.names.count(name)
+
+    def without(self, drop: Callable[[str], bool]) -> MessageHead:
+        kept = [(f, n) for f, n in zip(self.fields, self.names, strict=True) if not drop(n)]
+        return MessageHead([f for f, _ in kept], self.body, [n for _, n in kept])
+
+    def to_bytes(self, added: list[bytes] | None = None) -> bytes:
+        """The message again, `added` header lines (each with its CRLF) first: the body is
+        copied once, into the result."""
+        return b"".join([*(added or []), b"\r\n".join(self.fields), self.body])
+
+
+# -- personalising a pre-built message ---------------------------------------------------------
+
+
 def personalise_mime(mime: bytes, to_header: str, substitute: Callable[[str], str]) -> bytes:
     """A pre-built message for one batch recipient: To shows only them, %recipient...% replaced
     wherever it appears in clear (headers, 7bit and quoted-printable bodies)."""
-    fields, rest = split_header_block(mime)
+    end = mime.find(b"\r\n\r\n")
+    head, rest = (mime[:end], mime[end:]) if end >= 0 else (mime, b"")
+    fields = _FIELD_SPLIT.split(head) if head else []
     out = [f"To: {to_header}".encode()]
     out += [f for f in fields if header_name(f) != "to"]
     text = (b"\r\n".join(out) + rest).decode("utf-8", "surrogateescape")

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from mta.api import credentials, domains, events, messages, stored, suppressions
 from mta.api import routes as route_api
-from mta.api.context import SERVICES, Services
+from mta.api.context import API_KEY, SERVICES, Services
 from mta.api.errors import ApiError, error, forbidden
 
 log = logging.getLogger("mta.api")
@@ -52,6 +52,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         )
         if not is_send:
             return forbidden()
+    request[API_KEY] = key
     return await handler(request)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -9,14 +10,16 @@ from aiohttp import web
 from mta.accept import Acceptor
 from mta.api.errors import ApiError
 from mta.api.forms import whole_number
+from mta.budget import ByteBudget
 from mta.config import Config
 from mta.credentials import Credentials
 from mta.dns import Resolver
 from mta.domains import Domain, Domains
 from mta.inbound import Inbound
 from mta.inbound.routes import Routes
-from mta.keys import ApiKeys
+from mta.keys import ApiKey, ApiKeys
 from mta.outbound.policy import Classifier
+from mta.outbound.queue import make_due
 from mta.outbound.returnpath import ReturnPaths
 from mta.store import Store
 
@@ -34,13 +37,31 @@ class Services:
     return_paths: ReturnPaths
     classifier: Classifier
     inbound: Inbound
+    accepting: ByteBudget  # message bytes being accepted at once, HTTP and SMTP together
+
+    async def delete_domain(self, name: str) -> bool:
+        """A domain goes with its sending keys (revoked in the same commit); what it has queued
+        is made due, so delivery fails it with events rather than sending it unsigned. Its
+        events stay until their retention ends."""
+        now = time.time()
+        name = name.strip().lower()
+        if not await self.domains.delete(name, self.keys.revoke_domain(name, now)):
+            return False
+        await make_due(self.store, name, now)
+        return True
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
+# the request's authenticated key (set by the auth middleware)
+API_KEY: web.RequestKey[ApiKey] = web.RequestKey("api_key", ApiKey)
 
 
 def services(request: web.Request) -> Services:
     return request.app[SERVICES]
+
+
+def api_key(request: web.Request) -> ApiKey:
+    return request[API_KEY]
 
 
 async def path_domain(

@@ -113,7 +113,7 @@ async def get_domain(request: web.Request) -> web.Response:
 
 async def delete_domain(request: web.Request) -> web.Response:
     domain = await path_domain(request, "name", name_in_message=False)
-    await services(request).domains.delete(domain.name)
+    await services(request).delete_domain(domain.name)
     return json_response({"message": "Domain has been deleted"})
 
 

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from mta.accept import AcceptError, Options, Submission
 from mta.accept.mime import Attachment, Parts, guess_type
-from mta.api.context import path_domain, services
+from mta.api.context import api_key, path_domain, services
 from mta.api.errors import ApiError, json_response
 from mta.api.forms import Form, parse_bool, read_form
 from mta.dates import parse_date
@@ -43,7 +43,7 @@ def _options(form: Form) -> Options:
         if opts.deliver_at is None:
             raise ApiError(400, f"{when} is not an RFC-2822 compliant date")
     opts.dkim = _flag(form, "o:dkim")
-    opts.test_mode = bool(_flag(form, "o:testmode"))
+    opts.test_mode = _flag(form, "o:testmode")
     opts.tracking = _flag(form, "o:tracking")
     opts.tracking_clicks = parse_bool(
         "o:tracking-clicks", form.text("o:tracking-clicks"), extra=("htmlonly",)
@@ -61,6 +61,7 @@ def _flag(form: Form, name: str) -> bool | None:
 
 
 def _submission(request: web.Request, form: Form, domain: str) -> Submission:
+    key = api_key(request)
     headers = [
         (name[2:], value)
         for name, value in form.items()
@@ -92,6 +93,8 @@ def _submission(request: web.Request, form: Form, domain: str) -> Submission:
         recipient_variables=_recipient_variables(form),
         options=_options(form),
         originating_ip=request.remote,
+        # a domain sending key speaks for its domain only, like an SMTP login
+        principal=None if key.domain is None else f"sending key {key.id}",
     )
 
 
@@ -105,10 +108,15 @@ async def _accept(request: web.Request, submission: Submission) -> web.Response:
 
 async def send_message(request: web.Request) -> web.Response:
     domain = await path_domain(request)
+    async with services(request).accepting.hold(request.content_length or 0):
+        return await _send_message(request, domain.name)
+
+
+async def _send_message(request: web.Request, domain: str) -> web.Response:
     form = await read_form(request)
     if form.text("template"):
         raise ApiError(400, "stored templates are not supported by this server yet")
-    submission = _submission(request, form, domain.name)
+    submission = _submission(request, form, domain)
     submission.parts = Parts(
         subject=form.text("subject", "") or "",
         text=form.text("text"),
@@ -125,11 +133,16 @@ async def send_message(request: web.Request) -> web.Response:
 
 async def send_mime(request: web.Request) -> web.Response:
     domain = await path_domain(request)
+    async with services(request).accepting.hold(request.content_length or 0):
+        return await _send_mime(request, domain.name)
+
+
+async def _send_mime(request: web.Request, domain: str) -> web.Response:
     form = await read_form(request)
     uploads = form.uploads("message")
     if not uploads:
         raise ApiError(400, "message parameter is missing")
-    submission = _submission(request, form, domain.name)
+    submission = _submission(request, form, domain)
     submission.from_ = []
     submission.mime = uploads[-1].data
     return await _accept(request, submission)

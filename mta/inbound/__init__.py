@@ -12,28 +12,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email
+import email.message
 import email.parser
 import email.policy
 import email.utils
+import functools
 import hashlib
 import hmac
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
 
-from mta import tokens
+from mta import tokens, webpost
 from mta.accept import AcceptError, Acceptor, Submission
-from mta.accept.mime import header_name, split_header_block
+from mta.accept.addresses import split_addresses
+from mta.accept.mime import HeadError, MessageHead
 from mta.config import Config
+from mta.dns import Resolver
 from mta.domains import Domain, Domains
 from mta.events import event_statement, new_event
 from mta.inbound.parsed import Parsed, decode_header_value, parse_message
 from mta.inbound.reports import Reports, report_type
 from mta.inbound.routes import RouteMatch, Routes
+from mta.inbound.structure import TooComplex, check_structure
 from mta.inbound.verdicts import Verdict, Verdicts
 from mta.store import Statement, Store
 
@@ -41,6 +47,7 @@ log = logging.getLogger("mta.inbound")
 _HEADERS = email.parser.BytesHeaderParser(policy=email.policy.compat32)
 MAX_HOPS = 50  # Received headers before mail is taken for a loop (Postfix's hopcount_limit)
 MAX_HEADERS = 500  # header fields that routes look at
+HEAVY_BYTES = 256 * 1024  # larger messages are read off the event loop
 ROUTES_BUDGET_S = 0.1  # route matching for all of one message's recipients together
 _OURS = ("x-mailgun-", "x-envelope-from")
 JOB_BATCH = 100
@@ -51,11 +58,11 @@ PURGE_INTERVAL_S = 3600.0
 PURGE_CHUNK = 200
 _INSERT_MESSAGE = (
     "INSERT INTO inbound (key, domain, received_at, sender, recipient, mime_key, prefix,"
-    " stored_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    " stored_until, from_aligned) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _SELECT_MESSAGE = (
-    "SELECT i.key, i.domain, i.received_at, i.sender, i.recipient, i.prefix, m.mime"
-    " FROM inbound i JOIN inbound_mime m ON m.key = i.mime_key"
+    "SELECT i.key, i.domain, i.received_at, i.sender, i.recipient, i.prefix, i.from_aligned,"
+    " m.mime FROM inbound i JOIN inbound_mime m ON m.key = i.mime_key"
 )
 _INSERT_JOB = (
     "INSERT INTO inbound_jobs (inbound_key, kind, target, route_id, due_at, created_at)"
@@ -63,8 +70,50 @@ _INSERT_JOB = (
 )
 
 
+T = TypeVar("T")
+
+
 def _reserved(name: str) -> bool:
     return name.startswith(_OURS)
+
+
+async def _maybe_off_loop(heavy: bool, work: Callable[[], T]) -> T:
+    return await asyncio.to_thread(work) if heavy else work()
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """What receiving needs of a message, read once."""
+
+    mime: bytes  # as stored and routed
+    headers: list[tuple[str, str]]  # decoded, for routes
+    report: str  # "delivery-status", "feedback-report" or ""
+    from_domain: str
+
+
+def _report_kind(content_type: str) -> str:
+    holder = email.message.Message()
+    holder["Content-Type"] = content_type
+    return report_type(holder)  # type: ignore[arg-type]
+
+
+def _forwards_to_addresses(matches: list[RouteMatch]) -> bool:
+    return any(
+        action.kind == "forward"
+        and any(not t.lower().startswith(("http://", "https://")) for t in action.destinations)
+        for match in matches
+        for action in match.actions
+    )
+
+
+def _aligned(from_domain: str, authenticated: frozenset[str]) -> bool:
+    """DMARC's relaxed alignment, without a public-suffix list: a domain that passed SPF or
+    DKIM is the From domain, or one is under the other."""
+    return any(
+        d == from_domain or from_domain.endswith("." + d) or d.endswith("." + from_domain)
+        for d in authenticated
+        if d
+    )
 
 
 def _received(peer_ip: str, helo: str, hostname: str, now: float) -> str:
@@ -89,12 +138,13 @@ class StoredMessage:
     sender: str
     recipient: str
     mime: bytes
+    from_aligned: bool  # its From passed SPF or DKIM, aligned: a forward may sign it
 
     @classmethod
     def from_row(cls, row: Any) -> StoredMessage:
         """A `_SELECT_MESSAGE` row: the recipient's own added headers, then the content."""
         return cls(row["key"], row["domain"], row["received_at"], row["sender"],
-                   row["recipient"], row["prefix"] + row["mime"])
+                   row["recipient"], row["prefix"] + row["mime"], bool(row["from_aligned"]))
 
     def raw_fields(self) -> dict[str, str]:
         """Mailgun's raw-MIME form: envelope, From and Subject, and the message itself."""
@@ -139,8 +189,10 @@ class Inbound:
         verdicts: Verdicts,
         reports: Reports,
         acceptor: Acceptor,
+        resolver: Resolver,
     ) -> None:
         self._config = config
+        self._resolver = resolver
         self._store = store
         self._domains = domains
         self._routes = routes
@@ -165,21 +217,19 @@ class Inbound:
         """Check, route and store one message; returns how many recipients took it. Raises
         InboundError when none would (no route, no report)."""
         now = time.time()
-        fields, rest = split_header_block(mime[: self._config.smtp.max_header_bytes + 4])
-        if sum(1 for f in fields if header_name(f) == "received") > MAX_HOPS:
-            raise InboundError("554 5.4.6 Too many hops: a mail loop?")
-        # what a stranger wrote in our own header names is not ours: drop it before we add ours
-        kept = [f for f in fields if not _reserved(header_name(f))]
-        mime = b"\r\n".join(kept) + rest + mime[self._config.smtp.max_header_bytes + 4 :]
-        head = _HEADERS.parsebytes(b"\r\n".join(kept) + b"\r\n\r\n")
-        headers = [(str(n), decode_header_value(str(v))) for n, v in head.items()][:MAX_HEADERS]
+        reading = await _maybe_off_loop(
+            len(mime) > HEAVY_BYTES, functools.partial(self._read, mime)
+        )
+        mime, headers = reading.mime, reading.headers
         recipients = list(dict.fromkeys(recipients))
         domains = [await self._domains.get(r.rpartition("@")[2]) for r in recipients]
         verdict = Verdict("", "", None, None)
+        authenticated: frozenset[str] | None = None  # domains that passed SPF or DKIM
         if any(d is not None and d.spam_action in ("tag", "block") for d in domains):
             verdict = await self._verdicts.check(mime, sender, peer_ip, helo)
+            authenticated = verdict.passed
         report = None
-        if report_type(head):  # a bounce or complaint report: read once, whole, off the loop
+        if reading.report:  # a bounce or complaint report: read once, whole, off the loop
             report = await self._reports.summarise(mime)
         received = _received(peer_ip, helo, self._config.server.hostname, now)
         mime_key = tokens.token_urlsafe(24)  # the content, stored once for every recipient
@@ -209,9 +259,14 @@ class Inbound:
             if not matches:
                 log.info("no route for <%s> (from <%s>)", rcpt, sender)
                 continue
+            aligned = False
+            if _forwards_to_addresses(matches) and await self._hosted(reading.from_domain):
+                if authenticated is None:  # SPF and DKIM, asked only when it matters
+                    authenticated = await self._verdicts.authenticate(mime, sender, peer_ip, helo)
+                aligned = _aligned(reading.from_domain, authenticated)
             prefix = (received + "".join(f"{n}: {v}\r\n" for n, v in added)).encode()
             routed = self._routed(domain, rcpt, sender, mime_key, prefix, len(mime), headers,
-                                  matches, now)
+                                  matches, aligned, now)
             statements += routed
             keeps_content = keeps_content or len(routed) > 1
             taken += 1
@@ -225,6 +280,42 @@ class Inbound:
             await self._store.write(*statements)
         return taken
 
+    def _read(self, mime: bytes) -> _Reading:
+        """The message read once, from the bytes that are stored: header block (capped), MIME
+        shape (capped), hops, and a stranger's copies of our own headers dropped."""
+        smtp, inbound = self._config.smtp, self._config.inbound
+        try:
+            head = MessageHead.parse(mime, smtp.max_header_bytes, smtp.max_header_fields)
+            check_structure(mime, inbound.max_mime_parts, inbound.max_mime_depth)
+        except (HeadError, TooComplex) as exc:
+            raise InboundError(f"552 5.3.4 {exc}") from None
+        for name in ("from", "sender"):
+            if head.count(name) > 1:
+                raise InboundError(f"550 5.6.0 Message has more than one {name.title()} header")
+        if head.count("received") > MAX_HOPS:
+            raise InboundError("554 5.4.6 Too many hops: a mail loop?")
+        # what a stranger wrote in our own header names is not ours: dropped before ours go in
+        kept = head.without(_reserved)
+        if len(kept.fields) < len(head.fields):
+            mime = kept.to_bytes()
+        headers = []
+        for field in kept.fields[:MAX_HEADERS]:
+            name, _, value = field.partition(b":")
+            headers.append((name.decode("ascii", "replace").strip(),
+                            decode_header_value(value.decode("utf-8", "surrogateescape"))))
+        content_type = kept.first("content-type") or ""
+        from_addresses = split_addresses(kept.first("from") or "")
+        from_domain = from_addresses[0][1].rpartition("@")[2].lower() if from_addresses else ""
+        return _Reading(bytes(mime), headers, _report_kind(content_type), from_domain)
+
+    async def _hosted(self, name: str) -> bool:
+        """Whether `name` or a domain it is under is hosted here."""
+        labels = name.split(".")
+        for i in range(len(labels) - 1):
+            if await self._domains.get(".".join(labels[i:])) is not None:
+                return True
+        return False
+
     def _routed(
         self,
         domain: Domain,
@@ -235,6 +326,7 @@ class Inbound:
         size: int,
         headers: list[tuple[str, str]],
         matches: list[RouteMatch],
+        aligned: bool,
         now: float,
     ) -> list[Statement]:
         """The events of a routed recipient, and (when an action needs the message later) its
@@ -268,7 +360,7 @@ class Inbound:
         if jobs or stored_until:
             statements.append(
                 Statement(_INSERT_MESSAGE, [(key, domain.name, now, sender, rcpt, mime_key,
-                                             prefix, stored_until)])
+                                             prefix, stored_until, int(aligned))])
             )
         if jobs:
             statements.append(Statement(_INSERT_JOB, jobs))
@@ -371,9 +463,9 @@ class Inbound:
                 [(time.time(),)],
             )
         )
-        self._http = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self._config.inbound.post_timeout_s)
-        )
+        inbound = self._config.inbound
+        policy = webpost.Policy(inbound.forward_allow, inbound.forward_deny, "inbound.forward_deny")
+        self._http = webpost.session(self._resolver, policy, inbound.post_timeout_s)
         self._runner = asyncio.create_task(self._run_loop(), name="inbound-jobs")
         self._purger = asyncio.create_task(self._purge_loop(), name="inbound-purge")
 
@@ -465,7 +557,8 @@ class Inbound:
                 await self._post(job, domain, message)
         except Exception:
             log.exception(
-                "inbound job %d (%s %s) failed; it is tried again", job.id, job.kind, job.target
+                "inbound job %d (%s %s) failed; it is tried again",
+                job.id, job.kind, webpost.redact(job.target),
             )
             await self._retry_or_give_up(job, None, "local error")
 
@@ -477,7 +570,14 @@ class Inbound:
             mime=message.mime,
             envelope_sender=message.sender,
             authenticated=False,
+            control_headers=False,  # a stranger's X-Mailgun-* are not ours to obey
         )
+        from_addresses = split_addresses(message.raw_fields()["from"])
+        from_domain = from_addresses[0][1].rpartition("@")[2].lower() if from_addresses else ""
+        if not message.from_aligned and await self._hosted(from_domain):
+            # signing it for a hosted domain would make a stranger's spoof pass DMARC: the
+            # envelope is ours (the return path), the signature is left off
+            submission.options.dkim = False
         try:
             await self._acceptor.accept(submission)
         except AcceptError as exc:
@@ -491,26 +591,29 @@ class Inbound:
         await self._finish(job, "done")
 
     async def _post(self, job: _Job, domain: Domain, message: StoredMessage) -> None:
+        """A refused address is retried like any failure: it is judged on the DNS answer of
+        the moment, and an operator who widens forward_allow gets the waiting posts through."""
         form = await self._form(job, domain, message)
         assert self._http is not None
         try:
-            async with self._http.post(job.target, data=form) as response:
-                status = response.status
-                text = (await response.content.read(1024)).decode("utf-8", "replace")
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            await self._retry_or_give_up(job, message, f"{exc.__class__.__name__}: {exc}")
+            status = await webpost.post(self._http, job.target, form)
+        except webpost.PostError as exc:
+            await self._retry_or_give_up(job, message, str(exc), exc.status)
             return
+        where = webpost.redact(job.target)
         if status == 200:
-            log.info("posted mail for <%s> to %s", message.recipient, job.target)
+            log.info("posted mail for <%s> to %s", message.recipient, where)
             await self._finish(job, "done")
         elif status == 406:
-            log.info("%s rejected mail for <%s> (406): not retried", job.target, message.recipient)
+            log.info("%s rejected mail for <%s> (406): not retried", where, message.recipient)
             await self._finish(job, "rejected")
         else:
-            await self._retry_or_give_up(job, message, f"HTTP {status}: {text[:200]}", status)
+            await self._retry_or_give_up(job, message, webpost.status_line(status), status)
 
     async def _form(self, job: _Job, domain: Domain, message: StoredMessage) -> aiohttp.FormData:
-        form = aiohttp.FormData()
+        """Always multipart/form-data, attachments or not: Mailgun's posts are, and some
+        applications read only that."""
+        form = aiohttp.FormData(default_to_multipart=True)
         if job.kind == "post" and job.target.rstrip("/").lower().endswith("mime"):
             fields = message.raw_fields()
             for name, value in (fields | signed_fields(domain.signing_key)).items():
@@ -548,7 +651,7 @@ class Inbound:
             log.info(
                 "%s %s failed (%s): tried again in %.0f s",
                 job.kind,
-                job.target,
+                webpost.redact(job.target),
                 problem,
                 due - time.time(),
             )
@@ -561,7 +664,8 @@ class Inbound:
             )
             return
         log.warning(
-            "%s %s given up after %d attempts: %s", job.kind, job.target, job.attempts + 1, problem
+            "%s %s given up after %d attempts: %s",
+            job.kind, webpost.redact(job.target), job.attempts + 1, problem,
         )
         event = self._given_up(job, message, status, problem) if message is not None else None
         await self._finish(job, "failed", event)
@@ -569,6 +673,7 @@ class Inbound:
     def _given_up(
         self, job: _Job, message: StoredMessage, status: int, problem: str, reason: str = "old"
     ) -> tuple[str, dict[str, Any]]:
+        target = webpost.redact(job.target)  # events are read by more people than routes are
         return message.domain, new_event(
             "failed",
             recipient=message.recipient,
@@ -580,10 +685,10 @@ class Inbound:
             delivery_status={
                 "code": status,
                 "message": problem,
-                "description": f"{job.kind} to {job.target} given up",
+                "description": f"{job.kind} to {target} given up",
                 "attempt-no": job.attempts + 1,
             },
-            envelope={"sender": message.sender, "targets": job.target, "transport": job.kind},
+            envelope={"sender": message.sender, "targets": target, "transport": job.kind},
         )
 
     async def _finish(

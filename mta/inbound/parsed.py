@@ -47,10 +47,12 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import orjson
 
 _MAX_DEPTH = 50  # MIME nesting followed; deeper parts are ignored
+MAX_PARTS = 10_000  # message objects one parse may build (the MX allows far fewer parts)
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _CONTROL = re.compile(r"[\r\n\x00]+")
 _ENCODED_WORD = re.compile(r"=\?([^?\s]{1,80})\?([bBqQ])\?([^?]*)\?=")
@@ -789,8 +791,26 @@ def _filename(part: email.message.Message) -> str:
     return re.sub(r"[\x00-\x1f\x7f]", "", name).strip()
 
 
+class TooManyParts(Exception):
+    pass
+
+
 def _parse_tree(mime: bytes) -> tuple[list[tuple[str, str]], _Reader]:
-    message = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(mime)
+    """The stdlib parse, stopped after MAX_PARTS message objects: the MX refuses messages
+    with more parts before they are stored (mta.inbound.structure), and this keeps that true
+    here even where the two readings of a broken message might differ."""
+    made = 0
+
+    class Counted(email.message.Message):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            nonlocal made
+            made += 1
+            if made > MAX_PARTS:
+                raise TooManyParts
+            super().__init__(*args, **kwargs)
+
+    parser = email.parser.BytesParser(_class=Counted, policy=email.policy.compat32)
+    message = parser.parsebytes(mime)
     headers = [
         (normalize_header_name(k), decode_header_value(str(v))) for k, v in message.raw_items()
     ]

@@ -66,6 +66,7 @@ class Verdict:
     dkim: str
     score: float | None
     spam: bool | None
+    passed: frozenset[str] = frozenset()  # domains that passed: SPF's sender, DKIM's d=
 
     def headers(self) -> list[tuple[str, str]]:
         headers = []
@@ -162,9 +163,10 @@ def check_spf(dns: SyncDns, client_ip: str, sender: str, helo: str) -> str:
     return SPF_RESULTS.get(result, "PermError")
 
 
-def check_dkim(dns: SyncDns, mime: bytes) -> str:
+def check_dkim(dns: SyncDns, mime: bytes) -> tuple[str, str]:
     """Pass if a DKIM signature verifies (the first MAX_DKIM_SIGNATURES are tried), Fail if
-    none does or the key cannot be fetched, "" when the message is not signed."""
+    none does or the key cannot be fetched, "" when the message is not signed; and the d=
+    domain of the signature that passed."""
 
     def txt(name: bytes, timeout: float = 5) -> bytes | None:
         try:
@@ -181,19 +183,21 @@ def check_dkim(dns: SyncDns, mime: bytes) -> str:
     except dkim.DKIMException:
         # unparsable header block: a signature in it cannot verify
         split = _HEAD_END.search(mime)
-        return "Fail" if _DKIM_HEADER.search(mime[: split.start()] if split else mime) else ""
+        signed = _DKIM_HEADER.search(mime[: split.start()] if split else mime)
+        return ("Fail" if signed else ""), ""
     signatures = sum(1 for name, _ in message.headers if name.lower() == b"dkim-signature")
     if not signatures:
-        return ""
+        return "", ""
     for idx in range(min(signatures, MAX_DKIM_SIGNATURES)):
         try:
             if message.verify(idx, dnsfunc=txt):
-                return "Pass"
+                domain = message.domain or b""
+                return "Pass", domain.decode("ascii", "replace").lower()
         except dkim.DKIMException:
             continue  # a malformed signature
         except Exception:  # a dkimpy failure must not stop the mail
             log.warning("DKIM check failed", exc_info=True)
-    return "Fail"
+    return "Fail", ""
 
 
 class Verdicts:
@@ -211,16 +215,32 @@ class Verdicts:
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="verdicts")
 
     async def check(self, mime: bytes, sender: str, client_ip: str, helo: str) -> Verdict:
+        (spf_result, dkim_result, passed), score = await asyncio.gather(
+            self._authenticate(mime, sender, client_ip, helo), self.spam_score(mime)
+        )
+        spam = None if score is None else score >= self._config.threshold
+        return Verdict(spf_result, dkim_result, score, spam, passed)
+
+    async def authenticate(
+        self, mime: bytes, sender: str, client_ip: str, helo: str
+    ) -> frozenset[str]:
+        """The domains that SPF (the envelope sender's, else HELO's) or DKIM (d=) vouch for."""
+        return (await self._authenticate(mime, sender, client_ip, helo))[2]
+
+    async def _authenticate(
+        self, mime: bytes, sender: str, client_ip: str, helo: str
+    ) -> tuple[str, str, frozenset[str]]:
         loop = asyncio.get_running_loop()
         spf_dns = SyncDns(self._resolver, loop, self._time_limit_s)
         dkim_dns = SyncDns(self._resolver, loop, self._time_limit_s)
-        spf_result, dkim_result, score = await asyncio.gather(
+        spf_result, (dkim_result, signer) = await asyncio.gather(
             loop.run_in_executor(self._pool, check_spf, spf_dns, client_ip, sender, helo),
             loop.run_in_executor(self._pool, check_dkim, dkim_dns, mime),
-            self.spam_score(mime),
         )
-        spam = None if score is None else score >= self._config.threshold
-        return Verdict(spf=spf_result, dkim=dkim_result, score=score, spam=spam)
+        passed = {signer} if dkim_result == "Pass" else set()
+        if spf_result == "Pass":
+            passed.add((sender.rpartition("@")[2] if sender else helo).lower())
+        return spf_result, dkim_result, frozenset(passed)
 
     async def spam_score(self, mime: bytes) -> float | None:
         """spamd's score (its own threshold is ignored); None when there is no spamd, the

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from mta.accept.template import Personal, Template
 from mta.events import event_statement, new_event
 from mta.store import Statement, Store
 
@@ -21,7 +22,7 @@ _CLAIM = (
     "UPDATE recipients SET lease_until = ?, due_at = ?"
     " WHERE id IN (SELECT id FROM recipients WHERE state = 'queued' AND due_at <= ?"
     " ORDER BY due_at LIMIT ?)"
-    " RETURNING id, message_key, address, attempts, to_header, user_variables,"
+    " RETURNING id, message_key, address, attempts, to_header, user_variables, personal,"
     " mime IS NOT NULL AS has_copy"
 )
 _DONE = "UPDATE recipients SET state = ?, attempts = attempts + 1, lease_until = 0 WHERE id = ?"
@@ -29,6 +30,12 @@ _RETRY = "UPDATE recipients SET attempts = attempts + 1, due_at = ?, lease_until
 _DEFER = "UPDATE recipients SET due_at = ?, lease_until = 0 WHERE id = ?"
 _CHUNK = 500
 PURGE_CHUNK = 200
+DOMAIN_REMOVED = "domain-removed"
+_RECIPIENT_ROW = (
+    "SELECT r.id, r.message_key, r.address, r.attempts, r.to_header, r.user_variables,"
+    " r.personal, r.mime, m.domain, m.sender, m.created_at, m.options, m.mime AS shared"
+    " FROM recipients r JOIN messages m ON m.key = r.message_key"
+)
 
 
 @dataclass(eq=False)
@@ -43,6 +50,15 @@ class Message:
     mime: bytes | None
     pending: int = 0  # deliveries in memory that point here
     dkim_header: bytes | None = None  # signature of the shared content, made once
+    _template: Template | None = None
+
+    @property
+    def template(self) -> Template | None:
+        """A batch send's template (read once), rendered per recipient; None for a message
+        that goes out alike to everyone."""
+        if self._template is None and self.options.get("template") and self.mime is not None:
+            self._template = Template.load(self.mime)
+        return self._template
 
     @property
     def deliver_at(self) -> float | None:
@@ -71,7 +87,8 @@ class Delivery:
     attempts: int
     to_header: str | None
     user_variables: dict[str, Any] | None
-    copy: bytes | None = None
+    personal: Personal | None = None  # a batch recipient's values (the message is a template)
+    copy: bytes | None = None  # a copy of its own (stored per recipient before templates)
     site: Any = field(default=None, repr=False)  # the scheduler's Site, once sorted
     signed: bool = False  # DKIM-signed on its last attempt
 
@@ -80,10 +97,28 @@ class Delivery:
         return self.address.rpartition("@")[2].lower()
 
     @property
+    def shared(self) -> bool:
+        """Whether every recipient of the message gets the same bytes (one signature)."""
+        return self.copy is None and self.message.template is None
+
+    @property
+    def size(self) -> int:
+        if self.copy is not None:
+            return len(self.copy)
+        template = self.message.template
+        if template is not None:
+            return template.size
+        return len(self.message.mime or b"")
+
     def content(self) -> bytes:
-        body = self.copy if self.copy is not None else self.message.mime
-        assert body is not None
-        return body
+        """What is sent to this recipient (a batch copy is rendered here, each time)."""
+        if self.copy is not None:
+            return self.copy
+        template = self.message.template
+        if template is not None:
+            return template.render(self.personal or Personal("", self.address))
+        assert self.message.mime is not None
+        return self.message.mime
 
 
 class Queue:
@@ -263,7 +298,7 @@ def delivery_event(
         message={
             "headers": headers,
             "attachments": described.get("attachments", []),
-            "size": len(d.content) if (d.copy or message.mime) else 0,
+            "size": d.size,
         },
         **({"delivery_status": status} if status else {}),
         **fields,
@@ -276,14 +311,12 @@ def delivery_event(
 async def sent_recipient(store: Store, recipient_id: int) -> Delivery | None:
     """A recipient row and its message, for reports that come back about it later (bounces,
     complaints); None once the message has been purged."""
-    row = await store.fetchone(
-        "SELECT r.id, r.message_key, r.address, r.attempts, r.to_header, r.user_variables,"
-        " r.mime, m.domain, m.sender, m.created_at, m.options, m.mime AS shared"
-        " FROM recipients r JOIN messages m ON m.key = r.message_key WHERE r.id = ?",
-        (recipient_id,),
-    )
-    if row is None:
-        return None
+    row = await store.fetchone(_RECIPIENT_ROW + " WHERE r.id = ?", (recipient_id,))
+    return None if row is None else _joined_delivery(row)
+
+
+def _joined_delivery(row: Any) -> Delivery:
+    """A `_RECIPIENT_ROW` (recipient and message) as a Delivery."""
     message = Message(
         key=row["message_key"],
         domain=row["domain"],
@@ -295,9 +328,35 @@ async def sent_recipient(store: Store, recipient_id: int) -> Delivery | None:
     return _delivery(row, message, row["mime"])
 
 
+def dropped_event(d: Delivery) -> dict[str, Any]:
+    """The `failed` event of a recipient never sent because its sending domain was removed."""
+    status = {
+        "code": 0,
+        "message": "",
+        "description": f"Not delivering: the sending domain {d.message.domain} was removed",
+        "attempt-no": d.attempts + 1,
+    }
+    return delivery_event(d, "failed", status, mail_from=None, severity="permanent",
+                          reason="generic")
+
+
+async def make_due(store: Store, domain: str, now: float) -> None:
+    """Everything queued for `domain` (a removed domain) becomes due now: the scheduler then
+    finds the domain gone and fails each recipient with its event, as any other outcome."""
+    await store.write(
+        Statement(
+            "UPDATE recipients SET due_at = ? WHERE state = 'queued' AND lease_until = 0"
+            " AND message_key IN (SELECT key FROM messages WHERE domain = ?)",
+            [(now, domain)],
+        )
+    )
+
+
 def _delivery(row: Any, message: Message, copy: bytes | None) -> Delivery:
-    """A recipient row (id, address, attempts, to_header, user_variables) as a Delivery."""
+    """A recipient row (id, address, attempts, to_header, user_variables, personal) as a
+    Delivery."""
     variables = row["user_variables"]
+    personal = row["personal"]
     return Delivery(
         id=row["id"],
         message=message,
@@ -305,6 +364,7 @@ def _delivery(row: Any, message: Message, copy: bytes | None) -> Delivery:
         attempts=row["attempts"],
         to_header=row["to_header"],
         user_variables=orjson.loads(variables) if variables else None,
+        personal=Personal.load(personal) if personal else None,
         copy=copy,
     )
 

@@ -34,7 +34,7 @@ from mta.outbound.client import (
 from mta.outbound.dkim import SigningError, signature_header
 from mta.outbound.mx import MxResolver, Route, Unroutable
 from mta.outbound.policy import Classifier, Profile, Shaping, Verdict
-from mta.outbound.queue import Delivery, Queue, delivery_event
+from mta.outbound.queue import DOMAIN_REMOVED, Delivery, Queue, delivery_event, dropped_event
 from mta.outbound.returnpath import ReturnPaths
 from mta.store import Store
 from mta.suppressions import bounce_statement, suppressed
@@ -52,6 +52,7 @@ OVERFLOW_DEFER_MAX_S = 300.0
 DRAIN_SAMPLE = 200  # recent completions the drain rate is measured over
 CLEAN_MINUTE_S = 60.0
 SIGNING_THREADS = 2
+RENDER_ON_LOOP_BYTES = 256 * 1024  # batch copies bigger than this are rendered in a thread
 Write = Coroutine[Any, Any, None]  # an outcome's write, awaited by whoever decided it
 
 _SUPPRESSION = {
@@ -62,6 +63,11 @@ _SUPPRESSION = {
 _SENDER_CODES = ("5.1.7", "5.1.8")  # bad / unroutable sender address (RFC 3463)
 # Mailgun's pseudo-code when no MX could be used
 NO_ROUTE = 498
+
+
+class DomainRemoved(Exception):
+    """The message's sending domain was deleted after it was queued: it is not sent (nor
+    sent unsigned)."""
 
 
 @dataclass(eq=False)
@@ -287,6 +293,9 @@ class Scheduler:
             groups.setdefault((d.message.domain, tuple(d.message.tags)), []).append(d)
         blocked: dict[int, str] = {}
         for (domain, tags), group in groups.items():
+            if await self._domains.get(domain) is None:  # removed since it was queued
+                blocked.update((d.id, DOMAIN_REMOVED) for d in group)
+                continue
             reasons = await suppressed(self._store, domain, [d.address for d in group], list(tags))
             for d in group:
                 if d.address.lower() in reasons:
@@ -298,7 +307,7 @@ class Scheduler:
         policies = [await self._tls_policy(d) for d in routable]
 
         finishing = [
-            self._suppressed(d, blocked[d.id]) if d.id in blocked else self._test_mode(d)
+            self._blocked(d, blocked[d.id]) if d.id in blocked else self._test_mode(d)
             for d in deliveries
             if d.id in blocked or d.message.test_mode
         ]
@@ -540,15 +549,18 @@ class Scheduler:
 
     async def _signed(self, d: Delivery) -> bytes:
         message = d.message
-        content = d.content
+        if d.size > RENDER_ON_LOOP_BYTES and not d.shared:
+            content = await asyncio.get_running_loop().run_in_executor(self._signer, d.content)
+        else:
+            content = d.content()
         if message.options.get("dkim") is False:
             return content
-        if d.copy is None and message.dkim_header is not None:
+        if d.shared and message.dkim_header is not None:
             d.signed = True
             return message.dkim_header + content
         domain = await self._domains.get(message.domain)
         if domain is None:
-            return content
+            raise DomainRemoved(message.domain)
         try:
             # in the signing threads: OpenSSL's RSA step lets the event loop run meanwhile
             header = await asyncio.get_running_loop().run_in_executor(
@@ -558,14 +570,17 @@ class Scheduler:
         except SigningError as exc:
             log.warning("not DKIM-signing %s for %s: %s", message.key, d.address, exc)
             return content
-        if d.copy is None:
+        if d.shared:
             message.dkim_header = header
         d.signed = True
         return header + content
 
     async def _attempt(self, site: Site, session: Session, d: Delivery) -> Write:
         """Send one message; returns the write of its outcome."""
-        data = await self._signed(d)
+        try:
+            data = await self._signed(d)
+        except DomainRemoved:
+            return self._blocked(d, DOMAIN_REMOVED)
         return_path = self._return_path(d)
         try:
             reply = await session.send(return_path, d.address, data)
@@ -630,11 +645,15 @@ class Scheduler:
         status = self._status(d, Reply(250, "OK", ""), None)
         return self._finish(d, "delivered", self._event(d, "delivered", status))
 
-    def _suppressed(self, d: Delivery, reason: str) -> Write:
-        code, description = _SUPPRESSION[reason]
-        status = self._status(d, Reply(code, "", ""), None, description=description)
-        status["message"] = ""
-        event = self._event(d, "failed", status, severity="permanent", reason=reason)
+    def _blocked(self, d: Delivery, reason: str) -> Write:
+        """Not sent at all: a suppressed address, or the sending domain was removed."""
+        if reason == DOMAIN_REMOVED:
+            event = dropped_event(d)
+        else:
+            code, description = _SUPPRESSION[reason]
+            status = self._status(d, Reply(code, "", ""), None, description=description)
+            status["message"] = ""
+            event = self._event(d, "failed", status, severity="permanent", reason=reason)
         return self._finish(d, "failed", event)
 
     def _unroutable(self, d: Delivery, exc: Unroutable) -> Write:

@@ -22,7 +22,6 @@ from typing import Any
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
 
 from mta.accept import AcceptError, Submission, valid_addr_spec
-from mta.accept.mime import split_header_block
 from mta.api.context import Services
 from mta.config import Config, parse_listen
 from mta.credentials import CheckRefused, Credential, PasswordChecks
@@ -262,13 +261,6 @@ class BaseHandler:
             return "553 5.1.3 Recipient address syntax is not valid"
         return None
 
-    def header_too_big(self, content: bytes) -> str | None:
-        limit = self.config.smtp.max_header_bytes
-        head, _ = split_header_block(content[: limit + 4])
-        if sum(len(f) + 2 for f in head) > limit:
-            return f"552 5.3.4 Message header exceeds {limit} bytes"
-        return None
-
 
 class SubmissionHandler(BaseHandler):
     """AUTH, RCPT and DATA for authenticated submission."""
@@ -382,9 +374,6 @@ class SubmissionHandler(BaseHandler):
     ) -> str:
         credential: Credential = session.auth_data
         content = envelope.original_content or b""
-        refusal = self.header_too_big(content)
-        if refusal is not None:
-            return refusal
         submission = Submission(
             domain=credential.domain,
             method="smtp",
@@ -394,7 +383,7 @@ class SubmissionHandler(BaseHandler):
             envelope_sender="" if envelope.mail_from == NULL_SENDER else envelope.mail_from,
             authenticated=True,
             originating_ip=server.peer_ip,
-            sender_login=credential.login,
+            principal=credential.login,
         )
         self.busy += 1
         try:

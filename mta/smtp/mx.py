@@ -41,9 +41,6 @@ class MxHandler(BaseHandler):
         self, server: SubmissionSession, session: Session, envelope: Envelope
     ) -> str:
         content = envelope.original_content or b""
-        refusal = self.header_too_big(content)
-        if refusal is not None:
-            return refusal
         sender = "" if envelope.mail_from == NULL_SENDER else (envelope.mail_from or "")
         if sender and not valid_addr_spec(sender):
             return "553 5.1.7 Sender address is not valid"

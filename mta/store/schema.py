@@ -6,6 +6,9 @@ Tables and the modules that own them (only the owner writes SQL against them):
 - credentials: mta.credentials
 - messages, recipients: mta.accept (writes), the outbound scheduler (delivery state).
   A message's `key` is its storage key; its Message-Id need not be unique (clients resend).
+  A batch send's `mime` is a template (options.template) and each recipient row holds its
+  `personal` values; `recipients.mime` (a copy per recipient) is only read, for rows written
+  before templates (migration 5).
 - events: mta.events
 - bounces, unsubscribes, complaints: mta.suppressions
 - server_secrets: mta.outbound (keys for return-path tags)
@@ -234,5 +237,11 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX inbound_jobs_due ON inbound_jobs (state, due_at);
     CREATE INDEX inbound_jobs_message ON inbound_jobs (inbound_key);
+    """,
+    # 5: a batch send is stored once, as a template; each recipient keeps its own values
+    # and a received message records whether its From was authenticated (forwards sign it)
+    """
+    ALTER TABLE recipients ADD COLUMN personal BLOB;
+    ALTER TABLE inbound ADD COLUMN from_aligned INTEGER NOT NULL DEFAULT 0;
     """,
 ]
