@@ -15,7 +15,7 @@ from mta.api import build_app
 from mta.api.context import Services
 from mta.budget import ByteBudget
 from mta.config import Config, parse_listen
-from mta.credentials import Credentials
+from mta.credentials import Credentials, PasswordChecks
 from mta.dns import Resolver
 from mta.domains import Domains
 from mta.events import purge_expired
@@ -58,7 +58,7 @@ async def open_services(config: Config) -> Services:
             resolver=resolver,
             domains=domains,
             keys=ApiKeys(store),
-            credentials=Credentials(store),
+            credentials=Credentials(store, PasswordChecks(config.smtp)),
             acceptor=acceptor,
             routes=routes,
             return_paths=return_paths,
@@ -168,6 +168,7 @@ class Server:
                 await runner.cleanup()
         finally:
             if self.services is not None:
+                self.services.credentials.checks.close()
                 await self.services.store.close()
 
 

@@ -119,17 +119,20 @@ class PasswordChecks:
     def _finished(self) -> None:
         self.pending -= 1
 
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
 
 class Credentials:
     """Owns the credentials table."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, checks: PasswordChecks) -> None:
         self._store = store
         self._hashes: dict[str, tuple[str, str]] = {}  # login -> (domain, hash)
         self._cache_version = -1
         self._verified: set[bytes] = set()
         self._secret = secrets.token_bytes(32)
-        self.checks = PasswordChecks(SmtpConfig())  # sized from [smtp] by the SMTP listeners
+        self.checks = checks
 
     async def _refresh(self) -> None:
         version = self._store.admin_version()

@@ -607,7 +607,7 @@ async def test_data_over_the_limit_is_refused_and_the_session_goes_on(mail_serve
     assert await raw.command("RCPT TO:<bob@example.net>") == ["250 2.1.5 OK"]
     assert await raw.command("DATA") == ["354 End data with <CR><LF>.<CR><LF>"]
     big = message(body=("y" * 98 + "\r\n") * 1500)
-    assert await raw.data(big) == ["552 5.3.4 Too much mail data"]
+    assert await raw.data(big) == ["552 5.3.4 Message size exceeds 100000 bytes"]
     assert storeview.counts(db_of(running))["messages"] == 0
     assert await raw.command(f"MAIL FROM:<{LOGIN}>") == ["250 2.1.0 OK"]
     assert await raw.command("RCPT TO:<bob@example.net>") == ["250 2.1.5 OK"]

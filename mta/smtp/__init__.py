@@ -4,8 +4,10 @@ the inbound MX (25, see mta/smtp/mx.py).
 
 aiosmtpd does the protocol; this module adds what a submission server needs around it:
 AUTH PLAIN/LOGIN against SMTP credentials (checked off the loop), enhanced status codes on
-every reply, PIPELINING, per-address connection and AUTH-failure limits, a session age limit,
-a header-size limit, and the sender policy of a credential (see `Acceptor`).
+every reply, PIPELINING, per-network connection and AUTH-failure limits, a session age limit,
+DATA read by our own reader (mta.smtp.data: normalised before anything parses it, spooled to
+disk past a shared memory budget, a minimum data rate), and the sender policy of a credential
+(see `Acceptor`).
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ import re
 import ssl
 from base64 import b64decode
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
 from mta.accept import AcceptError, Submission, valid_addr_spec
 from mta.api.context import Services
 from mta.config import Config, parse_listen
-from mta.credentials import CheckRefused, Credential, PasswordChecks
+from mta.credentials import CheckRefused, Credential
+from mta.smtp.data import DataPolicy, DataReader, DataSpool
 from mta.smtp.guard import Guard, login_key, network_of
 from mta.smtp.tls import server_context
 
@@ -88,21 +92,32 @@ class ListenerSpec:
     implicit_tls: bool
 
 
+DATA_CHECK_S = 5.0  # how often a DATA transfer's progress is looked at
+
+
 class SubmissionSession(SMTP):
     """One SMTP connection on a submission port or the MX port."""
 
     def __init__(
-        self, handler: BaseHandler, spec: ListenerSpec, line_limit: int, **kwargs: Any
+        self,
+        handler: BaseHandler,
+        spec: ListenerSpec,
+        line_limit: int,
+        spool: DataSpool,
+        **kwargs: Any,
     ) -> None:
         self.line_length_limit = line_limit  # read by SMTP.__init__ for its stream reader
         super().__init__(handler, **kwargs)
         self.close_after_reply = False
         self.spec = spec
         self.guard = handler.guard
+        self.spool = spool
         self.peer_ip = ""
         self._refused = False
         self._age_limit: asyncio.TimerHandle | None = None
         self._last_heard = self.loop.time()
+        self._data: DataReader | None = None  # the DATA transfer under way
+        self._data_started = 0.0
         # the next replies are EHLO/HELO lines, which carry no enhanced code (RFC 2034 §3)
         self.verbatim_replies = 0
         if spec.implicit_tls:
@@ -167,15 +182,68 @@ class SubmissionSession(SMTP):
         super().data_received(data)
 
     def _timeout_cb(self) -> None:
-        """aiosmtpd re-arms its idle timer only when a command arrives, so a long DATA upload
-        would be cut off: close only when nothing at all came in for the whole period, and
-        say why (RFC 5321 4.5.3.2)."""
-        quiet = self.loop.time() - self._last_heard
-        if quiet < self._timeout_duration:
-            self._reset_timeout(self._timeout_duration - quiet)
+        """Between commands, aiosmtpd re-arms this timer for each command: a client must send
+        a whole command within the idle time (a byte now and then does not keep a session).
+        During DATA it fires every DATA_CHECK_S: the transfer must keep coming (bytes within
+        the idle time) and, past smtp.data_rate_grace_s, average at least smtp.min_data_rate.
+        Either way the client is told why (RFC 5321 4.5.3.2)."""
+        now = self.loop.time()
+        quiet = now - self._last_heard
+        if self._data is None or quiet >= self._timeout_duration:
+            log.info("closing %s: idle for %.1f s", self.peer_ip, quiet)
+            self.goodbye("421 4.4.2 Idle too long, closing")
             return
-        log.info("closing %s: idle for %.1f s", self.peer_ip, quiet)
-        self.goodbye("421 4.4.2 Idle too long, closing")
+        smtp = self.event_handler.config.smtp
+        elapsed = now - self._data_started
+        if elapsed > smtp.data_rate_grace_s and self._data.received < smtp.min_data_rate * elapsed:
+            log.info("closing %s: DATA at %.0f bytes/s, below smtp.min_data_rate", self.peer_ip,
+                     self._data.received / elapsed)
+            self.goodbye("421 4.4.2 Data too slow, closing")
+            return
+        self._reset_timeout(DATA_CHECK_S)
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """As aiosmtpd's, but read by mta.smtp.data (see there), and held whole in memory only
+        within the accepting budget shared with the HTTP API."""
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        config = self.event_handler.config
+        policy = DataPolicy(config.smtp.bare_lf, config.sending.max_message_bytes,
+                            config.smtp.max_line_bytes)
+        buffer = self.spool.buffer()
+        self._data = DataReader(self._reader, policy, buffer)
+        self._data_started = self.loop.time()
+        self._reset_timeout(DATA_CHECK_S)
+        try:
+            refusal = await self._data.read()
+        except BaseException:
+            buffer.release()
+            raise
+        finally:
+            self._data = None
+            self._reset_timeout()
+        if refusal is not None:
+            log.info("refused a message from %s: %s", self.peer_ip, refusal)
+            self._set_post_data_state()
+            await self.push(refusal)
+            return
+        async with self.event_handler.services.accepting.hold(buffer.size):
+            content = await buffer.take()
+            self.envelope.content = self.envelope.original_content = content
+            status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
 
     def _too_old(self) -> None:
         log.info("closing %s: session older than the limit", self.peer_ip)
@@ -406,8 +474,9 @@ class SmtpListeners:
         self.services = services
         smtp = services.config.smtp
         self.guard = Guard(smtp, smtp.max_connections_per_ip)
-        services.credentials.checks = PasswordChecks(smtp)
         self.handler = SubmissionHandler(services, self.guard)
+        self.spool = DataSpool(smtp.data_memory_bytes, smtp.spool_max_bytes,
+                               Path(services.config.server.data_dir) / "spool")
         self.mx_handler = mx_handler
         self.servers: dict[str, asyncio.Server] = {}
 
@@ -451,6 +520,7 @@ class SmtpListeners:
         session = SubmissionSession(
             self.mx_handler if mx and self.mx_handler else self.handler,
             spec,
+            spool=self.spool,
             hostname=config.server.hostname,
             ident="mta ESMTP",
             tls_context=None if spec.implicit_tls else context,
