@@ -7,6 +7,7 @@ last DNS check found. Sandbox domains send to their authorised recipients only.
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 import sqlite3
 import time
@@ -92,6 +93,15 @@ def valid_domain_name(name: str) -> bool:
         if not all(c.isalnum() or c == "-" for c in label) or not label.isascii():
             return False
     return True
+
+
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?")
+
+
+def valid_label(text: str) -> bool:
+    """One DNS label (letters, digits, inner hyphens and underscores): what a DKIM selector and
+    a tracking prefix are put into records and headers as, so nothing else may get in."""
+    return _LABEL.fullmatch(text) is not None
 
 
 def generate_dkim_key(bits: int) -> tuple[str, str]:
@@ -200,6 +210,12 @@ class Domains:
             raise DomainError("spam_action must be one of disabled, block or tag")
         if web_scheme not in ("http", "https"):
             raise DomainError("web_scheme must be http or https")
+        selector = (dkim_selector or self._config.domains.dkim_selector).lower()
+        if not valid_label(selector):
+            raise DomainError("dkim_selector must be one DNS label (letters, digits, '-', '_')")
+        web_prefix = web_prefix.lower()
+        if not valid_label(web_prefix):
+            raise DomainError("web_prefix must be one DNS label (letters, digits, '-', '_')")
         if await self.get(name) is not None:
             raise DomainError("This domain name is already taken")
         bits = dkim_key_bits or self._config.domains.dkim_key_bits
@@ -222,7 +238,7 @@ class Domains:
                             int(wildcard),
                             web_prefix,
                             web_scheme,
-                            dkim_selector or self._config.domains.dkim_selector,
+                            selector,
                             private_pem,
                             public_b64,
                             secrets.token_hex(16),

@@ -145,7 +145,12 @@ def parse_addresses(values: list[str], param: str) -> list[Address]:
             raise AcceptError(
                 f"{param} parameter is not a valid address. please check documentation"
             )
-        for name, addr in split_addresses(value):
+        pairs = split_addresses(value)
+        if not pairs and value.strip():  # text, but no address in it (an open comment...)
+            raise AcceptError(
+                f"{param} parameter is not a valid address. please check documentation"
+            )
+        for name, addr in pairs:
             if not valid_addr_spec(addr):
                 raise AcceptError(
                     f"{param} parameter is not a valid address. please check documentation"

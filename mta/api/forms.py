@@ -97,6 +97,14 @@ async def _read_body(request: web.Request, fields: MultiDict[str | Upload]) -> N
             fields.add(name, value)
 
 
+async def read_json_body(request: web.Request) -> bytes:
+    """A JSON request body, with read_form's answer to a body cut short."""
+    try:
+        return await request.read()
+    except ConnectionResetError:
+        raise ApiError(400, "malformed JSON request: the body ended early") from None
+
+
 def _check_names(fields: MultiDict[str | Upload]) -> None:
     """Refuse a field name with a control character (query string or body, any encoding)."""
     for name in fields:

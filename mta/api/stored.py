@@ -10,6 +10,7 @@ from aiohttp import web
 
 from mta.api.context import path_domain, services
 from mta.api.errors import ApiError, json_response
+from mta.api.forms import whole_number
 from mta.inbound import StoredMessage, attachments_json
 from mta.inbound.parsed import parse_message
 
@@ -52,9 +53,10 @@ async def get_attachment(request: web.Request) -> web.Response:
     message = await _message(request)
     parsed = await asyncio.to_thread(parse_message, message.mime)
     raw = request.match_info["number"]
-    if not raw.isdigit() or int(raw) >= len(parsed.attachments):
+    number = whole_number(raw, len(parsed.attachments) - 1)
+    if number is None:
         raise ApiError(404, "Attachment not found")
-    attachment = parsed.attachments[int(raw)]
+    attachment = parsed.attachments[number]
     name = attachment.filename or f"attachment-{raw}"
     return web.Response(
         body=attachment.data,

@@ -20,7 +20,7 @@ from mta import suppressions
 from mta.accept import valid_addr_spec
 from mta.api.context import base_url, path_domain, query_int, services
 from mta.api.errors import ApiError, json_response
-from mta.api.forms import read_form
+from mta.api.forms import read_form, read_json_body
 from mta.dates import parse_date, rfc2822
 from mta.suppressions import Bounce, Complaint, Kind, Page, Suppression, Unsubscribe
 
@@ -247,7 +247,7 @@ async def add_suppressions(request: web.Request) -> web.Response:
     store = services(request).store
     now = time.time()
     if request.content_type == "application/json":
-        entries = _json_entries(kind, await request.read(), now)
+        entries = _json_entries(kind, await read_json_body(request), now)
         await suppressions.add(store, domain.name, entries)
         return json_response({"message": _TEXTS[kind].added_many.format(count=len(entries))})
     form = await read_form(request)

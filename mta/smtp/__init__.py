@@ -92,7 +92,7 @@ class ListenerSpec:
     implicit_tls: bool
 
 
-DATA_CHECK_S = 5.0  # how often a DATA transfer's progress is looked at
+DATA_CHECK_S = 5.0  # how often a DATA transfer's progress is looked at (at most)
 
 
 class SubmissionSession(SMTP):
@@ -200,7 +200,11 @@ class SubmissionSession(SMTP):
                      self._data.received / elapsed)
             self.goodbye("421 4.4.2 Data too slow, closing")
             return
-        self._reset_timeout(DATA_CHECK_S)
+        self._reset_timeout(self._data_check_s)
+
+    @property
+    def _data_check_s(self) -> float:
+        return max(0.05, min(DATA_CHECK_S, self.event_handler.config.smtp.data_rate_grace_s))
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
@@ -224,7 +228,7 @@ class SubmissionSession(SMTP):
         buffer = self.spool.buffer()
         self._data = DataReader(self._reader, policy, buffer)
         self._data_started = self.loop.time()
-        self._reset_timeout(DATA_CHECK_S)
+        self._reset_timeout(self._data_check_s)
         try:
             refusal = await self._data.read()
         except BaseException:
