@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
@@ -21,6 +21,9 @@ import pytest
 from mta.app import Server
 from mta.config import Config
 from mta.smtp.tls import certificate_paths
+
+if TYPE_CHECKING:
+    from tests.smtp_clients import Clients
 
 DOMAIN = "mg.example.test"
 
@@ -247,3 +250,33 @@ def ping(port: int) -> bool:
             return b"PONG" in sock.recv(100)
     except OSError:
         return False
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[Clients]:
+    """SMTP clients (tests/smtp_clients.py), closed at the end of the test."""
+    from tests.smtp_clients import Clients
+
+    opened = Clients()
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def mail_server(start_server: Callable[..., Any]) -> Callable[..., Any]:
+    """Start a server (config overrides as section__key=value) with the SMTP credential
+    alice@mg.example.test."""
+
+    from tests.smtp_clients import PASSWORD
+
+    async def start(**overrides: Any) -> Running:
+        running = await start_server(**overrides)
+        await running.services.credentials.create(DOMAIN, "alice", PASSWORD)
+        return running
+
+    return start
+
+
+@pytest.fixture
+async def mail(mail_server: Callable[..., Any]) -> Running:
+    return await mail_server()

@@ -16,15 +16,8 @@ import pytest
 from mta.budget import ByteBudget
 from tests import storeview
 from tests.conftest import DOMAIN, Running
+from tests.smtp_clients import message, queued_id, submit
 from tests.test_inbound import add_route, send_mx
-from tests.test_smtp_submission import (  # noqa: F401 (fixtures)
-    clients,
-    mail,
-    mail_server,
-    message,
-    queued_id,
-    submit,
-)
 
 pytestmark = pytest.mark.asyncio
 

@@ -12,7 +12,7 @@ import asyncio
 import itertools
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,28 +21,13 @@ from mta.config import SmtpConfig
 from mta.smtp import guard as guard_module
 from mta.smtp.guard import Guard, network_of
 from tests.conftest import DOMAIN, Running
-from tests.test_smtp_submission import (
-    AUTH_BAD,
-    AUTH_OK,
-    LOGIN,
-    PASSWORD,
-    Clients,
-    Raw,
-    auth_plain,
-)
+from tests.smtp_clients import AUTH_BAD, AUTH_OK, LOGIN, PASSWORD, Clients, Raw, auth_plain
 
 CAROL = f"carol@{DOMAIN}"
 BANNER = ["220 mx.mta.test mta ESMTP"]
 BLOCKED = ["421 4.7.0 Too many authentication failures from your address, try later"]
 TEMPORARY = ["454 4.7.0 Temporary authentication failure, try again later"]
 TOO_MANY = ["421 4.7.0 Too many connections from your address, try again later"]
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[Clients]:
-    opened = Clients()
-    yield opened
-    opened.close()
 
 
 @pytest.fixture

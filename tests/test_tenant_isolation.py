@@ -12,14 +12,7 @@ import aiosmtplib
 import pytest
 
 from tests.conftest import DOMAIN, Running
-from tests.test_smtp_submission import (  # noqa: F401 (fixtures)
-    LOGIN,
-    clients,
-    mail,
-    mail_server,
-    message,
-    submit,
-)
+from tests.smtp_clients import LOGIN, message, submit
 
 pytestmark = pytest.mark.asyncio
 
