@@ -47,7 +47,7 @@ log = logging.getLogger("mta.inbound")
 _HEADERS = email.parser.BytesHeaderParser(policy=email.policy.compat32)
 MAX_HOPS = 50  # Received headers before mail is taken for a loop (Postfix's hopcount_limit)
 MAX_HEADERS = 500  # header fields that routes look at
-HEAVY_BYTES = 256 * 1024  # larger messages are read off the event loop
+HEAVY_BYTES = 64 * 1024  # larger messages (or header blocks) are read off the event loop
 ROUTES_BUDGET_S = 0.1  # route matching for all of one message's recipients together
 _OURS = ("x-mailgun-", "x-envelope-from")
 JOB_BATCH = 100
