@@ -8,7 +8,16 @@ spam flag) and `and` combinations, one `catch_all()` last. Each message has a re
 a routed domain, the rest elsewhere) and 14 ordinary headers. After one warm-up pass, each
 message is timed alone around `await routes.evaluate(recipient, headers)`.
 
+Then what one stranger's message costs the event loop when a route's pattern backtracks badly on
+it: each recipient evaluated as `Inbound.receive` does, within the message's deadline
+(ROUTES_BUDGET_S), timed from the first recipient to the last, by the clock and in CPU time
+(what `regex`'s timeout counts; the clock shows more when other processes take the CPU). The
+routes: the hostile one, then the 1,000 ordinary ones. The messages: Subject `a`*40 `b`*900 `c`
+against `(a?){20}a{20}[ab]{900}$` (seconds per value in `re`, some ms in `regex`), once and 200
+times; `a`*900 `!` against `(a|aa)+$` (exponential in `regex` too), to 1 and to 10 recipients.
+
     python bench/route_eval.py [--messages 5000] [--counts 100,1000] [--seed 1]
+                               [--attack-rounds 20]
 
 The figures are printed last, one `name: value` per line, after a `---` line.
 """
@@ -17,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import random
 import statistics
 import sys
@@ -27,6 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mta.config import Config
+from mta.inbound import ROUTES_BUDGET_S
 from mta.inbound.routes import Routes
 from mta.store import Store
 
@@ -152,15 +163,56 @@ async def measure(count: int, message_count: int, seed: int, figures: dict[str, 
     figures[f"{prefix}_table_build_ms"] = f"{build_ms:.1f}"
 
 
+STRANGER_SUBJECT = "a" * 40 + "b" * 900 + "c"
+# name: (pattern of the hostile route, Subject values, recipients)
+ATTACKS = {
+    "costly_subject_once": ("(a?){20}a{20}[ab]{900}$", [STRANGER_SUBJECT], 1),
+    "costly_subject_x200": ("(a?){20}a{20}[ab]{900}$", [STRANGER_SUBJECT] * 200, 1),
+    "runaway_1_rcpt": ("(a|aa)+$", ["a" * 900 + "!"], 1),
+    "runaway_10_rcpts": ("(a|aa)+$", ["a" * 900 + "!"], 10),
+}
+
+
+async def measure_attacks(rounds: int, figures: dict[str, str]) -> None:
+    logging.getLogger("mta.inbound.routes").setLevel(logging.ERROR)  # one warning per message
+    for name, (pattern, subjects, recipients) in ATTACKS.items():
+        with tempfile.TemporaryDirectory(prefix="route-eval-") as tmp:
+            store = await Store.open(Path(tmp) / "mta.db")
+            try:
+                routes = Routes(store, Config())
+                await routes.create(-1, "", f'match_header("Subject", "{pattern}")', ["store()"])
+                specs = route_specs(1000, random.Random(1))
+                await asyncio.gather(*(routes.create(p, "", e, a) for p, e, a in specs))
+                await routes.table()
+                headers = [("From", "<stranger@elsewhere.example>")]
+                headers += [("Subject", subject) for subject in subjects]
+                times_ms: list[float] = []
+                cpu_ms: list[float] = []
+                for _ in range(rounds):
+                    started, cpu = time.perf_counter(), time.process_time()
+                    deadline = started + ROUTES_BUDGET_S
+                    for n in range(recipients):
+                        await routes.evaluate(f"user{n}@d{n}.example", headers, deadline)
+                    times_ms.append((time.perf_counter() - started) * 1000)
+                    cpu_ms.append((time.process_time() - cpu) * 1000)
+            finally:
+                await store.close()
+        figures[f"route_eval_attack_{name}_median_ms"] = f"{statistics.median(times_ms):.1f}"
+        figures[f"route_eval_attack_{name}_max_ms"] = f"{max(times_ms):.1f}"
+        figures[f"route_eval_attack_{name}_cpu_max_ms"] = f"{max(cpu_ms):.1f}"
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--counts", default="100,1000")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--attack-rounds", type=int, default=20)
     args = parser.parse_args()
     figures: dict[str, str] = {}
     for count in (int(c) for c in args.counts.split(",")):
         await measure(count, args.messages, args.seed, figures)
+    await measure_attacks(args.attack_rounds, figures)
     print("---")
     for name, value in figures.items():
         print(f"{name}: {value}")
