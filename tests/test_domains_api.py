@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from mta.app import Server
-from tests.conftest import DOMAIN, Running, free_port, make_config
+from tests import storeview
+from tests.capture import Capture, start_capture
+from tests.conftest import DOMAIN, Running, cli_env, free_port, make_config, run_cli
 
 NEW = "new.example.test"
 HOST = "mx.mta.test"  # conftest's server.hostname: SPF, MX and CNAME targets derive from it
@@ -473,3 +477,79 @@ async def test_default_dkim_key_is_2048_bit(start_server: Callable[..., Any]):
         status, small = await create(api, "small.example.test", dkim_key_size="1024")
         assert status == 200
         assert modulus_bits(dkim_record(small, "small.example.test")["value"]) == 1024
+
+
+# -- removing a domain: its keys and its queued mail go with it ------------------------------------
+
+
+@pytest.mark.parametrize("how", ["DELETE /v3/domains/<d>", "mta domain remove"])
+async def test_removing_a_domain_revokes_its_sending_keys_even_once_it_is_added_again(
+    running: Running, api: aiohttp.ClientSession, tmp_path: Path, how: str
+):
+    """A leaked domain key must not outlive its domain, nor come back to life when the name
+    is added again (perhaps for someone else)."""
+    assert (await create(api))[0] == 200
+    _, doomed = await running.services.keys.create(domain=NEW)
+    _, bystander = await running.services.keys.create(domain=DOMAIN)
+    async with running.session(doomed) as sending:
+        assert await send(sending, NEW) == 200
+        if how == "mta domain remove":
+            result = await asyncio.to_thread(run_cli, cli_env(tmp_path), "domain", "remove", NEW)
+            assert f"removed {NEW}" in result.stdout
+        else:
+            async with api.delete(f"/v3/domains/{NEW}") as resp:
+                assert resp.status == 200
+        assert await send(sending, NEW) == 401
+        assert (await create(api))[0] == 200
+        assert await send(sending, NEW) == 401
+    async with running.session(bystander) as other:
+        assert await send(other, DOMAIN) == 200  # another domain's key is left alone
+    assert await send(api, NEW) == 200  # the account key sends for the domain added again
+
+
+@pytest.fixture
+async def mx() -> AsyncIterator[Capture]:
+    capture = await start_capture()
+    yield capture
+    await capture.close()
+
+
+async def failed_events(running: Running, recipient: str, timeout: float = 10) -> list[Any]:
+    """The `failed` events about `recipient` in the store, waiting for the first one."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        found = [e for e in storeview.events(running.server.config.db_path, "failed")
+                 if e["recipient"] == recipient]
+        if found or asyncio.get_running_loop().time() > deadline:
+            return found
+        await asyncio.sleep(0.05)
+
+
+async def test_removing_a_domain_fails_its_queued_mail_instead_of_sending_it_unsigned(
+    start_server: Callable[..., Any], mx: Capture
+):
+    """Scheduled mail of a removed domain has no key to be signed with any more: it is failed
+    with an event saying why, and never reaches the recipient's server."""
+    dest = "dest.example.test"
+    running = await start_server(outbound__enabled=True, dns__static_mx={dest: [mx.address]})
+    async with running.session() as api:
+        assert (await create(api))[0] == 200
+        data = {"from": f"news@{NEW}", "to": [f"ann@{dest}", f"ben@{dest}"], "subject": "Later",
+                "text": "Body", "o:deliverytime": str(int(time.time()) + 3600)}
+        form = [(k, v) for k, vs in data.items() for v in (vs if isinstance(vs, list) else [vs])]
+        async with api.post(f"/v3/{NEW}/messages", data=form) as resp:
+            assert resp.status == 200
+            message_id = (await resp.json())["id"].strip("<>")
+        async with api.delete(f"/v3/domains/{NEW}") as resp:
+            assert resp.status == 200
+
+    for rcpt in (f"ann@{dest}", f"ben@{dest}"):
+        [failed] = await failed_events(running, rcpt)
+        assert failed["severity"] == "permanent"
+        assert failed["delivery-status"]["description"] == (
+            f"Not delivering: the sending domain {NEW} was removed"
+        )
+        assert failed["message"]["headers"]["message-id"] == message_id
+    db = running.server.config.db_path
+    assert {r["state"] for r in storeview.recipients(db, message_id)} == {"failed"}
+    assert mx.messages == [] and mx.connections == 0

@@ -8,11 +8,14 @@ import json
 import re
 import subprocess
 import time
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import pytest
 
 from tests import storeview
+from tests.capture import start_capture
 from tests.conftest import DOMAIN, Running
 
 pytestmark = pytest.mark.asyncio
@@ -588,3 +591,69 @@ async def test_mime_send_with_bad_control_header_is_400(running: Running, api):
     status, body = await send(api, form, "messages.mime")
     assert status == 400
     assert body["message"] == "X-Mailgun-Dkim must be yes or no, got 'maybe'"
+
+
+# -- conformance: a past delivery time, and API options over the message's own headers -------------
+
+
+async def test_the_manuals_past_deliverytime_example_is_queued_due_now(running: Running, api):
+    """The manual's example date (2011) is long past: Mailgun sends such mail now, so a client
+    copied from the manual must not get a 400 (nor a message held back)."""
+    form = aiohttp.FormData()  # curl -F: multipart, as in the manual
+    for name, value in (
+        ("from", f"Sender Bob <sbob@{DOMAIN}>"),
+        ("to", "alice@example.com"),
+        ("subject", "Hello"),
+        ("text", "Testing some Mailgun awesomness!"),
+        ("o:deliverytime", "Fri, 14 Oct 2011 23:10:10 -0000"),
+    ):
+        form.add_field(name, value)
+    status, body = await send(api, form)
+    assert status == 200, body
+    message_id = message_id_of(body)
+    db = running.services.config.db_path
+    assert "deliver_at" not in storeview.options(db, message_id)
+    conn = storeview.connect(db)
+    try:
+        created_at = conn.execute(
+            "SELECT created_at FROM messages WHERE message_id = ?", (message_id,)
+        ).fetchone()[0]
+    finally:
+        conn.close()
+    (row,) = storeview.recipients(db, message_id)
+    assert row["state"] == "queued"
+    assert row["due_at"] == created_at  # due the moment it was accepted
+    (accepted,) = storeview.events(db, "accepted")
+    assert "delivery-time" not in accepted
+
+
+async def test_api_o_dkim_no_beats_x_mailgun_dkim_yes_inside_messages_mime(
+    start_server: Callable[..., Any],
+):
+    """The request's own option is what the client asked for this send; a header left in a
+    stored template must not override it."""
+    mx = await start_capture()
+    try:
+        running = await start_server(
+            outbound__enabled=True, dns__static_mx={"dest.example.test": [mx.address]}
+        )
+        async with running.session() as api:
+            for rcpt, option in (("plain@dest.example.test", "no"),
+                                 ("signed@dest.example.test", None)):
+                mime = (f"X-Mailgun-Dkim: yes\r\nFrom: me@{DOMAIN}\r\nTo: {rcpt}\r\n"
+                        "Subject: dkim\r\n\r\nbody\r\n").encode()
+                form = aiohttp.FormData()
+                form.add_field("to", rcpt)
+                form.add_field("message", mime, filename="message.mime")
+                if option is not None:
+                    form.add_field("o:dkim", option)
+                status, body = await send(api, form, "messages.mime")
+                assert status == 200, body
+        await mx.wait_for(2)
+        plain = mx.to("plain@dest.example.test")[0].data
+        signed = mx.to("signed@dest.example.test")[0].data
+        assert b"DKIM-Signature" not in plain
+        assert b"X-Mailgun-Dkim" not in plain  # consumed all the same
+        assert signed.startswith(b"DKIM-Signature: ")  # without o:dkim the header is obeyed
+    finally:
+        await mx.close()
