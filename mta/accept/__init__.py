@@ -58,6 +58,7 @@ _CRLF_NORMALISE = re.compile(rb"\r\n|\r|\n")
 _HEADER_NAME = re.compile(r"[!-9;-~]+")
 _UNSAFE_VALUE = re.compile(r"[\r\n\0]")
 _VARIABLE_KEY = re.compile(r"%recipient\.([^%\s]{1,256})%")
+_VARIABLE_KEY_BYTES = re.compile(rb"%recipient\.([^%\s]{1,256})%")
 ADDRESSES_ON_LOOP = 8192  # address text parsed on the event loop; more goes to a thread
 
 
@@ -254,8 +255,6 @@ class Acceptor:
             raise AcceptError(
                 "Send options (parameters starting with o:, h:, or v:) are limited to 16 kB total"
             )
-        if sub.recipient_variables is not None:
-            _check_header_variables(sub, head)
 
         prepare = functools.partial(self._prepare, domain, sub, head, addresses, now)
         # big bodies and large batches are built off the event loop: other clients go on
@@ -337,6 +336,8 @@ class Acceptor:
         """Build the message and the rows that store it (no I/O)."""
         limits = self._config.sending
         message_id = new_message_id(domain.name, now)
+        if sub.recipient_variables is not None:
+            _check_variables(sub, head)
         if head is not None:
             built = self._from_mime(sub, head, addresses, message_id, now)
         else:
@@ -721,14 +722,20 @@ def _check_headers(sub: Submission) -> None:
                 raise AcceptError(f"{field_name} file name must not contain CR, LF or NUL")
 
 
-def _check_header_variables(sub: Submission, head: MessageHead | None) -> None:
-    """A recipient variable put into a header must not break it: values with CR, LF or NUL
-    are refused where a header uses them (in bodies they are just text)."""
+def _check_variables(sub: Submission, head: MessageHead | None) -> None:
+    """A recipient variable must not break a header: with API parts, values used in the
+    subject or an h: header are checked (the text parts encode theirs); a pre-built message is
+    personalised in clear, wherever a variable stands -- part headers too, and a bare line end
+    in a body would change what was signed -- so every value it uses is checked. Read from the
+    bytes (a 25 MB message is not decoded to be searched)."""
     if head is not None:
-        texts = [bytes(f).decode("utf-8", "replace") for f in head.fields]
+        keys = {m.group(1).decode("utf-8", "replace")
+                for chunk in (*head.fields, head.body) for m in _VARIABLE_KEY_BYTES.finditer(chunk)}
+        where = "in the message"
     else:
         texts = [v for _, v in sub.headers] + [sub.parts.subject if sub.parts else ""]
-    keys = {m.group(1) for text in texts for m in _VARIABLE_KEY.finditer(text)}
+        keys = {m.group(1) for text in texts for m in _VARIABLE_KEY.finditer(text)}
+        where = "in a header"
     if not keys:
         return
     for address, values in (sub.recipient_variables or {}).items():
@@ -739,8 +746,8 @@ def _check_header_variables(sub: Submission, head: MessageHead | None) -> None:
             text = value if isinstance(value, str) else orjson.dumps(value).decode()
             if _UNSAFE_VALUE.search(text):
                 raise AcceptError(
-                    f"recipient-variables: the value of {key!r} for {address} is used in a"
-                    " header and must not contain CR, LF or NUL"
+                    f"recipient-variables: the value of {key!r} for {address} is used {where}"
+                    " and must not contain CR, LF or NUL"
                 )
 
 

@@ -22,7 +22,7 @@ async def get_events(request: web.Request) -> web.Response:
     except QueryError as exc:
         raise ApiError(400, str(exc)) from None
     items, (next_token, previous_token) = await query.run(
-        svc.store, domain.name, svc.config.events.retention_days
+        svc.store, domain.name, svc.config.events.retention_days, since=domain.created_at
     )
     pages = f"{base_url(request)}/v3/{domain.name}/events/"
     pretty = request.query.get("pretty", "").lower() in ("yes", "true")

@@ -295,12 +295,14 @@ class EventQuery:
         return low, high
 
     async def run(
-        self, store: Store, domain: str, retention_days: float
+        self, store: Store, domain: str, retention_days: float, since: float = 0.0
     ) -> tuple[list[dict[str, Any]], tuple[str, str]]:
-        """One page of event payloads in the query's order, and the next/previous page tokens."""
+        """One page of event payloads in the query's order, and the next/previous page tokens.
+        `since` is when the domain was created: events of an earlier domain of the same name
+        (removed, their retention not over) are not shown to whoever added it again."""
         low, high = self._range(retention_days)
         where = ["domain = ?", "ts >= ?", "ts <= ?"]
-        params: list[Any] = [domain, max(low, 0.0), min(high, _FAR_FUTURE)]
+        params: list[Any] = [domain, max(low, since, 0.0), min(high, _FAR_FUTURE)]
         for name, expression in self.filters:
             sql, values = filter_sql(name, expression)
             where.append(sql)
