@@ -553,3 +553,18 @@ async def test_removing_a_domain_fails_its_queued_mail_instead_of_sending_it_uns
     db = running.server.config.db_path
     assert {r["state"] for r in storeview.recipients(db, message_id)} == {"failed"}
     assert mx.messages == [] and mx.connections == 0
+
+
+async def test_a_domain_added_again_does_not_show_the_removed_domains_events(
+    running: Running, api: aiohttp.ClientSession
+):
+    form = {"from": f"me@{DOMAIN}", "to": "bob@example.net", "subject": "s", "text": "t"}
+    async with api.post(f"/v3/{DOMAIN}/messages", data=form) as response:
+        assert response.status == 200
+    async with api.get(f"/v3/{DOMAIN}/events") as response:
+        assert [e["event"] for e in (await response.json())["items"]] == ["accepted"]
+    async with api.delete(f"/v3/domains/{DOMAIN}") as response:
+        assert response.status == 200
+    await running.services.domains.create(DOMAIN)  # the name, perhaps for someone else
+    async with api.get(f"/v3/{DOMAIN}/events") as response:
+        assert (await response.json())["items"] == []
