@@ -129,7 +129,8 @@ def bench_server(
     keep: bool = False,
 ) -> Iterator[BenchServer]:
     """Start `python -m mta serve` on a free loopback port; with `uvloop` or `stats`, the
-    bench/serve.py wrapper (same CLI, uvloop policy and/or group-commit statistics)."""
+    bench/serve.py wrapper (same CLI, uvloop policy and/or group-commit statistics; also
+    when `extra_env` sets MTA_BENCH_SWITCH_INTERVAL or MTA_BENCH_LOOP_LAG)."""
     tmp = Path(tempfile.mkdtemp(prefix="mta-bench-"))
     port = free_port()
     env = dict(os.environ)
@@ -149,6 +150,7 @@ def bench_server(
     cmd = (
         [sys.executable, str(BENCH_DIR / "serve.py")]
         if uvloop or stats is not None or "MTA_BENCH_SWITCH_INTERVAL" in env
+        or "MTA_BENCH_LOOP_LAG" in env
         else [sys.executable, "-m", "mta", "serve"]
     )
     log_path = tmp / "serve.log"
