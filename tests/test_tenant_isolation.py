@@ -139,3 +139,19 @@ async def test_the_mx_refuses_a_strangers_message_with_two_from_headers(running:
         assert "more than one From header" in refused.value.message
     finally:
         smtp.close()
+
+
+@pytest.mark.parametrize(
+    "sender",
+    [
+        f"Alice <{LOGIN},ceo@{OTHER}>",  # a comma inside the brackets: two addresses to some
+        f'"ceo@{OTHER}" <{LOGIN}>',  # another tenant's address as the display name
+        f"{LOGIN} (ceo@{OTHER})",  # or as a comment
+    ],
+)
+async def test_a_login_cannot_slip_another_tenant_into_from_through_odd_syntax(
+    mail: Running, clients, sender: str
+):
+    await hosted_other(mail)
+    client = await clients.smtp(mail)
+    assert (await submit(client, message(sender=sender))).startswith("550 5.7.1 Sender")

@@ -59,6 +59,7 @@ _HEADER_NAME = re.compile(r"[!-9;-~]+")
 _UNSAFE_VALUE = re.compile(r"[\r\n\0]")
 _VARIABLE_KEY = re.compile(r"%recipient\.([^%\s]{1,256})%")
 _VARIABLE_KEY_BYTES = re.compile(rb"%recipient\.([^%\s]{1,256})%")
+_AT_DOMAIN = re.compile(r"@\[?([\w.-]+)")
 ADDRESSES_ON_LOOP = 8192  # address text parsed on the event loop; more goes to a thread
 
 
@@ -368,7 +369,10 @@ class Acceptor:
         if head is not None:
             headers += head.values("from") + head.values("sender")
         for value in headers:
+            # every "@domain" in the header, not only what our parser reads as addresses: a
+            # receiver's parser may read the text differently (display names, broken syntax)
             addresses += [addr for _, addr in split_addresses(value)]
+            addresses += [f"@{domain}" for domain in _AT_DOMAIN.findall(value)]
         for addr in addresses:
             sender_domain = addr.rpartition("@")[2].lower().rstrip(".")
             if sender_domain == domain.name or sender_domain.endswith("." + domain.name):

@@ -135,8 +135,9 @@ def _split_plain(value: str) -> list[tuple[str, str]]:
             pairs += _split_tokens(piece)
         else:
             close = piece.find(">", start)
-            close = len(piece) if close < 0 else close
-            name = piece[:start] + piece[close + 1 :]
+            if close < 0:  # `<a@b, c@d>`: the brackets span the comma, only tokens can tell
+                return _split_tokens(value)
+            name = piece[:start] + " " + piece[close + 1 :]
             pairs.append((" ".join(name.split()), piece[start + 1 : close].strip()))
     return pairs
 

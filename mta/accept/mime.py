@@ -275,7 +275,6 @@ class HeadError(ValueError):
     """A header block over the limits; the text says which."""
 
 
-_FIELD_START = re.compile(rb"(?:\A|\r\n)(?![ \t])")
 _FIELD_SPLIT = re.compile(rb"\r\n(?![ \t])")
 _UNFOLD = re.compile(rb"\r\n[ \t]")
 
@@ -316,9 +315,10 @@ class MessageHead:
                 raise HeadError(f"Message header exceeds {max_bytes} bytes")
             end = len(mime) - 2 if mime.endswith(b"\r\n") else len(mime)
         head = bytes(view[:end])
-        if len(_FIELD_START.findall(head)) > max_fields:
+        fields = _FIELD_SPLIT.split(head) if head else []
+        if len(fields) > max_fields:
             raise HeadError(f"Message header has more than {max_fields} fields")
-        return cls(_FIELD_SPLIT.split(head) if head else [], view[end:])
+        return cls(fields, view[end:])
 
     @property
     def names(self) -> list[str]:

@@ -69,17 +69,27 @@ def check_structure(mime: bytes, max_parts: int, max_depth: int) -> None:
 
     def entity(start: int, depth: int) -> int:
         """Read the header block of an entity at `start` (a part, or the message itself);
-        open what it opens. Returns where its body starts."""
+        open what it opens. Returns where its body starts. As in the stdlib parser, a header
+        block ends at a blank line or at the next delimiter of a multipart around it."""
+        nonlocal parts
         if mime.startswith(b"\r\n", start):  # no header: text/plain
             return start + 2
-        end = mime.find(b"\r\n\r\n", start, start + PART_HEAD_BYTES)
-        end = min(len(mime), start + PART_HEAD_BYTES) if end < 0 else end + 4
+        around = _next_delimiter(mime, stack, max(0, start - 2))
+        limit = around[1].start() if around is not None else len(mime)
+        end = mime.find(b"\r\n\r\n", start, min(limit, start + PART_HEAD_BYTES))
+        end = min(limit, start + PART_HEAD_BYTES) if end < 0 else end + 4
         kind, boundary = _content_type(mime[start:end])
         if boundary is not None:
             if depth + 1 > max_depth:
                 raise TooComplex(f"MIME parts nest deeper than {max_depth}")
             stack.append(_Open(boundary, depth + 1))
-        elif kind.startswith("message/") and depth + 1 <= max_depth:
+        elif kind == "message/delivery-status":  # a part for each block of fields
+            parts += mime.count(b"\r\n\r\n", end, limit) + 1
+            if parts > max_parts:
+                raise TooComplex(f"Message has more than {max_parts} MIME parts")
+        elif kind.startswith("message/"):  # a whole message inside: read its header too
+            if depth + 1 > max_depth:
+                raise TooComplex(f"MIME parts nest deeper than {max_depth}")
             return entity(end, depth + 1)
         return end
 
