@@ -16,7 +16,6 @@ import email.utils
 import json
 import random
 import re
-import ssl
 from collections.abc import AsyncIterator, Callable
 from email.message import EmailMessage
 from pathlib import Path
@@ -30,6 +29,7 @@ from mta.accept.template import Personal, Template
 from tests import storeview
 from tests.capture import Capture, start_capture
 from tests.conftest import DOMAIN, Running
+from tests.smtp_clients import client_tls
 
 pytestmark = pytest.mark.asyncio
 
@@ -161,14 +161,6 @@ async def test_a_1000_recipient_batch_with_a_1mb_attachment_is_stored_once_not_p
 
 
 # -- stored once: SMTP ----------------------------------------------------------------------------
-
-
-def client_tls() -> ssl.SSLContext:
-    """The test server's certificate is self-signed: not verified."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 def smtp_batch(header: str) -> bytes:
