@@ -569,6 +569,8 @@ async def normal_sends(run: Running, stop: asyncio.Event, interval: float,
         try:
             status, answer, elapsed = await http_post(run, f"/v3/{DOMAIN}/messages", form)
             http_ms.append(elapsed * 1000)
+            if elapsed >= 2:
+                print(f"[flood] a small HTTP send took {elapsed:.1f} s", flush=True)
             if status == 200:
                 accepted.append(str(answer["id"]).strip("<>"))
             else:
@@ -580,6 +582,8 @@ async def normal_sends(run: Running, stop: asyncio.Event, interval: float,
                 run, small_mime(f"normal-{n}@{DOMAIN}"), f"friend@{RCPT_DOMAIN}"
             )
             smtp_ms.append(elapsed * 1000)
+            if elapsed >= 2:
+                print(f"[flood] a small SMTP submission took {elapsed:.1f} s", flush=True)
             if reply.startswith("250"):
                 accepted.append(queued_id(reply))
             else:
