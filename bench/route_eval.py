@@ -9,7 +9,7 @@ a routed domain, the rest elsewhere) and 14 ordinary headers. After one warm-up 
 message is timed alone around `await routes.evaluate(recipient, headers)`.
 
 Then what one stranger's message costs the event loop when a route's pattern backtracks badly on
-it: each recipient evaluated as `Inbound.receive` does, within the message's deadline
+it: each recipient evaluated as `Inbound.receive` does, within the message's matching time
 (ROUTES_BUDGET_S), timed from the first recipient to the last, by the clock and in CPU time
 (what `regex`'s timeout counts; the clock shows more when other processes take the CPU). The
 routes: the hostile one, then the 1,000 ordinary ones. The messages: Subject `a`*40 `b`*900 `c`
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import random
 import statistics
@@ -38,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mta.config import Config
 from mta.inbound import ROUTES_BUDGET_S
-from mta.inbound.routes import Routes
+from mta.inbound.routes import MatchingTime, Routes, RoutesOutOfTime
 from mta.store import Store
 
 DOMAINS = 40
@@ -190,9 +191,10 @@ async def measure_attacks(rounds: int, figures: dict[str, str]) -> None:
                 cpu_ms: list[float] = []
                 for _ in range(rounds):
                     started, cpu = time.perf_counter(), time.process_time()
-                    deadline = started + ROUTES_BUDGET_S
+                    budget = MatchingTime(ROUTES_BUDGET_S)
                     for n in range(recipients):
-                        await routes.evaluate(f"user{n}@d{n}.example", headers, deadline)
+                        with contextlib.suppress(RoutesOutOfTime):
+                            await routes.evaluate(f"user{n}@d{n}.example", headers, budget)
                     times_ms.append((time.perf_counter() - started) * 1000)
                     cpu_ms.append((time.process_time() - cpu) * 1000)
             finally:

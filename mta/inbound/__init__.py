@@ -38,7 +38,7 @@ from mta.domains import Domain, Domains
 from mta.events import event_statement, new_event
 from mta.inbound.parsed import Parsed, decode_header_value, parse_message
 from mta.inbound.reports import Reports, report_type
-from mta.inbound.routes import RouteMatch, Routes
+from mta.inbound.routes import MatchingTime, RouteMatch, Routes, RoutesOutOfTime
 from mta.inbound.structure import TooComplex, check_structure
 from mta.inbound.verdicts import Verdict, Verdicts
 from mta.store import Statement, Store
@@ -48,7 +48,7 @@ _HEADERS = email.parser.BytesHeaderParser(policy=email.policy.compat32)
 MAX_HOPS = 50  # Received headers before mail is taken for a loop (Postfix's hopcount_limit)
 MAX_HEADERS = 500  # header fields that routes look at
 HEAVY_BYTES = 64 * 1024  # larger messages (or header blocks) are read off the event loop
-ROUTES_BUDGET_S = 0.1  # route matching for all of one message's recipients together
+ROUTES_BUDGET_S = 0.1  # route matching (CPU) for all of one message's recipients together
 _OURS = ("x-mailgun-", "x-envelope-from")
 JOB_BATCH = 100
 JOB_CONCURRENCY = 20
@@ -233,7 +233,7 @@ class Inbound:
             report = await self._reports.summarise(mime)
         received = _received(peer_ip, helo, self._config.server.hostname, now)
         mime_key = tokens.token_urlsafe(24)  # the content, stored once for every recipient
-        deadline = time.perf_counter() + ROUTES_BUDGET_S
+        budget = MatchingTime(ROUTES_BUDGET_S)
         statements: list[Statement] = []
         taken = 0
         keeps_content = False
@@ -255,7 +255,12 @@ class Inbound:
             added = [("X-Mailgun-Incoming", "Yes"), ("X-Envelope-From", f"<{sender}>")]
             if domain.spam_action == "tag":
                 added += verdict.headers()
-            matches = await self._routes.evaluate(rcpt, headers + added, deadline)
+            try:
+                matches = await self._routes.evaluate(rcpt, headers + added, budget)
+            except RoutesOutOfTime:  # nothing is committed yet: the sender tries again later
+                raise InboundError(
+                    "451 4.3.0 Routing this message took too long, please try again later"
+                ) from None
             if not matches:
                 log.info("no route for <%s> (from <%s>)", rcpt, sender)
                 continue

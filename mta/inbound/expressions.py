@@ -38,16 +38,18 @@ substitution and the destination is dropped when the result is no address.
 
 Safety: a hostile or careless pattern must not stall the server (matching runs on the event
 loop). Every match is run by the `regex` package with `timeout=` set to the time left in the
-matching budget (mta.inbound.routes: EVALUATION_BUDGET_S for one recipient, within the deadline
-`Inbound.receive` gives the whole message). A match that runs out of it is stopped by `regex`
-(at most ~0.2 ms late, measured) and counts as not matched, and no further match is started
-(OutOfTime): the routes matched so far are the result and a warning names the route. So, whatever
-the patterns, header values and routes, a recipient costs the loop at most its budget and a
-message at most its deadline, plus that. `regex` counts the process's CPU time, not the clock's:
-a match is stopped sooner while other threads of the process run, and later by the clock while
-other processes hold the CPU. Matching keeps the GIL (no `concurrent=True`): it is bounded
-anyway, and a loop that gave the GIL up for a match had to wait behind a busy thread to get it
-back (measured: a 40 ms match took 134 ms that way, 47 ms keeping it). Parsing is bounded too:
+matching budget (mta.inbound.routes: EVALUATION_BUDGET_S for one recipient, within the
+message's `MatchingTime`), counted in the loop thread's CPU
+time (`matching_clock`), so waits between recipients and a busy machine do not eat it. A match
+that runs out of it is stopped by `regex` (at most ~0.2 ms late, measured) and counts as not
+matched, and no further match is started (OutOfTime): the routes matched so far are the result
+and a warning names the route; when none had matched, the message gets a temporary refusal.
+So, whatever the patterns, header values and routes, a recipient costs the loop at most its
+budget and a message at most its whole budget, plus that. `regex` counts the process's CPU
+time: a match is stopped sooner while other threads of the process run. Matching keeps the GIL
+(no `concurrent=True`): it is bounded anyway, and a loop that gave the GIL up for a match had
+to wait behind a busy thread to get it back (measured: a 40 ms match took 134 ms that way,
+47 ms keeping it). Parsing is bounded too:
 each pattern is at most MAX_PATTERN_CHARS long and is compiled when the expression is parsed (a
 bad regex is an ExpressionError naming it) -- but first refused when it would compile to more
 than MAX_PATTERN_SIZE items, because `regex` writes out the required copies of a counted
@@ -338,10 +340,17 @@ def _literal_runs(tree: Any, fold: bool) -> tuple[str, list[str]]:
 # -- expressions ---------------------------------------------------------------------------------
 
 
+def matching_clock() -> float:
+    """The clock matching budgets run on: this thread's CPU time. The clock on the wall would
+    also count what other sessions do on the loop and other processes on the CPU, and a
+    server under load would find every message out of time before it started matching."""
+    return time.thread_time()
+
+
 def timed_match(pattern: regex.Pattern[str], text: str, deadline: float) -> regex.Match[str] | None:
-    """`pattern.match(text)` given only the time left until `deadline` (time.perf_counter());
+    """`pattern.match(text)` given only the time left until `deadline` (matching_clock());
     OutOfTime when there is none or the match runs out of it."""
-    left = deadline - time.perf_counter()
+    left = deadline - matching_clock()
     if left <= 0:  # and never pass one below 0: regex takes a negative timeout for none at all
         raise OutOfTime
     try:
@@ -445,7 +454,7 @@ class MatchInput:
         deadline: float,
         wanted: frozenset[str] | None = None,
     ) -> None:
-        self.deadline = deadline  # time.perf_counter() at which matching time is spent
+        self.deadline = deadline  # matching_clock() at which matching time is spent
         self.recipient = clip(recipient, input_bytes)
         self.recipient_folded = self.recipient.lower() if self.recipient.isascii() else None
         self.matched_before = False

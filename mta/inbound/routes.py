@@ -44,6 +44,7 @@ from mta.inbound.expressions import (
     Term,
     check_references,
     clip,
+    matching_clock,
     parse_action,
     parse_expression,
     timed_match,
@@ -54,16 +55,31 @@ __all__ = [
     "Action",
     "ActionError",
     "ExpressionError",
+    "MatchingTime",
     "Route",
     "RouteMatch",
     "RouteSyntaxError",
     "Routes",
+    "RoutesOutOfTime",
 ]
 
 log = logging.getLogger("mta.inbound.routes")
 
-# Matching time one recipient may take (within the caller's deadline for the whole message).
+# Matching time one recipient may take (within the caller's MatchingTime for the message).
 EVALUATION_BUDGET_S = 0.05
+
+
+class MatchingTime:
+    """What route matching may still take for one message, in matching_clock() seconds: each
+    evaluation spends from it, and the waits between them do not count."""
+
+    def __init__(self, seconds: float) -> None:
+        self.left = seconds
+
+
+class RoutesOutOfTime(Exception):
+    """Matching ran out of time before any route matched: the message should be tried again
+    later (a temporary refusal), not taken for one that has no route."""
 _RECIPIENT, _HEADER, _OTHER = 0, 1, 2
 _COLUMNS = "id, priority, description, expression, actions, created_at"
 MAX_PRIORITY = 2**63 - 1
@@ -149,15 +165,28 @@ class RouteTable:
         return len(self._entries)
 
     def evaluate(
-        self, recipient: str, headers: Sequence[tuple[str, str]], deadline: float | None = None
+        self, recipient: str, headers: Sequence[tuple[str, str]], budget: MatchingTime | None = None
     ) -> list[RouteMatch]:
-        """`deadline` (time.perf_counter) bounds a whole message's recipients together."""
+        """`budget` bounds a whole message's recipients together. RoutesOutOfTime when time ran
+        out before any route matched."""
+        started = matching_clock()
+        own = EVALUATION_BUDGET_S if budget is None else min(EVALUATION_BUDGET_S, budget.left)
+        try:
+            matches, ran_out = self._evaluate(recipient, headers, started + own)
+        finally:
+            if budget is not None:
+                budget.left -= matching_clock() - started
+        if ran_out and not matches:
+            raise RoutesOutOfTime(recipient)
+        return matches
+
+    def _evaluate(
+        self, recipient: str, headers: Sequence[tuple[str, str]], deadline: float
+    ) -> tuple[list[RouteMatch], bool]:
         rcpt = clip(recipient, self._input_bytes)
         folded = rcpt.lower() if rcpt.isascii() else None
         view: MatchInput | None = None
         matches: list[RouteMatch] = []
-        own = time.perf_counter() + EVALUATION_BUDGET_S
-        deadline = own if deadline is None else min(own, deadline)
         for kind, needle, prefix, fold, pattern, header, entry in self._plan:
             if kind == _RECIPIENT:  # one match_recipient (fold: always), Term.search inlined
                 if needle and folded is not None:
@@ -170,7 +199,7 @@ class RouteTable:
                     found = timed_match(pattern, rcpt, deadline)
                 except OutOfTime:
                     self._out_of_time(recipient, entry, len(matches))
-                    break
+                    return matches, True
                 if found is None:
                     continue
             else:
@@ -194,7 +223,7 @@ class RouteTable:
                                 break
                     except OutOfTime:
                         self._out_of_time(recipient, entry, len(matches))
-                        break
+                        return matches, True
                     if found is None:
                         continue
                 else:
@@ -203,7 +232,7 @@ class RouteTable:
                         captures = entry.expression.evaluate(view)
                     except OutOfTime:
                         self._out_of_time(recipient, entry, len(matches))
-                        break
+                        return matches, True
                     if captures is None:
                         continue
                     matches.append(RouteMatch(entry.route, entry.render(captures)))
@@ -217,7 +246,7 @@ class RouteTable:
             matches.append(RouteMatch(entry.route, actions))
             if entry.stops:
                 break
-        return matches
+        return matches, False
 
     def _out_of_time(self, recipient: str, entry: _Compiled, matched: int) -> None:
         log.warning(
@@ -332,11 +361,11 @@ class Routes:
         return len(self._routes), self._routes[skip : skip + limit]
 
     async def evaluate(
-        self, recipient: str, headers: Sequence[tuple[str, str]], deadline: float | None = None
+        self, recipient: str, headers: Sequence[tuple[str, str]], budget: MatchingTime | None = None
     ) -> list[RouteMatch]:
         """The routes that match a message for one recipient, in order, with their actions."""
         await self._refresh()
-        return self._table.evaluate(recipient, headers, deadline)
+        return self._table.evaluate(recipient, headers, budget)
 
     # -- writes -----------------------------------------------------------------------------------
 
