@@ -2,8 +2,9 @@
 
 Accepting a message holds it whole in memory a few times over (parsed, rebuilt, handed to the
 store), so the number of messages in that state is bounded by their bytes, not their count:
-many small ones go through together, big ones take turns. Waiters are served in order, so a big
-message is not starved by a stream of small ones.
+many small ones go through together, big ones take turns. Big waiters are served in order (one
+is not starved by a stream of others), and a small request that fits goes past them: a 1 KB
+send does not wait behind a queue of 25 MB messages.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import AsyncIterator
 class ByteBudget:
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        self.small = limit // 64  # at most this much may pass waiting big ones
         self.used = 0
         self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
 
@@ -24,7 +26,8 @@ class ByteBudget:
     async def hold(self, size: int) -> AsyncIterator[None]:
         """Wait until `size` bytes (at most the whole budget) fit, hold them while inside."""
         size = max(0, min(size, self.limit))
-        if self._waiters or self.used + size > self.limit:
+        fits = self.used + size <= self.limit
+        if not fits or (self._waiters and size > self.small):
             future = asyncio.get_running_loop().create_future()
             entry = (size, future)
             self._waiters.append(entry)
@@ -46,10 +49,16 @@ class ByteBudget:
             self._wake()
 
     def _wake(self) -> None:
-        while self._waiters:
-            size, future = self._waiters[0]
-            if self.used + size > self.limit:
-                return
-            self._waiters.popleft()
-            self.used += size
-            future.set_result(None)
+        """Serve waiters in order while they fit; then the small ones that fit, past a big one
+        that does not yet."""
+        while self._waiters and self.used + self._waiters[0][0] <= self.limit:
+            self._grant(self._waiters.popleft())
+        for entry in [e for e in self._waiters if e[0] <= self.small]:
+            if self.used + entry[0] <= self.limit:
+                self._waiters.remove(entry)
+                self._grant(entry)
+
+    def _grant(self, entry: tuple[int, asyncio.Future[None]]) -> None:
+        size, future = entry
+        self.used += size
+        future.set_result(None)

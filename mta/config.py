@@ -149,7 +149,7 @@ class SendingConfig:
         262_144, "total size of the from, to, cc and bcc values of one submission"
     )
     max_accepting_bytes: int = setting(
-        128 * MiB,
+        64 * MiB,
         "message bytes being accepted at once (HTTP and SMTP together); more wait their turn",
     )
     sandbox_max_recipients: int = setting(5, "authorised recipients a sandbox domain may have")

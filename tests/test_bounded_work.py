@@ -146,6 +146,14 @@ async def test_data_past_the_memory_budget_waits_on_disk_and_arrives_intact(
     stored = storeview.recipients(running.services.config.db_path, message_id)[0]["mime"]
     assert stored.endswith(mime.split(b"\r\n\r\n", 1)[1])
     assert spool_files(running) == []  # spooled to unlinked files: nothing is left behind
+    assert (running.server.smtp.spool.memory_used, running.server.smtp.spool.disk_used) == (0, 0)
+
+
+async def test_a_message_held_in_memory_gives_its_share_of_the_budget_back(mail: Running, clients):
+    client = await clients.smtp(mail)
+    for _ in range(3):
+        assert (await submit(client, message())).startswith("250 2.0.0 OK")
+    assert (mail.server.smtp.spool.memory_used, mail.server.smtp.spool.disk_used) == (0, 0)
 
 
 async def test_past_the_disk_budget_a_message_gets_451_and_the_session_goes_on(
@@ -210,4 +218,25 @@ async def test_the_accepting_budget_holds_big_messages_back_in_order_and_frees_o
     release.set()
     await asyncio.gather(first, second, third, return_exceptions=True)
     assert order == ["first", "second", "third"]
+    assert budget.used == 0
+
+
+async def test_a_small_send_is_not_held_behind_big_ones_waiting_for_the_budget():
+    budget = ByteBudget(6400)  # small: at most 100 bytes
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def hold(name: str, size: int) -> None:
+        async with budget.hold(size):
+            order.append(name)
+            await release.wait()
+
+    big = [asyncio.create_task(hold(f"big{i}", 4000)) for i in range(2)]
+    await asyncio.sleep(0.01)
+    small = asyncio.create_task(hold("small", 50))
+    await asyncio.sleep(0.01)
+    assert order == ["big0", "small"]  # big1 waits for room; the small one went past it
+    release.set()
+    await asyncio.gather(*big, small)
+    assert order == ["big0", "small", "big1"]
     assert budget.used == 0

@@ -257,9 +257,15 @@ class Acceptor:
                 "Send options (parameters starting with o:, h:, or v:) are limited to 16 kB total"
             )
 
-        prepare = functools.partial(self._prepare, domain, sub, head, addresses, now)
         # big bodies and large batches are built off the event loop: other clients go on
-        message_id, statements = await _maybe_off_loop(_is_heavy(sub, len(everyone)), prepare)
+        message_id, statements = await _maybe_off_loop(
+            _is_heavy(sub, len(everyone)),
+            functools.partial(self._prepare, domain, sub, head, addresses, now),
+        )
+        # the statements hold what is stored: let go of the message as it came in, which would
+        # otherwise be held beside it while the store makes its own copies
+        sub.mime = sub.parts = None
+        del head
         await self._store.write(*statements)
         log.info(
             "accepted <%s> for %s via %s: %d recipient(s), sender <%s>",

@@ -128,6 +128,7 @@ async def _send_message(request: web.Request, domain: str) -> web.Response:
             for u in form.uploads(field)
         ),
     )
+    del form  # the submission holds what is needed (the accept path lets go of it)
     return await _accept(request, submission)
 
 
@@ -145,6 +146,7 @@ async def _send_mime(request: web.Request, domain: str) -> web.Response:
     submission = _submission(request, form, domain)
     submission.from_ = []
     submission.mime = uploads[-1].data
+    del form, uploads  # the submission holds what is needed (the accept path lets go of it)
     return await _accept(request, submission)
 
 

@@ -64,50 +64,69 @@ def _content_type(head: bytes) -> tuple[str, bytes | None]:
 
 def check_structure(mime: bytes, max_parts: int, max_depth: int) -> None:
     """Raise TooComplex when the message passes either limit."""
-    stack: list[_Open] = []
-    parts = 0
+    _Scan(mime, max_parts, max_depth).run()
 
-    def entity(start: int, depth: int) -> int:
-        """Read the header block of an entity at `start` (a part, or the message itself);
-        open what it opens. Returns where its body starts. As in the stdlib parser, a header
-        block ends at a blank line or at the next delimiter of a multipart around it."""
-        nonlocal parts
-        if mime.startswith(b"\r\n", start):  # no header: text/plain
-            return start + 2
-        around = _next_delimiter(mime, stack, max(0, start - 2))
-        limit = around[1].start() if around is not None else len(mime)
-        end = mime.find(b"\r\n\r\n", start, min(limit, start + PART_HEAD_BYTES))
-        end = min(limit, start + PART_HEAD_BYTES) if end < 0 else end + 4
-        kind, boundary = _content_type(mime[start:end])
-        if boundary is not None:
-            if depth + 1 > max_depth:
-                raise TooComplex(f"MIME parts nest deeper than {max_depth}")
-            stack.append(_Open(boundary, depth + 1))
-        elif kind == "message/delivery-status":  # a part for each block of fields
-            parts += mime.count(b"\r\n\r\n", end, limit) + 1
-            if parts > max_parts:
-                raise TooComplex(f"Message has more than {max_parts} MIME parts")
-        elif kind.startswith("message/"):  # a whole message inside: read its header too
-            if depth + 1 > max_depth:
-                raise TooComplex(f"MIME parts nest deeper than {max_depth}")
-            return entity(end, depth + 1)
-        return end
 
-    position = entity(0, 0)
-    while stack:
-        found = _next_delimiter(mime, stack, max(0, position - 2))  # from the CRLF before
-        if found is None:
-            return
-        index, delimiter = found
-        del stack[index + 1 :]  # an outer delimiter closes the inner multiparts still open
-        position = after = delimiter.end()
-        if delimiter.group(1):
-            stack.pop()
-            continue
-        parts += 1
-        if parts > max_parts:
-            raise TooComplex(f"Message has more than {max_parts} MIME parts")
-        position = entity(after, stack[-1].depth)
+class _Scan:
+    """One reading of one message. (A class, not nested functions: a closure that calls itself
+    is a reference cycle, and would keep a 25 MB message alive until the cycle collector ran.)"""
+
+    def __init__(self, mime: bytes, max_parts: int, max_depth: int) -> None:
+        self.mime = mime
+        self.max_parts = max_parts
+        self.max_depth = max_depth
+        self.stack: list[_Open] = []
+        self.parts = 0
+
+    def run(self) -> None:
+        mime, stack = self.mime, self.stack
+        position = self.entity(0, 0)
+        while stack:
+            found = _next_delimiter(mime, stack, max(0, position - 2))  # from the CRLF before
+            if found is None:
+                return
+            index, delimiter = found
+            del stack[index + 1 :]  # an outer delimiter closes the inner multiparts still open
+            position = delimiter.end()
+            if delimiter.group(1):
+                stack.pop()
+                continue
+            self.count(1)
+            position = self.entity(position, stack[-1].depth)
+
+    def entity(self, start: int, depth: int) -> int:
+        """Read the header block of an entity at `start` (a part, or the message itself), and
+        of the messages a message/* part encloses; open what they open. Returns where the body
+        starts. As in the stdlib parser, a header block ends at a blank line or at the next
+        delimiter of a multipart around it."""
+        mime = self.mime
+        while True:
+            if mime.startswith(b"\r\n", start):  # no header: text/plain
+                return start + 2
+            around = _next_delimiter(mime, self.stack, max(0, start - 2))
+            limit = around[1].start() if around is not None else len(mime)
+            end = mime.find(b"\r\n\r\n", start, min(limit, start + PART_HEAD_BYTES))
+            end = min(limit, start + PART_HEAD_BYTES) if end < 0 else end + 4
+            kind, boundary = _content_type(mime[start:end])
+            if boundary is not None:
+                self.deeper(depth)
+                self.stack.append(_Open(boundary, depth + 1))
+            elif kind == "message/delivery-status":  # a part for each block of fields
+                self.count(mime.count(b"\r\n\r\n", end, limit) + 1)
+            elif kind.startswith("message/"):  # a whole message inside: read its header too
+                self.deeper(depth)
+                start, depth = end, depth + 1
+                continue
+            return end
+
+    def count(self, parts: int) -> None:
+        self.parts += parts
+        if self.parts > self.max_parts:
+            raise TooComplex(f"Message has more than {self.max_parts} MIME parts")
+
+    def deeper(self, depth: int) -> None:
+        if depth + 1 > self.max_depth:
+            raise TooComplex(f"MIME parts nest deeper than {self.max_depth}")
 
 
 def _next_delimiter(

@@ -85,6 +85,14 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else "?" for c in text)[:64]
 
 
+def take_content(envelope: Envelope) -> bytearray:
+    """The message, taken out of the envelope: whoever accepts it is then its only holder and
+    can let go of it before the store copies what it made of it."""
+    content = envelope.original_content or bytearray()
+    envelope.content = envelope.original_content = None
+    return content  # type: ignore[return-value]
+
+
 @dataclass
 class ListenerSpec:
     name: str
@@ -243,8 +251,8 @@ class SubmissionSession(SMTP):
             await self.push(refusal)
             return
         async with self.event_handler.services.accepting.hold(buffer.size):
-            content = await buffer.take()
-            self.envelope.content = self.envelope.original_content = content
+            # the handler takes the message out of the envelope: nothing here keeps it
+            self.envelope.content = self.envelope.original_content = await buffer.take()
             status = await self._call_handler_hook("DATA")
         self._set_post_data_state()
         await self.push("250 OK" if status is MISSING else status)
@@ -445,12 +453,11 @@ class SubmissionHandler(BaseHandler):
         self, server: SubmissionSession, session: Session, envelope: Envelope
     ) -> str:
         credential: Credential = session.auth_data
-        content = envelope.original_content or b""
         submission = Submission(
             domain=credential.domain,
             method="smtp",
             to=list(envelope.rcpt_tos),
-            mime=content,
+            mime=take_content(envelope),
             # aiosmtpd spells the null sender (a relayhost passing on a bounce) "<>"
             envelope_sender="" if envelope.mail_from == NULL_SENDER else envelope.mail_from,
             authenticated=True,

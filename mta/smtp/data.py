@@ -93,9 +93,9 @@ class MessageBuffer:
 
     async def take(self) -> bytearray:
         """The whole message (read back from disk, off the loop, if it was spooled); the budget
-        it held is given back."""
+        it held is given back (the caller holds the accepting budget for it from here on)."""
         if self._file is None:
-            data, self._memory = self._memory, bytearray()
+            data = self._memory
         else:
             data = await asyncio.to_thread(_read_all, self._file)
         self.release()
@@ -110,6 +110,18 @@ class MessageBuffer:
             self._file.close()
             self._file = None
         self.size = 0
+
+
+def _has_long_line(lines: bytes, limit: int) -> bool:
+    """Whether a line (CRLF included) is longer than `limit`: from each line start, the last
+    LF within reach, so a chunk costs about len/limit searches, not one step per line."""
+    start, end = 0, len(lines)
+    while end - start > limit:
+        lf = lines.rfind(b"\n", start, start + limit)
+        if lf < 0:
+            return True
+        start = lf + 1
+    return False
 
 
 def _read_all(file: IO[bytes]) -> bytearray:
@@ -186,7 +198,7 @@ class DataReader:
                 self._refuse(BARE_LF)
                 return
             lines = _BARE_LF.sub(b"\r\n", lines)
-        if max(map(len, lines.split(b"\r\n"))) > self._policy.max_line_bytes - 2:
+        if _has_long_line(lines, self._policy.max_line_bytes):
             self._refuse(LINE_TOO_LONG)
             return
         if lines.startswith(b"."):

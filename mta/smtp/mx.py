@@ -13,7 +13,7 @@ from aiosmtpd.smtp import Envelope, Session
 from mta.accept import valid_addr_spec
 from mta.api.context import Services
 from mta.inbound import Inbound, InboundError
-from mta.smtp import NULL_SENDER, BaseHandler, SubmissionSession
+from mta.smtp import NULL_SENDER, BaseHandler, SubmissionSession, take_content
 from mta.smtp.guard import Guard
 
 log = logging.getLogger("mta.smtp")
@@ -40,7 +40,7 @@ class MxHandler(BaseHandler):
     async def handle_DATA(
         self, server: SubmissionSession, session: Session, envelope: Envelope
     ) -> str:
-        content = envelope.original_content or b""
+        content = bytes(take_content(envelope))
         sender = "" if envelope.mail_from == NULL_SENDER else (envelope.mail_from or "")
         if sender and not valid_addr_spec(sender):
             return "553 5.1.7 Sender address is not valid"
