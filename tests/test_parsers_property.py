@@ -24,11 +24,14 @@ from mta.accept.addresses import _split_plain, _split_tokens, split_addresses
 from mta.accept.mime import HeadError, MessageHead, format_address_list, header_name
 from mta.inbound.structure import TooComplex, check_structure
 
-# bounded: a few seconds in all; no example database left in the working tree
+# bounded: a few seconds in all; no example database left in the working tree; the same
+# examples on every run (a red CI names a change, not a lucky draw; explore with more examples
+# and derandomize=False by hand)
 BOUNDED = settings(
     max_examples=200,
     deadline=None,
     database=None,
+    derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 FEWER = settings(BOUNDED, max_examples=60)  # generating a MIME tree costs a few ms

@@ -21,11 +21,14 @@ from mta.inbound.expressions import (
     parse_expression,
 )
 
-# bounded: a few seconds in all; no example database left in the working tree
+# bounded: a few seconds in all; no example database left in the working tree; the same
+# examples on every run (a red CI names a change, not a lucky draw; explore with more examples
+# and derandomize=False by hand)
 BOUNDED = settings(
     max_examples=200,
     deadline=None,
     database=None,
+    derandomize=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
 

@@ -111,7 +111,7 @@ class Submission:
     cc: list[str] = field(default_factory=list)
     bcc: list[str] = field(default_factory=list)
     parts: Parts | None = None
-    mime: bytes | bytearray | None = None  # a pre-built message (messages.mime, SMTP)
+    mime: bytes | None = None  # a pre-built message (messages.mime, SMTP)
     headers: list[tuple[str, str]] = field(default_factory=list)  # h:Name -> value
     user_variables: dict[str, Any] = field(default_factory=dict)  # v:* (API), added as a header
     # X-Mailgun-Variables already inside a pre-built message (they stay there)
@@ -284,7 +284,7 @@ class Acceptor:
         mime = normalise_line_ends(sub.mime)
         smtp = self._config.smtp
 
-        def parse(message: bytes | bytearray) -> MessageHead:
+        def parse(message: bytes) -> MessageHead:
             try:
                 return MessageHead.parse(message, smtp.max_header_bytes, smtp.max_header_fields)
             except HeadError as exc:
@@ -698,7 +698,7 @@ _RESERVED_HEADERS = {
 }
 
 
-def normalise_line_ends(mime: bytes | bytearray) -> bytes | bytearray:
+def normalise_line_ends(mime: bytes) -> bytes:
     """Every line end, a bare CR or LF too, as CRLF: what SMTP carries and DKIM signs. Counting
     is cheap and most messages need no copy."""
     crlf = mime.count(b"\r\n")

@@ -131,11 +131,10 @@ def _split_plain(value: str) -> list[tuple[str, str]]:
             plain = piece.strip()
             if plain:
                 pairs.append(("", plain))
-        elif piece.find("<", start + 1) >= 0:
-            pairs += _split_tokens(piece)
         else:
             close = piece.find(">", start)
-            if close < 0:  # `<a@b, c@d>`: the brackets span the comma, only tokens can tell
+            if close < 0 or piece.find("<", start + 1) >= 0:
+                # `<a@b, c@d>` (brackets across a comma) or more than one `<`: tokens tell
                 return _split_tokens(value)
             name = piece[:start] + " " + piece[close + 1 :]
             pairs.append((" ".join(name.split()), piece[start + 1 : close].strip()))

@@ -303,12 +303,14 @@ class MessageHead:
     fields: list[bytes]
     body: memoryview
     _names: list[str] | None = None
+    # the message it was read from, while no field was dropped: given back as it is
+    source: bytes | None = None
 
     @classmethod
-    def parse(cls, mime: bytes | bytearray, max_bytes: int, max_fields: int) -> MessageHead:
+    def parse(cls, mime: bytes, max_bytes: int, max_fields: int) -> MessageHead:
         view = memoryview(mime)
         if mime[:2] == b"\r\n":  # no header at all
-            return cls([], view)
+            return cls([], view, source=mime)
         end = mime.find(b"\r\n\r\n", 0, max_bytes + 4)
         if end < 0:
             if len(mime) > max_bytes:
@@ -318,7 +320,7 @@ class MessageHead:
         fields = _FIELD_SPLIT.split(head) if head else []
         if len(fields) > max_fields:
             raise HeadError(f"Message header has more than {max_fields} fields")
-        return cls(fields, view[end:])
+        return cls(fields, view[end:], source=mime)
 
     @property
     def names(self) -> list[str]:
@@ -341,11 +343,15 @@ class MessageHead:
 
     def without(self, drop: Callable[[str], bool]) -> MessageHead:
         kept = [(f, n) for f, n in zip(self.fields, self.names, strict=True) if not drop(n)]
+        if len(kept) == len(self.fields):
+            return self
         return MessageHead([f for f, _ in kept], self.body, [n for _, n in kept])
 
     def to_bytes(self, added: list[bytes] | None = None) -> bytes:
         """The message again, `added` header lines (each with its CRLF) first: the body is
-        copied once, into the result."""
+        copied once, into the result -- or not at all when nothing changed."""
+        if not added and self.source is not None:
+            return self.source
         return b"".join([*(added or []), b"\r\n".join(self.fields), self.body])
 
 

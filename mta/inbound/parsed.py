@@ -795,10 +795,11 @@ class TooManyParts(Exception):
     pass
 
 
-def _parse_tree(mime: bytes) -> tuple[list[tuple[str, str]], _Reader]:
-    """The stdlib parse, stopped after MAX_PARTS message objects: the MX refuses messages
-    with more parts before they are stored (mta.inbound.structure), and this keeps that true
-    here even where the two readings of a broken message might differ."""
+def parse_bounded(mime: bytes) -> email.message.Message:
+    """The stdlib parse (compat32), stopped with TooManyParts after MAX_PARTS message objects:
+    the MX refuses messages with more parts before they are stored (mta.inbound.structure), and
+    this keeps the work bounded here too, wherever the two readings of a broken message might
+    still differ."""
     made = 0
 
     class Counted(email.message.Message):
@@ -810,7 +811,11 @@ def _parse_tree(mime: bytes) -> tuple[list[tuple[str, str]], _Reader]:
             super().__init__(*args, **kwargs)
 
     parser = email.parser.BytesParser(_class=Counted, policy=email.policy.compat32)
-    message = parser.parsebytes(mime)
+    return parser.parsebytes(mime)
+
+
+def _parse_tree(mime: bytes) -> tuple[list[tuple[str, str]], _Reader]:
+    message = parse_bounded(mime)
     headers = [
         (normalize_header_name(k), decode_header_value(str(v))) for k, v in message.raw_items()
     ]

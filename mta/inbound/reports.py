@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from email.message import Message as EmailMessage
 
 from mta.events import event_statement
+from mta.inbound.parsed import TooManyParts, parse_bounded
 from mta.outbound.policy import Classifier
 from mta.outbound.queue import Delivery, delivery_event, recipient_by_message_id, sent_recipient
 from mta.outbound.returnpath import ReturnPaths
@@ -184,7 +185,10 @@ class Reports:
 
 
 def _summarise(mime: bytes) -> Summary | None:
-    message = email.message_from_bytes(mime, policy=email.policy.compat32)
+    try:
+        message = parse_bounded(mime)
+    except TooManyParts:
+        return None  # no report we could act on
     kind = report_type(message)
     if kind == "delivery-status":
         failures = []

@@ -18,6 +18,10 @@ import re
 from dataclasses import dataclass, field
 
 PART_HEAD_BYTES = 65536  # a part's header block is read this far at most
+# what the stdlib takes for a header line: a name and a colon, an mbox "From " line, or a
+# continuation
+_HEADER_START = re.compile(rb"[!-9;-~]*:|From |[ \t]")
+_NOT_A_HEADER = re.compile(rb"\r\n(?![ \t]|[!-9;-~]*:|From )")
 
 
 class TooComplex(ValueError):
@@ -81,17 +85,26 @@ class _Scan:
     def run(self) -> None:
         mime, stack = self.mime, self.stack
         position = self.entity(0, 0)
+        after_delimiter = -1  # where the last delimiter line of the innermost multipart ended
         while stack:
             found = _next_delimiter(mime, stack, max(0, position - 2))  # from the CRLF before
             if found is None:
                 return
             index, delimiter = found
+            if index == len(stack) - 1 and delimiter.start() + 2 == after_delimiter:
+                # delimiter lines in a row are read as one, a closing one too (the stdlib's
+                # reading, which then goes on finding parts): count on as it does
+                after_delimiter = delimiter.end()
+                position = self.entity(after_delimiter, stack[-1].depth)  # the part begins here
+                continue
             del stack[index + 1 :]  # an outer delimiter closes the inner multiparts still open
             position = delimiter.end()
             if delimiter.group(1):
                 stack.pop()
+                after_delimiter = -1
                 continue
             self.count(1)
+            after_delimiter = position
             position = self.entity(position, stack[-1].depth)
 
     def entity(self, start: int, depth: int) -> int:
@@ -107,6 +120,10 @@ class _Scan:
             limit = around[1].start() if around is not None else len(mime)
             end = mime.find(b"\r\n\r\n", start, min(limit, start + PART_HEAD_BYTES))
             end = min(limit, start + PART_HEAD_BYTES) if end < 0 else end + 4
+            if not _HEADER_START.match(mime, start):  # no header line: all of it is body
+                end = start
+            elif stray := _NOT_A_HEADER.search(mime, start, max(start, end - 4)):
+                end = stray.start() + 2  # a line that is no header ends the block (and is body)
             kind, boundary = _content_type(mime[start:end])
             if boundary is not None:
                 self.deeper(depth)
@@ -137,6 +154,7 @@ def _next_delimiter(
     best: tuple[int, re.Match[bytes]] | None = None
     for index, opened in enumerate(stack):
         found = opened.next_from(mime, position)
-        if found is not None and (best is None or found.start() < best[1].start()):
+        # the innermost wins a tie (the same boundary nested): the stdlib reads it so
+        if found is not None and (best is None or found.start() <= best[1].start()):
             best = (index, found)
     return best

@@ -85,10 +85,10 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else "?" for c in text)[:64]
 
 
-def take_content(envelope: Envelope) -> bytearray:
+def take_content(envelope: Envelope) -> bytes:
     """The message, taken out of the envelope: whoever accepts it is then its only holder and
     can let go of it before the store copies what it made of it."""
-    content = envelope.original_content or bytearray()
+    content = envelope.original_content or b""
     envelope.content = envelope.original_content = None
     return content  # type: ignore[return-value]
 

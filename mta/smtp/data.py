@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import tempfile
 from dataclasses import dataclass
@@ -61,11 +60,13 @@ class DataSpool:
 
 
 class MessageBuffer:
-    """One message's bytes as they arrive."""
+    """One message's bytes as they arrive: the chunks as read (no buffer grown and copied as it
+    fills), or a file once the shared memory budget is spent."""
 
     def __init__(self, spool: DataSpool) -> None:
         self._spool = spool
-        self._memory = bytearray()
+        self._chunks: list[bytes] = []
+        self._in_memory = 0
         self._file: IO[bytes] | None = None
         self.size = 0
 
@@ -73,29 +74,30 @@ class MessageBuffer:
         """Keep `data`; False when neither memory nor disk budget has room for it."""
         spool = self._spool
         if self._file is None and spool.memory_used + len(data) <= spool.memory_limit:
-            self._memory += data
+            self._chunks.append(data)
+            self._in_memory += len(data)
             spool.memory_used += len(data)
             self.size += len(data)
             return True
-        if spool.disk_used + len(data) + len(self._memory) > spool.disk_limit:
+        if spool.disk_used + len(data) + self._in_memory > spool.disk_limit:
             return False
         if self._file is None:
             spool.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._file = tempfile.TemporaryFile(dir=spool.directory)  # noqa: SIM115 (kept open)
-            self._file.write(self._memory)
-            spool.memory_used -= len(self._memory)
-            spool.disk_used += len(self._memory)
-            self._memory = bytearray()
+            self._file.writelines(self._chunks)
+            spool.memory_used -= self._in_memory
+            spool.disk_used += self._in_memory
+            self._chunks, self._in_memory = [], 0
         self._file.write(data)
         spool.disk_used += len(data)
         self.size += len(data)
         return True
 
-    async def take(self) -> bytearray:
+    async def take(self) -> bytes:
         """The whole message (read back from disk, off the loop, if it was spooled); the budget
         it held is given back (the caller holds the accepting budget for it from here on)."""
         if self._file is None:
-            data = self._memory
+            data = b"".join(self._chunks)
         else:
             data = await asyncio.to_thread(_read_all, self._file)
         self.release()
@@ -103,8 +105,8 @@ class MessageBuffer:
 
     def release(self) -> None:
         spool = self._spool
-        spool.memory_used -= len(self._memory)
-        self._memory = bytearray()
+        spool.memory_used -= self._in_memory
+        self._chunks, self._in_memory = [], 0
         if self._file is not None:
             spool.disk_used -= self.size
             self._file.close()
@@ -124,11 +126,9 @@ def _has_long_line(lines: bytes, limit: int) -> bool:
     return False
 
 
-def _read_all(file: IO[bytes]) -> bytearray:
+def _read_all(file: IO[bytes]) -> bytes:
     file.seek(0)
-    data = bytearray(os.fstat(file.fileno()).st_size)
-    file.readinto(data)
-    return data
+    return file.read()
 
 
 class DataReader:

@@ -40,7 +40,7 @@ class MxHandler(BaseHandler):
     async def handle_DATA(
         self, server: SubmissionSession, session: Session, envelope: Envelope
     ) -> str:
-        content = bytes(take_content(envelope))
+        content = take_content(envelope)
         sender = "" if envelope.mail_from == NULL_SENDER else (envelope.mail_from or "")
         if sender and not valid_addr_spec(sender):
             return "553 5.1.7 Sender address is not valid"
