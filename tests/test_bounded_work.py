@@ -197,46 +197,48 @@ async def test_a_byte_now_and_then_does_not_hold_a_session(mail_server, clients)
 # -- the shared budget of bytes being accepted --------------------------------------------------------
 
 
+class Holders:
+    """Tasks that each take a share of a budget, note when they got it, and keep it until
+    `release` is set."""
+
+    def __init__(self, budget: ByteBudget) -> None:
+        self.budget = budget
+        self.order: list[str] = []
+        self.release = asyncio.Event()
+
+    def start(self, name: str, size: int) -> asyncio.Task[None]:
+        return asyncio.create_task(self._hold(name, size))
+
+    async def _hold(self, name: str, size: int) -> None:
+        async with self.budget.hold(size):
+            self.order.append(name)
+            await self.release.wait()
+
+
 async def test_the_accepting_budget_holds_big_messages_back_in_order_and_frees_on_cancel():
-    budget = ByteBudget(100)
-    order: list[str] = []
-    release = asyncio.Event()
-
-    async def hold(name: str, size: int) -> None:
-        async with budget.hold(size):
-            order.append(name)
-            await release.wait()
-
-    first = asyncio.create_task(hold("first", 60))
+    holders = Holders(ByteBudget(100))
+    first = holders.start("first", 60)
     await asyncio.sleep(0)
-    second = asyncio.create_task(hold("second", 60))  # does not fit beside the first
-    third = asyncio.create_task(hold("third", 10))  # fits, but waits its turn behind the second
-    cancelled = asyncio.create_task(hold("cancelled", 30))
+    second = holders.start("second", 60)  # does not fit beside the first
+    third = holders.start("third", 10)  # fits, but waits its turn behind the second
+    cancelled = holders.start("cancelled", 30)
     await asyncio.sleep(0.01)
-    assert order == ["first"]
+    assert holders.order == ["first"]
     cancelled.cancel()
-    release.set()
+    holders.release.set()
     await asyncio.gather(first, second, third, return_exceptions=True)
-    assert order == ["first", "second", "third"]
-    assert budget.used == 0
+    assert holders.order == ["first", "second", "third"]
+    assert holders.budget.used == 0
 
 
 async def test_a_small_send_is_not_held_behind_big_ones_waiting_for_the_budget():
-    budget = ByteBudget(6400)  # small: at most 100 bytes
-    order: list[str] = []
-    release = asyncio.Event()
-
-    async def hold(name: str, size: int) -> None:
-        async with budget.hold(size):
-            order.append(name)
-            await release.wait()
-
-    big = [asyncio.create_task(hold(f"big{i}", 4000)) for i in range(2)]
+    holders = Holders(ByteBudget(6400))  # small: at most 100 bytes
+    big = [holders.start(f"big{i}", 4000) for i in range(2)]
     await asyncio.sleep(0.01)
-    small = asyncio.create_task(hold("small", 50))
+    small = holders.start("small", 50)
     await asyncio.sleep(0.01)
-    assert order == ["big0", "small"]  # big1 waits for room; the small one went past it
-    release.set()
+    assert holders.order == ["big0", "small"]  # big1 waits for room; the small one went past it
+    holders.release.set()
     await asyncio.gather(*big, small)
-    assert order == ["big0", "small", "big1"]
-    assert budget.used == 0
+    assert holders.order == ["big0", "small", "big1"]
+    assert holders.budget.used == 0
