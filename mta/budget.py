@@ -1,4 +1,5 @@
-"""A byte budget shared by requests: how much message data is being worked on at once.
+"""Bounding what requests do: a byte budget for how much message data is being worked on at
+once, and heavy work kept off the event loop.
 
 Accepting a message holds it whole in memory a few times over (parsed, rebuilt, handed to the
 store), so the number of messages in that state is bounded by their bytes, not their count:
@@ -12,7 +13,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+async def off_loop_if(heavy: bool, work: Callable[[], T]) -> T:
+    """`work()`, in a thread when it is heavy: other clients go on meanwhile (a thread hop
+    costs more than light work does)."""
+    return await asyncio.to_thread(work) if heavy else work()
 
 
 class ByteBudget:

@@ -7,15 +7,13 @@ returned does the caller answer 200 / 250.
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import functools
 import logging
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 
@@ -23,6 +21,7 @@ from mta import tokens
 from mta.accept.addresses import Address, split_addresses, valid_addr_spec
 from mta.accept.headers import HeaderOptionError, consume_control_headers, message_summary
 from mta.accept.mime import (
+    RECIPIENT_KEY,
     HeadError,
     HeaderSlot,
     MessageHead,
@@ -42,6 +41,7 @@ from mta.accept.template import (
     VariablesSlot,
     personalised_variables,
 )
+from mta.budget import off_loop_if
 from mta.config import Config
 from mta.dates import message_date
 from mta.domains import Domain, Domains
@@ -51,14 +51,13 @@ from mta.store import Statement, Store
 __all__ = ["AcceptError", "Acceptor", "Address", "Options", "Submission", "valid_addr_spec"]
 
 log = logging.getLogger("mta.accept")
-T = TypeVar("T")
 
 # every line end, a lone CR too, becomes CRLF: what SMTP puts on the wire (and DKIM signs)
 _CRLF_NORMALISE = re.compile(rb"\r\n|\r|\n")
 _HEADER_NAME = re.compile(r"[!-9;-~]+")
 _UNSAFE_VALUE = re.compile(r"[\r\n\0]")
-_VARIABLE_KEY = re.compile(r"%recipient\.([^%\s]{1,256})%")
-_VARIABLE_KEY_BYTES = re.compile(rb"%recipient\.([^%\s]{1,256})%")
+_VARIABLE_KEY = re.compile(RECIPIENT_KEY)
+_VARIABLE_KEY_BYTES = re.compile(RECIPIENT_KEY.encode())
 _AT_DOMAIN = re.compile(r"@\[?([\w.-]+)")
 ADDRESSES_ON_LOOP = 8192  # address text parsed on the event loop; more goes to a thread
 
@@ -221,7 +220,7 @@ class Acceptor:
             raise AcceptError(f"Domain {domain.name} is not allowed to send: domain is disabled")
         head: MessageHead | None = None
         if sub.mime is not None:
-            head = await _maybe_off_loop(
+            head = await off_loop_if(
                 len(sub.mime) > _HEAVY_BYTES, functools.partial(self._read_message, sub)
             )
         addresses = await self._parse_addresses(sub)
@@ -258,7 +257,7 @@ class Acceptor:
             )
 
         # big bodies and large batches are built off the event loop: other clients go on
-        message_id, statements = await _maybe_off_loop(
+        message_id, statements = await off_loop_if(
             _is_heavy(sub, len(everyone)),
             functools.partial(self._prepare, domain, sub, head, addresses, now),
         )
@@ -330,7 +329,7 @@ class Acceptor:
                 parse_addresses(sub.bcc, "bcc"),
             )
 
-        return await _maybe_off_loop(size > ADDRESSES_ON_LOOP, parse)
+        return await off_loop_if(size > ADDRESSES_ON_LOOP, parse)
 
     def _prepare(
         self,
@@ -817,10 +816,6 @@ def _is_heavy(sub: Submission, recipients: int) -> bool:
         sum(len(a.data) for a in parts.attachments) > _HEAVY_BYTES
         or len(parts.html or "") + len(parts.text or "") > _HEAVY_BYTES
     )
-
-
-async def _maybe_off_loop(heavy: bool, work: Callable[[], T]) -> T:
-    return await asyncio.to_thread(work) if heavy else work()
 
 
 def _same(text: str) -> str:

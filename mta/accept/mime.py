@@ -26,6 +26,7 @@ from mta import tokens
 
 CRLF = "\r\n"
 _NEWLINES = re.compile(r"\r\n|\r|\n")
+RECIPIENT_KEY = r"%recipient\.([^%\s]{1,256})%"  # a recipient variable, by key
 _RECIPIENT_VAR = re.compile(r"%recipient(?:\.([^%\s]{1,256})|(_email|_name|_fname|_lname))?%")
 
 
@@ -226,9 +227,9 @@ def header_line(text: str) -> bytes:
     return (text + CRLF).encode("utf-8")
 
 
-def render(pieces: list[Piece], substitute: Callable[[str], str]) -> bytes:
+def render(pieces: list[Piece | memoryview], substitute: Callable[[str], str]) -> bytes:
     return b"".join(
-        p if isinstance(p, bytes) else p.render(substitute) for p in pieces
+        p if isinstance(p, (bytes, memoryview)) else p.render(substitute) for p in pieces
     )
 
 
@@ -361,10 +362,6 @@ class MessageHead:
 def personalise_mime(mime: bytes, to_header: str, substitute: Callable[[str], str]) -> bytes:
     """A pre-built message for one batch recipient: To shows only them, %recipient...% replaced
     wherever it appears in clear (headers, 7bit and quoted-printable bodies)."""
-    end = mime.find(b"\r\n\r\n")
-    head, rest = (mime[:end], mime[end:]) if end >= 0 else (mime, b"")
-    fields = _FIELD_SPLIT.split(head) if head else []
-    out = [f"To: {to_header}".encode()]
-    out += [f for f in fields if header_name(f) != "to"]
-    text = (b"\r\n".join(out) + rest).decode("utf-8", "surrogateescape")
+    head = MessageHead.parse(mime, len(mime), len(mime)).without(lambda name: name == "to")
+    text = head.to_bytes([header_line(f"To: {to_header}")]).decode("utf-8", "surrogateescape")
     return substitute(text).encode("utf-8", "surrogateescape")

@@ -26,6 +26,7 @@ from mta.accept.mime import (
     header_line,
     personalise_mime,
     recipient_substituter,
+    render,
 )
 
 _MAGIC = b"mta-template/1\n"
@@ -87,6 +88,7 @@ class MimeSlot:
 
 
 Slot = TextSlot | HeaderSlot | ToSlot | VariablesSlot | MimeSlot
+_PERSONAL = (ToSlot, VariablesSlot, MimeSlot)  # slots that need more than the substitution
 
 
 def personalised_variables(
@@ -101,15 +103,11 @@ class Template:
 
     def render(self, personal: Personal) -> bytes:
         substitute = personal.substituter()
-        out: list[bytes | memoryview] = []
-        for piece in self.pieces:
-            if isinstance(piece, (bytes, memoryview)):
-                out.append(piece)
-            elif isinstance(piece, (TextSlot, HeaderSlot)):
-                out.append(piece.render(substitute))
-            else:
-                out.append(piece.render(personal, substitute))
-        return b"".join(out)
+        return render(
+            [p.render(personal, substitute) if isinstance(p, _PERSONAL) else p
+             for p in self.pieces],
+            substitute,
+        )
 
     def dump(self) -> bytes:
         """The stored form: a JSON index of the pieces, then their bytes (runs of bytes joined)."""

@@ -21,9 +21,8 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import orjson
@@ -32,6 +31,7 @@ from mta import tokens, webpost
 from mta.accept import AcceptError, Acceptor, Submission
 from mta.accept.addresses import split_addresses
 from mta.accept.mime import HeadError, MessageHead
+from mta.budget import off_loop_if
 from mta.config import Config
 from mta.dns import Resolver
 from mta.domains import Domain, Domains
@@ -70,15 +70,14 @@ _INSERT_JOB = (
 )
 
 
-T = TypeVar("T")
-
-
 def _reserved(name: str) -> bool:
     return name.startswith(_OURS)
 
 
-async def _maybe_off_loop(heavy: bool, work: Callable[[], T]) -> T:
-    return await asyncio.to_thread(work) if heavy else work()
+def _from_domain(from_value: str) -> str:
+    """The domain of a From header's (first) address, lower-cased; "" when it has none."""
+    addresses = split_addresses(from_value)
+    return addresses[0][1].rpartition("@")[2].lower() if addresses else ""
 
 
 @dataclass(frozen=True)
@@ -217,7 +216,7 @@ class Inbound:
         """Check, route and store one message; returns how many recipients took it. Raises
         InboundError when none would (no route, no report)."""
         now = time.time()
-        reading = await _maybe_off_loop(
+        reading = await off_loop_if(
             len(mime) > HEAVY_BYTES, functools.partial(self._read, mime)
         )
         mime, headers = reading.mime, reading.headers
@@ -301,17 +300,14 @@ class Inbound:
             raise InboundError("554 5.4.6 Too many hops: a mail loop?")
         # what a stranger wrote in our own header names is not ours: dropped before ours go in
         kept = head.without(_reserved)
-        if len(kept.fields) < len(head.fields):
-            mime = kept.to_bytes()
         headers = []
         for field in kept.fields[:MAX_HEADERS]:
             name, _, value = field.partition(b":")
             headers.append((name.decode("ascii", "replace").strip(),
                             decode_header_value(value.decode("utf-8", "surrogateescape"))))
         content_type = kept.first("content-type") or ""
-        from_addresses = split_addresses(kept.first("from") or "")
-        from_domain = from_addresses[0][1].rpartition("@")[2].lower() if from_addresses else ""
-        return _Reading(bytes(mime), headers, _report_kind(content_type), from_domain)
+        return _Reading(kept.to_bytes(), headers, _report_kind(content_type),
+                        _from_domain(kept.first("from") or ""))
 
     async def _hosted(self, name: str) -> bool:
         """Whether `name` or a domain it is under is hosted here."""
@@ -577,9 +573,8 @@ class Inbound:
             authenticated=False,
             control_headers=False,  # a stranger's X-Mailgun-* are not ours to obey
         )
-        from_addresses = split_addresses(message.raw_fields()["from"])
-        from_domain = from_addresses[0][1].rpartition("@")[2].lower() if from_addresses else ""
-        if not message.from_aligned and await self._hosted(from_domain):
+        head = MessageHead.parse(message.mime, len(message.mime), len(message.mime))
+        if not message.from_aligned and await self._hosted(_from_domain(head.first("from") or "")):
             # signing it for a hosted domain would make a stranger's spoof pass DMARC: the
             # envelope is ours (the return path), the signature is left off
             submission.options.dkim = False

@@ -31,11 +31,6 @@ _DEFER = "UPDATE recipients SET due_at = ?, lease_until = 0 WHERE id = ?"
 _CHUNK = 500
 PURGE_CHUNK = 200
 DOMAIN_REMOVED = "domain-removed"
-_RECIPIENT_ROW = (
-    "SELECT r.id, r.message_key, r.address, r.attempts, r.to_header, r.user_variables,"
-    " r.personal, r.mime, m.domain, m.sender, m.created_at, m.options, m.mime AS shared"
-    " FROM recipients r JOIN messages m ON m.key = r.message_key"
-)
 
 
 @dataclass(eq=False)
@@ -311,12 +306,14 @@ def delivery_event(
 async def sent_recipient(store: Store, recipient_id: int) -> Delivery | None:
     """A recipient row and its message, for reports that come back about it later (bounces,
     complaints); None once the message has been purged."""
-    row = await store.fetchone(_RECIPIENT_ROW + " WHERE r.id = ?", (recipient_id,))
-    return None if row is None else _joined_delivery(row)
-
-
-def _joined_delivery(row: Any) -> Delivery:
-    """A `_RECIPIENT_ROW` (recipient and message) as a Delivery."""
+    row = await store.fetchone(
+        "SELECT r.id, r.message_key, r.address, r.attempts, r.to_header, r.user_variables,"
+        " r.personal, r.mime, m.domain, m.sender, m.created_at, m.options, m.mime AS shared"
+        " FROM recipients r JOIN messages m ON m.key = r.message_key WHERE r.id = ?",
+        (recipient_id,),
+    )
+    if row is None:
+        return None
     message = Message(
         key=row["message_key"],
         domain=row["domain"],
