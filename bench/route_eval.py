@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mta.config import Config
 from mta.inbound import ROUTES_BUDGET_S
 from mta.inbound.routes import MatchingTime, Routes, RoutesOutOfTime
-from mta.store import Store
+from mta.store.sqlite import SqliteStore as Store
 
 DOMAINS = 40
 

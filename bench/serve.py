@@ -38,7 +38,7 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def install_stats(path: str) -> None:
-    from mta.store import Store
+    from mta.store.sqlite import SqliteStore as Store
 
     batches: list[int] = []
     commit_s: list[float] = []

@@ -30,7 +30,7 @@ from mta.outbound.returnpath import ReturnPaths, load_secret
 from mta.smtp import SmtpListeners
 from mta.smtp.guard import Guard
 from mta.smtp.mx import MxHandler
-from mta.store import Store
+from mta.store import open_store
 
 log = logging.getLogger("mta")
 
@@ -38,12 +38,7 @@ PURGE_INTERVAL_S = 3600
 
 
 async def open_services(config: Config) -> Services:
-    store = await Store.open(
-        config.db_path,
-        commit_window_ms=config.store.commit_window_ms,
-        max_batch=config.store.max_batch,
-        busy_timeout_ms=config.store.busy_timeout_ms,
-    )
+    store = await open_store(config)
     try:
         resolver = Resolver(config.dns)
         domains = Domains(store, config, resolver)
@@ -127,7 +122,8 @@ class Server:
             log.warning("no API keys yet: create one with `mta key create`")
         if not await self.services.domains.all():
             log.warning("no domains yet: add one with `mta domain add NAME`")
-        log.info("HTTP API listening on %s:%d, store %s", host, self.api_port, self.config.db_path)
+        log.info("HTTP API listening on %s:%d, store %s", host, self.api_port,
+                 self.config.store_name)
 
     async def _purge_loop(self) -> None:
         assert self.services is not None

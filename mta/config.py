@@ -37,6 +37,9 @@ class ServerConfig:
         "localhost", "this server's public host name (SMTP banner, DNS records)"
     )
     log_level: str = setting("info", "debug, info, warning or error")
+    node_id: str = setting(
+        "", "this node's name in queue leases and shared limits; empty: the hostname setting"
+    )
 
 
 @dataclass
@@ -127,9 +130,16 @@ class SmtpConfig:
 
 @dataclass
 class StoreConfig:
-    """The SQLite-WAL store and its group-commit writer."""
+    """The store: an embedded SQLite-WAL file (one node) or PostgreSQL (one or several nodes)."""
 
-    path: str = setting("", "database file; empty: <data_dir>/mta.db")
+    url: str = setting(
+        "", "postgresql://user:pass@host:port/db to use PostgreSQL; empty: the SQLite file"
+    )
+    path: str = setting("", "SQLite database file; empty: <data_dir>/mta.db")
+    pool_size: int = setting(10, "PostgreSQL connections each node keeps open at most")
+    statement_timeout_s: float = setting(
+        30.0, "PostgreSQL: longest one statement may run before it is cancelled"
+    )
     commit_window_ms: float = setting(
         1.0, "how long the writer gathers more writes before one commit"
     )
@@ -284,6 +294,18 @@ class Config:
     @property
     def db_path(self) -> Path:
         return Path(self.store.path) if self.store.path else Path(self.server.data_dir) / "mta.db"
+
+    @property
+    def node_id(self) -> str:
+        return self.server.node_id or self.server.hostname
+
+    @property
+    def store_name(self) -> str:
+        """The store as logs name it (a PostgreSQL URL without its password)."""
+        if not self.store.url:
+            return str(self.db_path)
+        scheme, _, rest = self.store.url.partition("://")
+        return f"{scheme}://{rest.rpartition('@')[2]}"
 
     @property
     def spf_record(self) -> str:
@@ -443,6 +465,10 @@ def validate(config: Config) -> None:
         raise ConfigError("events.default_limit: expected 1 to 300")
     if config.store.commit_window_ms < 0 or config.store.max_batch < 1:
         raise ConfigError("store.commit_window_ms/max_batch: must be positive")
+    if config.store.url and not config.store.url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("store.url: expected postgresql://user:pass@host:port/db or empty")
+    if config.store.pool_size < 2:
+        raise ConfigError("store.pool_size: must be at least 2")
     if config.spam.spamd:
         parse_listen("spam.spamd", config.spam.spamd)
     if not config.inbound.retry_intervals_s or not all(

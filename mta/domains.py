@@ -296,9 +296,9 @@ class Domains:
         # the limit is checked inside the insert, so concurrent admin commands cannot pass it
         await self._store.write(
             Statement(
-                "INSERT OR IGNORE INTO authorized_recipients (domain, address, created_at)"
+                "INSERT INTO authorized_recipients (domain, address, created_at)"
                 " SELECT ?, ?, ? WHERE (SELECT count(*) FROM authorized_recipients"
-                " WHERE domain = ?) < ?",
+                " WHERE domain = ?) < ? ON CONFLICT DO NOTHING",
                 [(domain.name, address, time.time(), domain.name, limit)],
             )
         )

@@ -39,14 +39,49 @@ _COMPLAINT_UPSERT = (
     " count = complaints.count + 1, created_at = excluded.created_at"
 )
 # One tag per row (?5), appended in SQL so concurrent adds to one address cannot lose a tag.
-# The BLOB is cast to TEXT for the JSON functions (newer SQLite reads a BLOB as binary JSONB).
-_UNSUBSCRIBE_UPSERT = (
-    "INSERT INTO unsubscribes (domain, address, tags, created_at) VALUES (?1, ?2, ?3, ?4)"
-    " ON CONFLICT (domain, address) DO UPDATE SET created_at = excluded.created_at,"
-    " tags = CASE WHEN EXISTS (SELECT 1 FROM json_each(CAST(unsubscribes.tags AS TEXT))"
-    " WHERE lower(value) = lower(?5)) THEN unsubscribes.tags"
-    " ELSE CAST(json_insert(CAST(unsubscribes.tags AS TEXT), '$[#]', ?5) AS BLOB) END"
-)
+# Tags are a JSON array kept as bytes; each engine has its own JSON functions (newer SQLite
+# reads a BLOB as binary JSONB, hence the casts to TEXT).
+_UNSUBSCRIBE_UPSERT = {
+    "sqlite": (
+        "INSERT INTO unsubscribes (domain, address, tags, created_at) VALUES (?1, ?2, ?3, ?4)"
+        " ON CONFLICT (domain, address) DO UPDATE SET created_at = excluded.created_at,"
+        " tags = CASE WHEN EXISTS (SELECT 1 FROM json_each(CAST(unsubscribes.tags AS TEXT))"
+        " WHERE lower(value) = lower(?5)) THEN unsubscribes.tags"
+        " ELSE CAST(json_insert(CAST(unsubscribes.tags AS TEXT), '$[#]', ?5) AS BLOB) END"
+    ),
+    "postgresql": (
+        "INSERT INTO unsubscribes (domain, address, tags, created_at) VALUES (?1, ?2, ?3, ?4)"
+        " ON CONFLICT (domain, address) DO UPDATE SET created_at = excluded.created_at,"
+        " tags = CASE WHEN EXISTS (SELECT 1 FROM jsonb_array_elements_text("
+        "convert_from(unsubscribes.tags, 'UTF8')::jsonb) AS t(value)"
+        " WHERE lower(value) = lower(?5::text)) THEN unsubscribes.tags"
+        " ELSE convert_to((convert_from(unsubscribes.tags, 'UTF8')::jsonb"
+        " || to_jsonb(?5::text))::text, 'UTF8') END"
+    ),
+}
+# The addresses of one batch as one JSON parameter (no variable limit to chunk around)
+_JSON_VALUES = {
+    "sqlite": "SELECT value FROM json_each(?2)",
+    "postgresql": "SELECT jsonb_array_elements_text(?2::text::jsonb)",
+}
+_REMOVE_TAG = {
+    "sqlite": (
+        "UPDATE unsubscribes SET tags = CAST((SELECT json_group_array(value)"
+        " FROM json_each(CAST(unsubscribes.tags AS TEXT))"
+        " WHERE lower(value) != lower(?1)) AS BLOB)"
+        " WHERE domain = ?2 AND address = ?3"
+    ),
+    "postgresql": (
+        "UPDATE unsubscribes SET tags = convert_to(coalesce((SELECT jsonb_agg(value)"
+        " FROM jsonb_array_elements_text(convert_from(unsubscribes.tags, 'UTF8')::jsonb)"
+        " AS t(value) WHERE lower(value) != lower(?1::text)), '[]'::jsonb)::text, 'UTF8')"
+        " WHERE domain = ?2 AND address = ?3"
+    ),
+}
+_TAGLESS = {
+    "sqlite": "json_array_length(CAST(tags AS TEXT)) = 0",
+    "postgresql": "jsonb_array_length(convert_from(tags, 'UTF8')::jsonb) = 0",
+}
 
 
 @dataclass(frozen=True)
@@ -99,13 +134,14 @@ async def suppressed(
     wanted = sorted({a.lower() for a in addresses})
     if not wanted:
         return {}
+    values = _JSON_VALUES[store.dialect]
     rows = await store.fetchall(
         "SELECT address, 0 AS rank, NULL AS tags FROM bounces"
-        " WHERE domain = ?1 AND address IN (SELECT value FROM json_each(?2))"
+        f" WHERE domain = ?1 AND address IN ({values})"
         " UNION ALL SELECT address, 1, NULL FROM complaints"
-        " WHERE domain = ?1 AND address IN (SELECT value FROM json_each(?2))"
+        f" WHERE domain = ?1 AND address IN ({values})"
         " UNION ALL SELECT address, 2, tags FROM unsubscribes"
-        " WHERE domain = ?1 AND address IN (SELECT value FROM json_each(?2))",
+        f" WHERE domain = ?1 AND address IN ({values})",
         (domain, orjson.dumps(wanted).decode()),
     )
     message_tags = {t.lower() for t in tags}  # tags are case-insensitive (the manual)
@@ -135,7 +171,7 @@ async def add(store: Store, domain: str, entries: Sequence[Suppression]) -> None
                     (domain, address, entry.code, entry.error, entry.created_at)
                 )
             case Unsubscribe():
-                rows.setdefault(_UNSUBSCRIBE_UPSERT, []).extend(
+                rows.setdefault(_UNSUBSCRIBE_UPSERT[store.dialect], []).extend(
                     (domain, address, orjson.dumps([tag]), entry.created_at, tag)
                     for tag in entry.tags
                 )
@@ -205,16 +241,10 @@ async def remove_tag(store: Store, domain: str, address: str, tag: str) -> bool:
         return False
     key = (domain, address.lower())
     await store.write(
-        Statement(
-            "UPDATE unsubscribes SET tags = CAST((SELECT json_group_array(value)"
-            " FROM json_each(CAST(unsubscribes.tags AS TEXT))"
-            " WHERE lower(value) != lower(?)) AS BLOB)"
-            " WHERE domain = ? AND address = ?",
-            [(tag, *key)],
-        ),
+        Statement(_REMOVE_TAG[store.dialect], [(tag, *key)]),
         Statement(
             "DELETE FROM unsubscribes WHERE domain = ? AND address = ?"
-            " AND json_array_length(CAST(tags AS TEXT)) = 0",
+            f" AND {_TAGLESS[store.dialect]}",
             [key],
         ),
     )

@@ -21,11 +21,14 @@ import pytest
 from mta.app import Server
 from mta.config import Config
 from mta.smtp.tls import certificate_paths
+from tests import postgres
 
 if TYPE_CHECKING:
     from tests.smtp_clients import Clients
 
 DOMAIN = "mg.example.test"
+# MTA_TEST_ENGINES=sqlite (or postgresql) runs one engine only, for a quicker local loop
+ENGINES = os.environ.get("MTA_TEST_ENGINES", "sqlite,postgresql").split(",")
 
 
 @pytest.fixture(scope="session")
@@ -81,14 +84,35 @@ class Running:
         )
 
 
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[postgres.Cluster]:
+    """One real PostgreSQL for the session, started on first use; a fresh database per test."""
+    if not postgres.available():
+        pytest.skip("PostgreSQL is not installed (.ci/run installs the Debian package)")
+    cluster = postgres.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=ENGINES)
+def store_url(request: pytest.FixtureRequest) -> str:
+    """Each store-touching test runs on both engines: "" is the embedded SQLite file, else
+    the URL of a fresh, empty PostgreSQL database."""
+    if request.param == "sqlite":
+        return ""
+    cluster: postgres.Cluster = request.getfixturevalue("postgres_cluster")
+    return cluster.new_database()
+
+
 @pytest.fixture
 async def start_server(
-    tmp_path: Path, tls_pair: tuple[str, str]
+    tmp_path: Path, tls_pair: tuple[str, str], store_url: str
 ) -> AsyncIterator[Callable[..., Any]]:
     """Start a server (config overrides as section__key=value); stopped after the test."""
     started: list[Server] = []
 
     async def start(**overrides: Any) -> Running:
+        overrides.setdefault("store__url", store_url)
         server = Server(make_config(tmp_path, tls_pair, **overrides))
         await server.start()
         started.append(server)

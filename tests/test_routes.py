@@ -32,7 +32,8 @@ from mta.inbound.expressions import (
     timed_match,
 )
 from mta.inbound.routes import Action, MatchingTime, Routes, RoutesOutOfTime
-from mta.store import Statement, Store
+from mta.store import Statement
+from mta.store.sqlite import SqliteStore as Store
 from tests.conftest import DOMAIN, Running
 
 RFC2822_GMT = re.compile(r"[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT")

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from mta.store import Statement, Store, StoreClosed
+from mta.store import Statement, StoreClosed
 from mta.store.schema import MIGRATIONS
+from mta.store.sqlite import SqliteStore as Store
 
 pytestmark = pytest.mark.asyncio
 

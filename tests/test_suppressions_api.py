@@ -16,7 +16,7 @@ import pytest
 from yarl import URL
 
 from mta import suppressions
-from mta.store import Store
+from mta.store.sqlite import SqliteStore as Store
 from tests import storeview
 from tests.conftest import DOMAIN, Running
 

@@ -370,7 +370,7 @@ async def recipient_by_message_id(store: Store, message_id: str, address: str) -
     """The recipient row of a message (by its Message-Id) and address, if we sent it."""
     row = await store.fetchone(
         "SELECT r.id FROM recipients r JOIN messages m ON m.key = r.message_key"
-        " WHERE m.message_id = ? AND r.address = ? COLLATE NOCASE ORDER BY r.id DESC LIMIT 1",
+        " WHERE m.message_id = ? AND lower(r.address) = lower(?) ORDER BY r.id DESC LIMIT 1",
         (message_id.strip().strip("<>"), address),
     )
     return None if row is None else int(row["id"])

@@ -37,7 +37,7 @@ async def load_secret(store: Store) -> bytes:
     """The tag secret, made on first use and kept, so that tags outlive restarts."""
     await store.write(
         Statement(
-            "INSERT OR IGNORE INTO server_secrets (name, value) VALUES (?, ?)",
+            "INSERT INTO server_secrets (name, value) VALUES (?, ?) ON CONFLICT DO NOTHING",
             [(_SECRET_NAME, secrets.token_bytes(32))],
         )
     )

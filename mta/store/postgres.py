@@ -1,0 +1,192 @@
+"""The PostgreSQL engine (asyncpg): one database shared by any number of nodes.
+
+Each `write` is one transaction on a pooled connection, committed (synchronous_commit on)
+before it returns, so callers may acknowledge right after, as on SQLite. PostgreSQL commits
+concurrent transactions itself, so there is no single writer here. Admin changes made by any
+node reach every other through LISTEN/NOTIFY (the schema's triggers send them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from functools import lru_cache
+from typing import Any
+
+import asyncpg
+
+from mta.store import Params, Statement, StoreClosed
+from mta.store.schema import MIGRATIONS
+
+log = logging.getLogger("mta.store")
+
+ADMIN_CHANNEL = "mta_admin"
+MIGRATION_LOCK = 0x6D7461  # pg_advisory_xact_lock key: nodes starting together migrate once
+LISTENER_RETRY_S = 1.0
+_PLACEHOLDER = re.compile(r"'(?:[^']|'')*'|\?(\d*)")
+_ADMIN_WRITE = re.compile(
+    r"^\s*(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+"
+    r"(?:domains|authorized_recipients|api_keys|credentials|routes)\b",
+    re.IGNORECASE,
+)
+
+
+@lru_cache(maxsize=1024)
+def adapt(sql: str) -> str:
+    """SQL written with `?` / `?N` placeholders, in PostgreSQL's `$N` (quoted text left alone)."""
+    counter = 0
+
+    def replace(match: re.Match[str]) -> str:
+        nonlocal counter
+        if match.group(0).startswith("'"):
+            return match.group(0)
+        if match.group(1):
+            return f"${match.group(1)}"
+        counter += 1
+        return f"${counter}"
+
+    return _PLACEHOLDER.sub(replace, sql)
+
+
+def _changes_admin(statements: tuple[Statement, ...] | list[Statement]) -> bool:
+    return any(_ADMIN_WRITE.match(s.sql) for s in statements)
+
+
+class PostgresStore:
+    dialect = "postgresql"
+
+    def __init__(self, url: str, *, node_id: str, pool_size: int,
+                 statement_timeout_s: float) -> None:
+        self.url = url
+        self.node_id = node_id
+        self._pool_size = pool_size
+        self._statement_timeout_ms = int(statement_timeout_s * 1000)
+        self._pool: asyncpg.Pool | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._listener_task: asyncio.Task[None] | None = None
+        self._version = 0
+        self._listening = False
+        self._closed = False
+
+    @classmethod
+    async def open(cls, url: str, **kwargs: Any) -> PostgresStore:
+        store = cls(url, **kwargs)
+        await store._open()
+        return store
+
+    async def _open(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self.url,
+            min_size=2,
+            max_size=self._pool_size,
+            server_settings={
+                "statement_timeout": str(self._statement_timeout_ms),
+                "application_name": f"mta {self.node_id}"[:63],
+            },
+        )
+        try:
+            await self._migrate()
+            await self._listen()
+        except BaseException:
+            await self._pool.close()
+            raise
+        self._listener_task = asyncio.create_task(self._keep_listening(), name="store-listen")
+
+    async def _migrate(self) -> None:
+        assert self._pool is not None
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+            )
+            current = await conn.fetchval("SELECT max(version) FROM schema_version") or 0
+            for number, migration in enumerate(MIGRATIONS, start=1):
+                if number <= current:
+                    continue
+                await conn.execute(migration.postgresql)
+                await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", number)
+                log.info("store: applied migration %d", number)
+
+    # -- admin changes pushed by every node ----------------------------------------------------
+
+    async def _listen(self) -> None:
+        self._listener = await asyncpg.connect(self.url)
+        await self._listener.add_listener(ADMIN_CHANNEL, self._admin_changed)
+        self._listener.add_termination_listener(self._listener_lost)
+        self._listening = True
+        self._version += 1  # changes made while we were not listening
+
+    def _admin_changed(self, *_: Any) -> None:
+        self._version += 1
+
+    def _listener_lost(self, *_: Any) -> None:
+        if not self._closed:
+            log.warning("store: lost the admin-change listener; caches reload each second "
+                        "until it is back")
+        self._listening = False
+
+    async def _keep_listening(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(LISTENER_RETRY_S)
+            if self._listening:
+                continue
+            try:
+                await self._listen()
+                log.info("store: admin-change listener is back")
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("store: cannot listen for admin changes yet: %s", exc)
+
+    def admin_version(self) -> int:
+        """Moves on every admin change of any node (NOTIFY) and of this one (at commit).
+        Without a listener it moves every second, so caches are never older than that."""
+        if self._listening:
+            return self._version * 2
+        return int(time.monotonic() / LISTENER_RETRY_S) * 2 + 1
+
+    # -- writes and reads ----------------------------------------------------------------------
+
+    def _pooled(self) -> asyncpg.Pool:
+        if self._closed or self._pool is None:
+            raise StoreClosed("store is closed")
+        return self._pool
+
+    async def write(self, *statements: Statement) -> None:
+        async with self._pooled().acquire() as conn, conn.transaction():
+            for statement in statements:
+                sql = adapt(statement.sql)
+                if len(statement.rows) == 1:
+                    await conn.execute(sql, *statement.rows[0])
+                elif statement.rows:
+                    await conn.executemany(sql, statement.rows)
+        if _changes_admin(statements):
+            self._version += 1
+
+    async def write_returning(self, sql: str, params: Params = ()) -> list[Any]:
+        async with self._pooled().acquire() as conn, conn.transaction():
+            rows = await conn.fetch(adapt(sql), *params)
+        if _ADMIN_WRITE.match(sql):
+            self._version += 1
+        return rows
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Any]:
+        return await self._pooled().fetch(adapt(sql), *params)
+
+    async def fetchone(self, sql: str, params: Params = ()) -> Any | None:
+        return await self._pooled().fetchrow(adapt(sql), *params)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._listener_task is not None:
+            self._listener_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener_task
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close()
+        if self._pool is not None:
+            await self._pool.close()

@@ -1,0 +1,303 @@
+"""The SQLite-WAL engine: one group-committing writer, async readers, one node.
+
+Every write goes through `Store.write`, which returns only after the transaction holding it
+has committed (synchronous=FULL), so callers may acknowledge to clients right after.
+Writes that arrive while a commit is running are gathered into the next transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from mta.store import Params, Row, Statement, StoreClosed, owner_only
+from mta.store.schema import MIGRATIONS
+
+log = logging.getLogger("mta.store")
+
+ADMIN_VERSION_MAX_AGE_S = 0.05
+
+
+@dataclass
+class _Job:
+    statements: Sequence[Statement]
+    future: asyncio.Future[list[Row]]
+    returning: bool = False  # one statement whose rows are handed back (never grouped)
+    result: list[Row] = field(default_factory=list)
+    shape: tuple[Any, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.returning:
+            self.shape = ("returning", id(self))
+        else:
+            self.shape = tuple(s.sql for s in self.statements)
+
+
+def _private_files(path: Path) -> None:
+    """The database and its -wal/-shm companions are made 0600 whatever the umask (SQLite
+    gives the companions the main file's mode), in a directory made 0700 if it is missing."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):  # made here, never briefly open to others
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if file.is_file():
+            owner_only(file, 0o600)
+
+
+def _connect(path: Path, busy_timeout_ms: int, *, readonly: bool = False) -> sqlite3.Connection:
+    uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    if not readonly:
+        _set_wal(conn, busy_timeout_ms)
+        conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+def _set_wal(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
+    """Switching a new file to WAL takes a lock busy_timeout does not wait for: retry."""
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply pending migrations; safe when several processes open the file at once."""
+    for number, script in enumerate(MIGRATIONS, start=1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = conn.execute("PRAGMA user_version").fetchone()[0]
+            if current >= number:
+                conn.execute("COMMIT")
+                continue
+            for sql in _split_script(script.sqlite):
+                conn.execute(sql)
+            conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+            log.info("store: applied migration %d", number)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return len(MIGRATIONS)
+
+
+def _split_script(script: str) -> list[str]:
+    """Split on statement boundaries (triggers contain ';' inside BEGIN ... END)."""
+    statements, buffer = [], ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        statements.append(buffer.strip())
+    return statements
+
+
+class SqliteStore:
+    dialect = "sqlite"
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        node_id: str = "",
+        commit_window_ms: float = 1.0,
+        max_batch: int = 1000,
+        busy_timeout_ms: int = 10_000,
+        readers: int = 2,
+    ) -> None:
+        self.path = path
+        self.node_id = node_id
+        self._window = commit_window_ms / 1000
+        self._max_batch = max_batch
+        self._busy_timeout_ms = busy_timeout_ms
+        self._reader_count = readers
+        self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
+        self._write_conn: sqlite3.Connection | None = None
+        self._writer_task: asyncio.Task[None] | None = None
+        self._readers: list[aiosqlite.Connection] = []
+        self._next_reader = itertools.cycle([0])
+        self._peek_conn: sqlite3.Connection | None = None
+        self._admin_version: int | None = None
+        self._admin_read_at = 0.0
+        self._closed = False
+        self.commits = 0
+        self.committed_jobs = 0
+
+    @classmethod
+    async def open(cls, path: Path, **kwargs: Any) -> SqliteStore:
+        store = cls(path, **kwargs)
+        await store._open()
+        return store
+
+    async def _open(self) -> None:
+        _private_files(self.path)
+        loop = asyncio.get_running_loop()
+        self._write_conn = await loop.run_in_executor(
+            None, _connect, self.path, self._busy_timeout_ms
+        )
+        await loop.run_in_executor(None, migrate, self._write_conn)
+        for _ in range(self._reader_count):
+            reader = await aiosqlite.connect(self.path, isolation_level=None)
+            reader.row_factory = sqlite3.Row
+            await reader.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            self._readers.append(reader)
+        self._next_reader = itertools.cycle(range(len(self._readers)))
+        self._peek_conn = _connect(self.path, self._busy_timeout_ms, readonly=True)
+        self._writer_task = asyncio.create_task(self._writer_loop(), name="store-writer")
+
+    async def close(self) -> None:
+        """Finish every queued write, then close all connections."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._queue.put(None)
+        if self._writer_task is not None:
+            await self._writer_task
+        for reader in self._readers:
+            await reader.close()
+        if self._peek_conn is not None:
+            self._peek_conn.close()
+        if self._write_conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._write_conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._write_conn.close()
+
+    # -- writes -------------------------------------------------------------------------------
+
+    async def write(self, *statements: Statement) -> None:
+        """Run the statements in one transaction (shared with other writers); return once durable.
+
+        Jobs committed together must be independent of each other: statements of jobs with the
+        same shape are run grouped per statement (executemany), each job's own order kept.
+        A job that fails is retried alone so that it cannot fail the others; its error is raised.
+        """
+        await self._submit(_Job(statements, asyncio.get_running_loop().create_future()))
+
+    async def write_returning(self, sql: str, params: Params = ()) -> list[Row]:
+        """One statement with a RETURNING clause (e.g. taking a lease), committed like `write`;
+        returns its rows once durable. It shares the transaction but is never grouped."""
+        job = _Job([Statement(sql, [params])], asyncio.get_running_loop().create_future(), True)
+        return await self._submit(job)
+
+    async def _submit(self, job: _Job) -> list[Row]:
+        if self._closed:
+            raise StoreClosed("store is closed")
+        await self._queue.put(job)
+        return await job.future
+
+    async def _writer_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        stopping = False
+        while not stopping:
+            job = await self._queue.get()
+            if job is None:
+                break
+            batch = [job]
+            if self._queue.empty() and self._window > 0:
+                await asyncio.sleep(self._window)
+            while len(batch) < self._max_batch and not self._queue.empty():
+                nxt = self._queue.get_nowait()
+                if nxt is None:
+                    stopping = True
+                    break
+                batch.append(nxt)
+            try:
+                errors = await loop.run_in_executor(None, self._commit_batch, batch)
+            except Exception as exc:  # the connection itself failed
+                errors = [exc] * len(batch)
+            self._admin_version = None  # what we just committed may have changed admin data
+            for item, error in zip(batch, errors, strict=True):
+                if item.future.done():
+                    continue
+                if error is None:
+                    item.future.set_result(item.result)
+                else:
+                    item.future.set_exception(error)
+
+    def _commit_batch(self, batch: list[_Job]) -> list[Exception | None]:
+        try:
+            self._run_transaction(batch)
+            self.commits += 1
+            self.committed_jobs += len(batch)
+            return [None] * len(batch)
+        except sqlite3.Error as exc:
+            if len(batch) == 1:
+                return [exc]
+        errors: list[Exception | None] = []
+        for job in batch:
+            try:
+                self._run_transaction([job])
+                self.commits += 1
+                self.committed_jobs += 1
+                errors.append(None)
+            except sqlite3.Error as exc:
+                errors.append(exc)
+        return errors
+
+    def _run_transaction(self, batch: list[_Job]) -> None:
+        conn = self._write_conn
+        assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for _shape, group in itertools.groupby(batch, key=lambda job: job.shape):
+                jobs = list(group)
+                if jobs[0].returning:
+                    statement = jobs[0].statements[0]
+                    jobs[0].result = conn.execute(statement.sql, statement.rows[0]).fetchall()
+                    continue
+                for index, statement in enumerate(jobs[0].statements):
+                    rows = [row for job in jobs for row in job.statements[index].rows]
+                    conn.executemany(statement.sql, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    # -- reads --------------------------------------------------------------------------------
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        reader = self._readers[next(self._next_reader)]
+        async with reader.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
+        reader = self._readers[next(self._next_reader)]
+        async with reader.execute(sql, params) as cursor:
+            return await cursor.fetchone()
+
+    def admin_version(self) -> int:
+        """A counter bumped (by triggers) whenever domains, keys or credentials change; caches of
+        them reload when it moves. Re-read after each commit of ours and at least every
+        ADMIN_VERSION_MAX_AGE_S (changes made by another process, e.g. the CLI). The read runs
+        on the loop's own thread: a thread hand-off would cost more than the query."""
+        now = time.monotonic()
+        if self._admin_version is None or now - self._admin_read_at > ADMIN_VERSION_MAX_AGE_S:
+            assert self._peek_conn is not None
+            self._admin_version = self._peek_conn.execute(
+                "SELECT version FROM admin_version"
+            ).fetchone()[0]
+            self._admin_read_at = now
+        return self._admin_version
