@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from mta import tokens
+from mta import queue, tokens
 from mta.accept.addresses import Address, split_addresses, valid_addr_spec
 from mta.accept.headers import HeaderOptionError, consume_control_headers, message_summary
 from mta.accept.mime import (
@@ -555,7 +555,7 @@ class Acceptor:
             to_header = copy.to_header if personal is not None else None
             for rcpt in copy.recipients:
                 recipient_rows.append(
-                    (key, rcpt.addr, variables_blob, to_header, personal, "queued", due)
+                    queue.NewRecipient(rcpt.addr, variables_blob, to_header, personal, due)
                 )
                 events.append(
                     self._accepted_event(sub, sender, rcpt, copy, built, copy_recipients)
@@ -580,16 +580,9 @@ class Acceptor:
         if built.is_template:
             options["template"] = True
         return [
-            Statement(
-                "INSERT INTO messages (key, message_id, domain, created_at, sender, options, mime)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(key, built.message_id, domain.name, now, sender, orjson.dumps(options),
-                  built.content)],
-            ),
-            Statement(
-                "INSERT INTO recipients"
-                " (message_key, address, user_variables, to_header, personal, state, due_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            *queue.enqueue(
+                queue.NewMessage(key, built.message_id, domain.name, now, sender,
+                                 orjson.dumps(options), built.content),
                 recipient_rows,
             ),
             event_statement(domain.name, events),

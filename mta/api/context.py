@@ -19,8 +19,8 @@ from mta.inbound import Inbound
 from mta.inbound.routes import Routes
 from mta.keys import ApiKey, ApiKeys
 from mta.outbound.policy import Classifier
-from mta.outbound.queue import make_due
 from mta.outbound.returnpath import ReturnPaths
+from mta.queue import make_due
 from mta.store import Store
 
 

@@ -20,8 +20,8 @@ from email.message import Message as EmailMessage
 from mta.events import event_statement
 from mta.inbound.parsed import TooManyParts, parse_bounded
 from mta.outbound.policy import Classifier
-from mta.outbound.queue import Delivery, delivery_event, recipient_by_message_id, sent_recipient
 from mta.outbound.returnpath import ReturnPaths
+from mta.queue import Delivery, delivery_event, recipient_by_message_id, sent_recipient
 from mta.store import Statement, Store
 from mta.suppressions import bounce_statement, complaint_statement
 

@@ -34,8 +34,8 @@ from mta.outbound.client import (
 from mta.outbound.dkim import SigningError, signature_header
 from mta.outbound.mx import MxResolver, Route, Unroutable
 from mta.outbound.policy import Classifier, Profile, Shaping, Verdict
-from mta.outbound.queue import DOMAIN_REMOVED, Delivery, Queue, delivery_event, dropped_event
 from mta.outbound.returnpath import ReturnPaths
+from mta.queue import DOMAIN_REMOVED, Delivery, Queue, delivery_event, dropped_event
 from mta.store import Store
 from mta.suppressions import bounce_statement, suppressed
 
@@ -200,7 +200,7 @@ class Scheduler:
         self._signer = ThreadPoolExecutor(SIGNING_THREADS, thread_name_prefix="dkim")
 
     async def start(self) -> None:
-        released = await self._queue.release_all(time.time())
+        released = await self._queue.release_own(time.time())
         if released:
             log.info("outbound: %d recipient(s) left leased by the previous run are due again",
                      released)

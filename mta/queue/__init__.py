@@ -1,16 +1,19 @@
-"""The delivery queue is the recipients table: due rows are leased, delivered, and their outcome
-written with its event in one transaction.
+"""The queue: the only writer of the `messages` and `recipients` tables.
 
-A leased row has `due_at = lease_until` (in the future), so the due-rows index skips it; if the
-process dies, the row becomes due again when the lease runs out (and `release_all` frees every
-lease at start, since one server delivers from a database at a time).
+Accepting enqueues (statements inside the accept transaction), delivery claims, finishes,
+retries and defers; each outcome is written with its event in one transaction.
+
+A leased row has `due_at = lease_until` (in the future), so the due-rows index skips it, and
+names the node holding it. If a node dies, its rows become due again when the lease runs out
+and any node takes them; a node starting again frees only its own leases at once. On
+PostgreSQL, nodes claiming together skip each other's locked rows (FOR UPDATE SKIP LOCKED).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -19,18 +22,59 @@ from mta.events import event_statement, new_event
 from mta.store import Statement, Store
 
 _CLAIM = (
-    "UPDATE recipients SET lease_until = ?, due_at = ?"
-    " WHERE id IN (SELECT id FROM recipients WHERE state = 'queued' AND due_at <= ?"
-    " ORDER BY due_at LIMIT ?)"
+    "UPDATE recipients SET lease_until = ?1, due_at = ?1, lease_node = ?2"
+    " WHERE id IN (SELECT id FROM recipients WHERE state = 'queued' AND due_at <= ?3"
+    " ORDER BY due_at LIMIT ?4{lock})"
     " RETURNING id, message_key, address, attempts, to_header, user_variables, personal,"
     " mime IS NOT NULL AS has_copy"
 )
+_CLAIM_SQL = {
+    "sqlite": _CLAIM.format(lock=""),  # the one writer serialises claims
+    "postgresql": _CLAIM.format(lock=" FOR UPDATE SKIP LOCKED"),
+}
 _DONE = "UPDATE recipients SET state = ?, attempts = attempts + 1, lease_until = 0 WHERE id = ?"
 _RETRY = "UPDATE recipients SET attempts = attempts + 1, due_at = ?, lease_until = 0 WHERE id = ?"
 _DEFER = "UPDATE recipients SET due_at = ?, lease_until = 0 WHERE id = ?"
+_ENQUEUE_MESSAGE = (
+    "INSERT INTO messages (key, message_id, domain, created_at, sender, options, mime)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_ENQUEUE_RECIPIENT = (
+    "INSERT INTO recipients"
+    " (message_key, address, user_variables, to_header, personal, state, due_at)"
+    " VALUES (?, ?, ?, ?, ?, 'queued', ?)"
+)
 _CHUNK = 500
 PURGE_CHUNK = 200
 DOMAIN_REMOVED = "domain-removed"
+
+
+class NewMessage(NamedTuple):
+    """An accepted message as stored: `options` and `mime` already serialised."""
+
+    key: str
+    message_id: str
+    domain: str
+    created_at: float
+    sender: str
+    options: bytes
+    mime: bytes
+
+
+class NewRecipient(NamedTuple):
+    address: str
+    user_variables: bytes | None
+    to_header: str | None
+    personal: bytes | None
+    due_at: float
+
+
+def enqueue(message: NewMessage, recipients: Sequence[NewRecipient]) -> list[Statement]:
+    """The statements that queue a message, for the accepting transaction (with its events)."""
+    return [
+        Statement(_ENQUEUE_MESSAGE, [message]),
+        Statement(_ENQUEUE_RECIPIENT, [(message.key, *r) for r in recipients]),
+    ]
 
 
 @dataclass(eq=False)
@@ -123,12 +167,14 @@ class Queue:
         self._store = store
         self._messages: dict[str, Message] = {}
 
-    async def release_all(self, now: float) -> int:
-        """Free the leases a previous run left behind (it crashed or was killed)."""
+    async def release_own(self, now: float) -> int:
+        """Free the leases this node's previous run left behind (it crashed or was killed),
+        and unnamed ones from before leases named their node. Other nodes' leases are
+        theirs: they expire on their own if those nodes are gone."""
         rows = await self._store.write_returning(
-            "UPDATE recipients SET due_at = ?, lease_until = 0"
-            " WHERE state = 'queued' AND lease_until > 0 RETURNING id",
-            (now,),
+            "UPDATE recipients SET due_at = ?, lease_until = 0, lease_node = ''"
+            " WHERE state = 'queued' AND lease_until > 0 AND lease_node IN (?, '') RETURNING id",
+            (now, self._store.node_id),
         )
         return len(rows)
 
@@ -140,7 +186,9 @@ class Queue:
 
     async def claim(self, now: float, lease_s: float, limit: int) -> list[Delivery]:
         until = now + lease_s
-        rows = await self._store.write_returning(_CLAIM, (until, until, now, limit))
+        rows = await self._store.write_returning(
+            _CLAIM_SQL[self._store.dialect], (until, self._store.node_id, now, limit)
+        )
         if not rows:
             return []
         await self._load_messages({r["message_key"] for r in rows})
@@ -160,8 +208,8 @@ class Queue:
             await self._store.write(
                 Statement(
                     f"UPDATE recipients SET lease_until = ?, due_at = ? WHERE id IN ({marks})"
-                    " AND state = 'queued'",
-                    [(until, until, *chunk)],
+                    " AND state = 'queued' AND lease_node = ?",
+                    [(until, until, *chunk, self._store.node_id)],
                 )
             )
 
