@@ -2,9 +2,10 @@
 
 `Inbound.receive` checks the message (SPF, DKIM, spam), reads reports about mail we sent
 (delayed bounces, complaints), and runs the routes. The message, the jobs its actions become and
-its events are written in one transaction before the sender gets its 250. The jobs (HTTP
-forwards, email forwards, store notifications) then run from the store with the manual's retry
-schedule, like outbound deliveries: a crash loses none of them.
+its events are written in one transaction before the sender gets its 250. The actions that
+leave the process (HTTP forwards, email forwards, store notifications) are jobs of the durable
+outbox (mta.jobs), owned by the received message ("inbound:<key>"): they run from the store with
+the configured retry schedule, on whichever node is up, and a crash loses none of them.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from mta import tokens, webpost
+from mta import jobs, tokens, webpost
 from mta.accept import AcceptError, Acceptor, Submission
 from mta.accept.addresses import split_addresses
 from mta.accept.mime import HeadError, MessageHead
@@ -41,7 +42,7 @@ from mta.inbound.reports import Reports, report_type
 from mta.inbound.routes import MatchingTime, RouteMatch, Routes, RoutesOutOfTime
 from mta.inbound.structure import TooComplex, check_structure
 from mta.inbound.verdicts import Verdict, Verdicts
-from mta.store import Statement, Store
+from mta.store import Statement, Store, periodic
 
 log = logging.getLogger("mta.inbound")
 _HEADERS = email.parser.BytesHeaderParser(policy=email.policy.compat32)
@@ -50,11 +51,11 @@ MAX_HEADERS = 500  # header fields that routes look at
 HEAVY_BYTES = 64 * 1024  # larger messages (or header blocks) are read off the event loop
 ROUTES_BUDGET_S = 0.1  # route matching (CPU) for all of one message's recipients together
 _OURS = ("x-mailgun-", "x-envelope-from")
-JOB_BATCH = 100
 JOB_CONCURRENCY = 20
 JOB_LEASE_S = 600.0
-POLL_S = 0.05
-PURGE_INTERVAL_S = 3600.0
+JOB_KINDS = ("post", "email", "notify")  # forward to a URL, to an address; store(notify=URL)
+PURGE_INTERVAL_S = 3600.0  # by one node of the cluster
+PURGE_CHECK_S = 60.0  # how often each node asks whether it is its turn
 PURGE_CHUNK = 200
 _INSERT_MESSAGE = (
     "INSERT INTO inbound (key, domain, received_at, sender, recipient, mime_key, prefix,"
@@ -63,10 +64,6 @@ _INSERT_MESSAGE = (
 _SELECT_MESSAGE = (
     "SELECT i.key, i.domain, i.received_at, i.sender, i.recipient, i.prefix, i.from_aligned,"
     " m.mime FROM inbound i JOIN inbound_mime m ON m.key = i.mime_key"
-)
-_INSERT_JOB = (
-    "INSERT INTO inbound_jobs (inbound_key, kind, target, route_id, due_at, created_at)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -158,14 +155,32 @@ class StoredMessage:
         }
 
 
+def _owner(key: str) -> str:
+    """The jobs owner of a received message: its jobs go when it is purged."""
+    return f"inbound:{key}"
+
+
 @dataclass(frozen=True)
-class _Job:
-    id: int
+class _Action:
+    """One route action of a received message, as a job's payload holds it."""
+
     inbound_key: str
-    kind: str  # "post" (forward to a URL), "email" (forward to an address), "notify" (store)
+    kind: str  # one of JOB_KINDS
     target: str
     route_id: str
-    attempts: int
+    attempts: int  # made before this one
+
+    @classmethod
+    def from_job(cls, job: jobs.Job) -> _Action:
+        payload = job.payload
+        return cls(payload["inbound"], job.kind.removeprefix("inbound."),
+                   payload["target"], payload.get("route", ""), job.attempts)
+
+    @staticmethod
+    def new_job(kind: str, inbound_key: str, target: str, route_id: str) -> jobs.NewJob:
+        return jobs.NewJob(f"inbound.{kind}",
+                           {"inbound": inbound_key, "target": target, "route": route_id},
+                           owner=_owner(inbound_key))
 
 
 def signed_fields(signing_key: str) -> dict[str, str]:
@@ -198,11 +213,13 @@ class Inbound:
         self._verdicts = verdicts
         self._reports = reports
         self._acceptor = acceptor
-        self._runner: asyncio.Task[None] | None = None
         self._purger: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
-        self._running: set[asyncio.Task[None]] = set()
-        self._slots = asyncio.Semaphore(JOB_CONCURRENCY)
+        self._jobs = jobs.Runner(store, lease_s=JOB_LEASE_S, concurrency=JOB_CONCURRENCY,
+                                 name="inbound-jobs")
+        schedule = jobs.Schedule(tuple(config.inbound.retry_intervals_s))
+        for kind in JOB_KINDS:
+            self._jobs.register(f"inbound.{kind}", self._run, schedule)
 
     # -- receiving ------------------------------------------------------------------------------
 
@@ -333,19 +350,20 @@ class Inbound:
         """The events of a routed recipient, and (when an action needs the message later) its
         row and jobs: the first statement is always the events."""
         key = tokens.token_urlsafe(24)
-        jobs = []
+        new_jobs = []
         stored_until = 0.0
         for match in matches:
             for action in match.actions:
                 if action.kind == "forward":
                     for target in action.destinations:
                         web = target.lower().startswith(("http://", "https://"))
-                        jobs.append((key, "post" if web else "email", target, match.route.id,
-                                     now, now))
+                        new_jobs.append(_Action.new_job("post" if web else "email", key, target,
+                                                        match.route.id))
                 elif action.kind == "store":
                     stored_until = now + self._config.inbound.store_days * 86400
                     if action.notify:
-                        jobs.append((key, "notify", action.notify, match.route.id, now, now))
+                        new_jobs.append(_Action.new_job("notify", key, action.notify,
+                                                        match.route.id))
         accepted = self._accepted_event(rcpt, sender, size + len(prefix), headers, matches)
         events = [accepted]
         if stored_until:
@@ -355,16 +373,16 @@ class Inbound:
                 new_event("stored", storage=storage, message=accepted["message"],
                           flags={"is-test-mode": False})
             )
-        log.info("routed mail for <%s> from <%s>: %d action(s)%s", rcpt, sender, len(jobs),
-                 ", stored" if stored_until else "")
+        log.info("routed mail for <%s> from <%s>: %d action(s)%s", rcpt, sender,
+                 len(new_jobs), ", stored" if stored_until else "")
         statements = [event_statement(domain.name, events)]
-        if jobs or stored_until:
+        if new_jobs or stored_until:
             statements.append(
                 Statement(_INSERT_MESSAGE, [(key, domain.name, now, sender, rcpt, mime_key,
                                              prefix, stored_until, int(aligned))])
             )
-        if jobs:
-            statements.append(Statement(_INSERT_JOB, jobs))
+        if new_jobs:
+            statements.append(jobs.enqueue_many(new_jobs, now=now))
         return statements
 
     @staticmethod
@@ -430,22 +448,27 @@ class Inbound:
 
     async def purge(self) -> None:
         """Messages no longer stored and with no job left to run, a few hundred at a time: one
-        long transaction would hold up every acknowledgement behind it."""
+        long transaction would hold up every acknowledgement behind it. Candidates are read in
+        key order, so messages still waiting for a job never hide the ones after them."""
+        after = ""
         while True:
-            done = await self._store.fetchall(
-                "SELECT key, mime_key FROM inbound i WHERE stored_until < ? AND NOT EXISTS"
-                " (SELECT 1"
-                " FROM inbound_jobs j WHERE j.inbound_key = i.key AND j.state = 'queued')"
-                " LIMIT ?",
-                (time.time(), PURGE_CHUNK),
+            rows = await self._store.fetchall(
+                "SELECT key, mime_key FROM inbound WHERE stored_until < ? AND key > ?"
+                " ORDER BY key LIMIT ?",
+                (time.time(), after, PURGE_CHUNK),
             )
-            if not done:
+            if not rows:
                 return
+            after = rows[-1]["key"]
+            busy = await jobs.pending(self._store, [_owner(row["key"]) for row in rows])
+            done = [row for row in rows if _owner(row["key"]) not in busy]
+            if not done:
+                continue
             keys = [row["key"] for row in done]
             contents = list({row["mime_key"] for row in done})
             marks = ",".join("?" * len(keys))
             await self._store.write(
-                Statement(f"DELETE FROM inbound_jobs WHERE inbound_key IN ({marks})", [keys]),
+                *jobs.forget([_owner(key) for key in keys]),
                 Statement(f"DELETE FROM inbound WHERE key IN ({marks})", [keys]),
                 Statement(
                     f"DELETE FROM inbound_mime WHERE key IN ({','.join('?' * len(contents))})"
@@ -457,117 +480,51 @@ class Inbound:
     # -- jobs -----------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self._store.write(
-            Statement(
-                "UPDATE inbound_jobs SET due_at = ?, lease_until = 0"
-                " WHERE state = 'queued' AND lease_until > 0",
-                [(time.time(),)],
-            )
-        )
         inbound = self._config.inbound
         policy = webpost.Policy(inbound.forward_allow, inbound.forward_deny, "inbound.forward_deny")
         self._http = webpost.session(self._resolver, policy, inbound.post_timeout_s)
-        self._runner = asyncio.create_task(self._run_loop(), name="inbound-jobs")
+        await self._jobs.start()
         self._purger = asyncio.create_task(self._purge_loop(), name="inbound-purge")
 
     async def stop(self) -> None:
-        for task in (self._runner, self._purger):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        if self._running:
-            grace = self._config.outbound.stop_grace_s
-            _done, pending = await asyncio.wait(set(self._running), timeout=grace)
-            for task in pending:  # cancelled, a job keeps its lease and runs after a restart
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        if self._purger is not None:
+            self._purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purger
+        await self._jobs.stop(self._config.outbound.stop_grace_s)
         if self._http is not None:
             await self._http.close()
 
     async def _purge_loop(self) -> None:
         while True:
             try:
-                await self.purge()
+                if await periodic.claim(self._store, "inbound-purge", PURGE_INTERVAL_S):
+                    await self.purge()
             except Exception:
                 log.exception("purging inbound messages failed")
-            await asyncio.sleep(PURGE_INTERVAL_S)
+            await asyncio.sleep(PURGE_CHECK_S)
 
-    async def _run_loop(self) -> None:
-        while True:
-            try:
-                now = time.time()
-                until = now + JOB_LEASE_S
-                rows = (
-                    await self._store.write_returning(
-                        "UPDATE inbound_jobs SET lease_until = ?, due_at = ? WHERE id IN"
-                        " (SELECT id FROM inbound_jobs WHERE state = 'queued' AND due_at <= ?"
-                        " ORDER BY due_at LIMIT ?)"
-                        " RETURNING id, inbound_key, kind, target, route_id, attempts",
-                        (until, until, now, JOB_BATCH),
-                    )
-                    if await self._anything_due(now)
-                    else []
-                )
-                if not rows:
-                    await asyncio.sleep(POLL_S)
-                    continue
-                for row in rows:
-                    await self._slots.acquire()
-                    job = _Job(
-                        row["id"],
-                        row["inbound_key"],
-                        row["kind"],
-                        row["target"],
-                        row["route_id"],
-                        row["attempts"],
-                    )
-                    task = asyncio.create_task(self._run(job))
-                    self._running.add(task)
-                    task.add_done_callback(self._done)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("inbound: taking due jobs failed; trying again")
-                await asyncio.sleep(1.0)
+    async def _run(self, job: jobs.Job) -> jobs.Outcome:
+        """The handler of every inbound job kind. An exception is a failed attempt (the runner
+        retries it), as is a post that got no 200 or 406."""
+        action = _Action.from_job(job)
+        row = await self._store.fetchone(_SELECT_MESSAGE + " WHERE i.key = ?",
+                                         (action.inbound_key,))
+        domain = await self._domains.get(row["domain"]) if row is not None else None
+        if row is None or domain is None:
+            return jobs.Outcome.fail("the message or its domain is gone")
+        message = StoredMessage.from_row(row)
+        if action.kind == "email":
+            return await self._forward_email(action, domain, message)
+        return await self._post(action, domain, message)
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._running.discard(task)
-        self._slots.release()
-
-    async def _anything_due(self, now: float) -> bool:
-        row = await self._store.fetchone(
-            "SELECT 1 FROM inbound_jobs WHERE state = 'queued' AND due_at <= ? LIMIT 1", (now,)
-        )
-        return row is not None
-
-    async def _run(self, job: _Job) -> None:
-        try:
-            row = await self._store.fetchone(
-                _SELECT_MESSAGE + " WHERE i.key = ?",
-                (job.inbound_key,),
-            )
-            domain = await self._domains.get(row["domain"]) if row is not None else None
-            if row is None or domain is None:
-                await self._finish(job, "failed")
-                return
-            message = StoredMessage.from_row(row)
-            if job.kind == "email":
-                await self._forward_email(job, domain, message)
-            else:
-                await self._post(job, domain, message)
-        except Exception:
-            log.exception(
-                "inbound job %d (%s %s) failed; it is tried again",
-                job.id, job.kind, webpost.redact(job.target),
-            )
-            await self._retry_or_give_up(job, None, "local error")
-
-    async def _forward_email(self, job: _Job, domain: Domain, message: StoredMessage) -> None:
+    async def _forward_email(
+        self, action: _Action, domain: Domain, message: StoredMessage
+    ) -> jobs.Outcome:
         submission = Submission(
             domain=domain.name,
             method="smtp",
-            to=[job.target],
+            to=[action.target],
             mime=message.mime,
             envelope_sender=message.sender,
             authenticated=False,
@@ -582,39 +539,43 @@ class Inbound:
             await self._acceptor.accept(submission)
         except AcceptError as exc:
             log.warning(
-                "forward of <%s> to <%s> refused: %s", message.recipient, job.target, exc.message
+                "forward of <%s> to <%s> refused: %s", message.recipient, action.target,
+                exc.message,
             )
-            await self._finish(
-                job, "failed", self._given_up(job, message, 0, exc.message, reason="generic")
+            return jobs.Outcome.fail(
+                exc.message, self._given_up(action, message, 0, exc.message, reason="generic")
             )
-            return
-        await self._finish(job, "done")
+        return jobs.Outcome.done()
 
-    async def _post(self, job: _Job, domain: Domain, message: StoredMessage) -> None:
+    async def _post(self, action: _Action, domain: Domain, message: StoredMessage) -> jobs.Outcome:
         """A refused address is retried like any failure: it is judged on the DNS answer of
         the moment, and an operator who widens forward_allow gets the waiting posts through."""
-        form = await self._form(job, domain, message)
+        form = await self._form(action, domain, message)
         assert self._http is not None
+        where = webpost.redact(action.target)
         try:
-            status = await webpost.post(self._http, job.target, form)
+            status = await webpost.post(self._http, action.target, form)
         except webpost.PostError as exc:
-            await self._retry_or_give_up(job, message, str(exc), exc.status)
-            return
-        where = webpost.redact(job.target)
+            problem = str(exc)
+            return jobs.Outcome.retry(f"{action.kind} to {where}: {problem}",
+                                      self._given_up(action, message, exc.status, problem))
         if status == 200:
             log.info("posted mail for <%s> to %s", message.recipient, where)
-            await self._finish(job, "done")
-        elif status == 406:
+            return jobs.Outcome.done()
+        if status == 406:
             log.info("%s rejected mail for <%s> (406): not retried", where, message.recipient)
-            await self._finish(job, "rejected")
-        else:
-            await self._retry_or_give_up(job, message, webpost.status_line(status), status)
+            return jobs.Outcome.stop(f"{action.kind} to {where}: 406, not retried")
+        problem = webpost.status_line(status)
+        return jobs.Outcome.retry(f"{action.kind} to {where}: {problem}",
+                                  self._given_up(action, message, status, problem))
 
-    async def _form(self, job: _Job, domain: Domain, message: StoredMessage) -> aiohttp.FormData:
+    async def _form(
+        self, action: _Action, domain: Domain, message: StoredMessage
+    ) -> aiohttp.FormData:
         """Always multipart/form-data, attachments or not: Mailgun's posts are, and some
         applications read only that."""
         form = aiohttp.FormData(default_to_multipart=True)
-        if job.kind == "post" and job.target.rstrip("/").lower().endswith("mime"):
+        if action.kind == "post" and action.target.rstrip("/").lower().endswith("mime"):
             fields = message.raw_fields()
             for name, value in (fields | signed_fields(domain.signing_key)).items():
                 form.add_field(name, value)
@@ -623,7 +584,7 @@ class Inbound:
         fields = dict(parsed.fields)
         fields["recipient"] = message.recipient
         fields["sender"] = message.sender
-        if job.kind == "notify":
+        if action.kind == "notify":
             url = self.storage_url(domain.name, message.key)
             fields["domain"] = domain.name
             fields["recipients"] = message.recipient  # §3: both spellings
@@ -632,7 +593,7 @@ class Inbound:
             fields.pop("attachment-count", None)
         for name, value in (fields | signed_fields(domain.signing_key)).items():
             form.add_field(name, value)
-        if job.kind == "post":
+        if action.kind == "post":
             for number, attachment in enumerate(parsed.attachments, start=1):
                 form.add_field(
                     f"attachment-{number}",
@@ -642,69 +603,28 @@ class Inbound:
                 )
         return form
 
-    async def _retry_or_give_up(
-        self, job: _Job, message: StoredMessage | None, problem: str, status: int = 0
-    ) -> None:
-        intervals = self._config.inbound.retry_intervals_s
-        if job.attempts < len(intervals):
-            due = time.time() + float(intervals[job.attempts])
-            log.info(
-                "%s %s failed (%s): tried again in %.0f s",
-                job.kind,
-                webpost.redact(job.target),
-                problem,
-                due - time.time(),
-            )
-            await self._store.write(
-                Statement(
-                    "UPDATE inbound_jobs SET attempts = attempts + 1, due_at = ?,"
-                    " lease_until = 0 WHERE id = ?",
-                    [(due, job.id)],
-                )
-            )
-            return
-        log.warning(
-            "%s %s given up after %d attempts: %s",
-            job.kind, webpost.redact(job.target), job.attempts + 1, problem,
-        )
-        event = self._given_up(job, message, status, problem) if message is not None else None
-        await self._finish(job, "failed", event)
-
     def _given_up(
-        self, job: _Job, message: StoredMessage, status: int, problem: str, reason: str = "old"
-    ) -> tuple[str, dict[str, Any]]:
-        target = webpost.redact(job.target)  # events are read by more people than routes are
-        return message.domain, new_event(
+        self, action: _Action, message: StoredMessage, status: int, problem: str,
+        reason: str = "old",
+    ) -> Statement:
+        """The `failed` event recorded when the action is given up."""
+        target = webpost.redact(action.target)  # events are read by more people than routes are
+        return event_statement(message.domain, [new_event(
             "failed",
             recipient=message.recipient,
             recipient_domain=message.recipient.rpartition("@")[2].lower(),
             severity="permanent",
             reason=reason,
             flags={"is-routed": True},
-            routes=[{"id": job.route_id, "match": {"recipient": message.recipient}}],
+            routes=[{"id": action.route_id, "match": {"recipient": message.recipient}}],
             delivery_status={
                 "code": status,
                 "message": problem,
-                "description": f"{job.kind} to {target} given up",
-                "attempt-no": job.attempts + 1,
+                "description": f"{action.kind} to {target} given up",
+                "attempt-no": action.attempts + 1,
             },
-            envelope={"sender": message.sender, "targets": target, "transport": job.kind},
-        )
-
-    async def _finish(
-        self, job: _Job, state: str, event: tuple[str, dict[str, Any]] | None = None
-    ) -> None:
-        """Done, rejected (406) or failed; `event` is (domain, payload) when one is recorded."""
-        statements = [
-            Statement(
-                "UPDATE inbound_jobs SET state = ?, attempts = attempts + 1, lease_until = 0"
-                " WHERE id = ?",
-                [(state, job.id)],
-            )
-        ]
-        if event is not None:
-            statements.append(event_statement(event[0], [event[1]]))
-        await self._store.write(*statements)
+            envelope={"sender": message.sender, "targets": target, "transport": action.kind},
+        )])
 
 
 def attachments_json(message_url: str, parsed: Parsed) -> list[dict[str, Any]]:
