@@ -10,6 +10,7 @@ import logging
 import os
 import sqlite3
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -144,6 +145,35 @@ def _credential_command(args: argparse.Namespace) -> Callable[[Services], Awaita
     return run
 
 
+async def _copy_store(config: Config, url: str) -> int:
+    from mta.store.copy import copy_store
+    from mta.store.postgres import PostgresStore
+    from mta.store.sqlite import SqliteStore
+
+    if not url.startswith(("postgresql://", "postgres://")):
+        return _fail("--to: expected a postgresql://user:password@host/database URL")
+    if not config.db_path.exists():
+        return _fail(f"no SQLite store at {config.db_path}")
+    started = time.monotonic()
+    source = await SqliteStore.open(config.db_path, node_id=config.node_id)
+    try:
+        target = await PostgresStore.open(
+            url, node_id=config.node_id, pool_size=config.store.pool_size,
+            statement_timeout_s=0,
+        )
+        try:
+            copied = await copy_store(source, target)
+        finally:
+            await target.close()
+    finally:
+        await source.close()
+    rows = sum(c.rows for c in copied)
+    print(f"copied {rows:,} rows of {len(copied)} tables from {config.db_path} in"
+          f" {time.monotonic() - started:.1f} s; point [store] url at the database and start"
+          " the nodes")
+    return 0
+
+
 def _tighten_data_dir(config: Config) -> None:
     """What makes the data directory makes it 0700 (store, TLS pair, spool); one left open to
     other users by an older version or `install -d` is tightened before anything reads it."""
@@ -220,6 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
         if action in ("add", "passwd"):
             p.add_argument("--password", help="visible to other local users in `ps`; prefer stdin")
 
+    store = sub.add_parser("store", help="the store's engine")
+    ssub = store.add_subparsers(dest="action", required=True)
+    copy = ssub.add_parser(
+        "copy", parents=[common],
+        help="copy the SQLite store (stop the server first) into an empty PostgreSQL database",
+    )
+    copy.add_argument("--to", required=True, metavar="postgresql://user:pass@host/db")
+
     sub.add_parser(
         "config", parents=[common], help="print every setting with its default and meaning (TOML)"
     )
@@ -246,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             asyncio.run(serve(config))
             return 0
+        if args.command == "store":
+            return asyncio.run(_copy_store(config, args.to))
         commands = {
             "domain": _domain_command,
             "key": _key_command,

@@ -222,7 +222,16 @@ class OutboundConfig:
         "waits before each retry of a temporary failure; the last repeats",
     )
     max_age_s: float = setting(28800.0, "give up (failed, reason old) this long after first due")
-    lease_s: float = setting(900.0, "how long a taken recipient is reserved for one delivery run")
+    lease_s: float = setting(
+        120.0,
+        "how long a taken recipient is reserved for its node (renewed while held); after a "
+        "node dies, others deliver its recipients once this has passed",
+    )
+    site_slot_lease_s: float = setting(
+        60.0,
+        "with several nodes: how long a connection slot to a destination is held without "
+        "renewal (a dead node's slots free up after this)",
+    )
     claim_batch: int = setting(500, "most due recipients taken from the queue at once")
     max_in_flight: int = setting(20000, "most recipients held in memory for delivery")
     poll_interval_s: float = setting(0.05, "how often the queue is checked when idle")
@@ -485,7 +494,7 @@ def validate(config: Config) -> None:
     intervals = config.outbound.retry_intervals_s
     if not intervals or not all(isinstance(i, (int, float)) and i > 0 for i in intervals):
         raise ConfigError("outbound.retry_intervals_s: expected a list of positive numbers")
-    for name in ("lease_s", "claim_batch", "max_in_flight", "poll_interval_s",
+    for name in ("lease_s", "site_slot_lease_s", "claim_batch", "max_in_flight", "poll_interval_s",
                  "connect_timeout_s", "command_timeout_s", "data_timeout_s", "max_age_s"):
         if getattr(config.outbound, name) <= 0:
             raise ConfigError(f"outbound.{name}: must be positive")

@@ -135,12 +135,13 @@ async def suppressed(
     if not wanted:
         return {}
     values = _JSON_VALUES[store.dialect]
+    # unsubscribes first: PostgreSQL types the tags column by its first branch
     rows = await store.fetchall(
-        "SELECT address, 0 AS rank, NULL AS tags FROM bounces"
+        "SELECT address, 2 AS rank, tags FROM unsubscribes"
+        f" WHERE domain = ?1 AND address IN ({values})"
+        " UNION ALL SELECT address, 0, NULL FROM bounces"
         f" WHERE domain = ?1 AND address IN ({values})"
         " UNION ALL SELECT address, 1, NULL FROM complaints"
-        f" WHERE domain = ?1 AND address IN ({values})"
-        " UNION ALL SELECT address, 2, tags FROM unsubscribes"
         f" WHERE domain = ?1 AND address IN ({values})",
         (domain, orjson.dumps(wanted).decode()),
     )

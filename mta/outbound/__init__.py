@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
-import os
-from pathlib import Path
 
-from mta.config import Config, ConfigError
+from mta.config import Config
 from mta.dns import Resolver
 from mta.domains import Domains
 from mta.outbound.client import Connector, Timeouts
@@ -21,11 +18,12 @@ from mta.outbound.mx import MxResolver
 from mta.outbound.policy import Classifier, load_shaping
 from mta.outbound.returnpath import ReturnPaths
 from mta.outbound.scheduler import Scheduler
-from mta.store import Store
+from mta.store import Store, periodic
 
 log = logging.getLogger("mta.outbound")
 
 PURGE_INTERVAL_S = 3600
+PERIODIC_TICK_S = 60  # how often each node asks whether a periodic job is due
 
 
 class Outbound:
@@ -47,11 +45,10 @@ class Outbound:
         # read and checked now, so that a policy mistake stops the server before it listens
         self._shaping = load_shaping(config.outbound.shaping_file)
         self.scheduler: Scheduler | None = None
-        self._lock_fd: int | None = None
         self._purger: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._take_lock()
+        await self._store.hold_node_name()
         cfg = self._config.outbound
         mx = MxResolver(self._config, self._resolver)
         connector = Connector(
@@ -75,27 +72,16 @@ class Outbound:
         target = cfg.relay or "recipients' MX hosts"
         log.info("outbound delivery running (to %s)", target)
 
-    def _take_lock(self) -> None:
-        """One server delivers from a database at a time (leases are freed at start)."""
-        path = Path(f"{self._config.db_path}.delivery.lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise ConfigError(
-                f"another mta server is delivering from {self._config.db_path}"
-            ) from None
-        self._lock_fd = fd
-
     async def _purge_loop(self) -> None:
+        """Every node ticks; one node of the cluster purges per period."""
         assert self.scheduler is not None
         while True:
             try:
-                await self.scheduler.purge_finished()
+                if await periodic.claim(self._store, "outbound-purge", PURGE_INTERVAL_S):
+                    await self.scheduler.purge_finished()
             except Exception:
                 log.exception("purging finished messages failed")
-            await asyncio.sleep(PURGE_INTERVAL_S)
+            await asyncio.sleep(PERIODIC_TICK_S)
 
     async def stop(self) -> None:
         if self._purger is not None:
@@ -106,6 +92,4 @@ class Outbound:
         if self.scheduler is not None:
             scheduler, self.scheduler = self.scheduler, None
             await scheduler.stop()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+

@@ -32,6 +32,7 @@ from mta.outbound.client import (
     TlsPolicy,
 )
 from mta.outbound.dkim import SigningError, signature_header
+from mta.outbound.limits import site_limits
 from mta.outbound.mx import MxResolver, Route, Unroutable
 from mta.outbound.policy import Classifier, Profile, Shaping, Verdict
 from mta.outbound.returnpath import ReturnPaths
@@ -51,6 +52,7 @@ OVERFLOW_DEFER_MIN_S = 0.2
 OVERFLOW_DEFER_MAX_S = 300.0
 DRAIN_SAMPLE = 200  # recent completions the drain rate is measured over
 CLEAN_MINUTE_S = 60.0
+SLOT_RETRY_S = 0.5  # with several nodes: when all of a site's connections are open elsewhere
 SIGNING_THREADS = 2
 RENDER_ON_LOOP_BYTES = 256 * 1024  # batch copies bigger than this are rendered in a thread
 Write = Coroutine[Any, Any, None]  # an outcome's write, awaited by whoever decided it
@@ -101,6 +103,7 @@ class Site:
         self.connecting = 0
         self.clean_since = time.monotonic()
         self.next_slot = 0.0
+        self.no_slot_until = 0.0  # monotonic: no site-wide connection slot was free
         rates = [60 / profile.per_minute] if profile.per_minute else []
         rates += [3600 / profile.per_hour] if profile.per_hour else []
         self.interval = max(rates, default=0.0)
@@ -191,6 +194,7 @@ class Scheduler:
         self._classifier = classifier
         self._return_paths = return_paths
         self._queue = Queue(store)
+        self._limits = site_limits(store, config.outbound.site_slot_lease_s)
         self._sites: dict[str, Site] = {}
         self._workers: set[asyncio.Task[None]] = set()
         self._writes: set[asyncio.Future[None]] = set()  # outcome writes not yet committed
@@ -395,7 +399,8 @@ class Scheduler:
         """Open connections while the site has waiting mail, room, and no pause: one for every
         MESSAGES_PER_NEW_CONNECTION waiting (a burst shares connections instead of opening one
         per message), and for a paced site no more than its pace keeps busy."""
-        if self._stopping or site.paused_until > time.time():
+        if (self._stopping or site.paused_until > time.time()
+                or site.no_slot_until > time.monotonic()):
             return
         for lane in site.lanes.values():
             wanted = math.ceil(len(lane.queue) / MESSAGES_PER_NEW_CONNECTION)
@@ -433,6 +438,7 @@ class Scheduler:
     async def _work(self, site: Site, lane: Lane) -> None:
         """One connection's life: messages of one lane until idle, its quota, or a problem."""
         session: Session | None = None
+        slot: int | None = None  # the site-wide connection slot this connection holds
         sent = 0
         # the previous message's outcome commits while the next one is being sent (a crash in
         # between sends that message again: at-least-once, as always)
@@ -450,7 +456,18 @@ class Scheduler:
                     await self._failed(d, site.down_reply, None, site, verdict=None,
                                        mx_host=site.down_host)
                     continue
-                wait = site.slot_wait()
+                if session is None:
+                    slot = await self._limits.take_connection(site.key, site.limit)
+                    if slot is None:  # the site's connections are all open, on other nodes
+                        lane.queue.appendleft(d)
+                        site.no_slot_until = time.monotonic() + SLOT_RETRY_S
+                        asyncio.get_running_loop().call_later(
+                            SLOT_RETRY_S * 1.01, self._kick, site)
+                        break
+                else:
+                    assert slot is not None
+                    await self._limits.keep_connection(site.key, slot)
+                wait = await self._limits.pace(site)
                 if wait > 0:
                     await asyncio.sleep(wait)
                 if session is None:
@@ -459,6 +476,7 @@ class Scheduler:
                         session = await self._connector.open(site.route, lane.policy)
                     except SessionFailed as exc:
                         site.connecting -= 1
+                        slot = await self._free_slot(site, slot)
                         await self._session_failed(site, lane, d, exc)
                         continue
                     site.connecting -= 1
@@ -480,6 +498,7 @@ class Scheduler:
                 if sent >= site.profile.messages_per_connection or not session.usable:
                     await self._close(site, session)
                     session = None
+                    slot = await self._free_slot(site, slot)
             if writing is not None:
                 await asyncio.shield(writing)
         except Exception:
@@ -487,6 +506,7 @@ class Scheduler:
         finally:
             if session is not None:
                 await self._close(site, session)
+            await self._free_slot(site, slot)
             site.active -= 1
             lane.workers -= 1
             if site.paused_until > time.time() and any(ln.queue for ln in site.lanes.values()):
@@ -504,6 +524,17 @@ class Scheduler:
     async def _close(site: Site, session: Session) -> None:
         site.open_sessions -= 1
         await session.close()
+
+    async def _free_slot(self, site: Site, slot: int | None) -> None:
+        """Give the site-wide connection slot back (a failure to do so only delays the next
+        connection until the slot's lease runs out)."""
+        if slot is None:
+            return None
+        try:
+            await self._limits.free_connection(site.key, slot)
+        except Exception:
+            log.exception("outbound: freeing a connection slot to %s failed", site.key)
+        return None
 
     async def _defer_site(self, site: Site) -> None:
         waiting = []

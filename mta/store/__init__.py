@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from mta.config import ConfigError
+
 if TYPE_CHECKING:
     from mta.config import Config
 
@@ -40,6 +42,10 @@ class StoreClosed(Exception):
     pass
 
 
+class NodeNameTaken(ConfigError):
+    """Another running server already uses this node's name on the store."""
+
+
 class Store(Protocol):
     dialect: str  # "sqlite" or "postgresql"
     node_id: str  # this node's name in leases and shared counters
@@ -53,6 +59,10 @@ class Store(Protocol):
     async def fetchall(self, sql: str, params: Params = ()) -> list[Any]: ...
 
     async def fetchone(self, sql: str, params: Params = ()) -> Any | None: ...
+
+    async def hold_node_name(self) -> None:
+        """Claim this node's name for as long as the store is open (leases carry it, and a
+        node frees its own leases at start): raises NodeNameTaken if a live server has it."""
 
     def admin_version(self) -> int:
         """A number that moves whenever domains, keys, credentials or routes change on any

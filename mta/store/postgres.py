@@ -18,13 +18,14 @@ from typing import Any
 
 import asyncpg
 
-from mta.store import Params, Statement, StoreClosed
+from mta.store import NodeNameTaken, Params, Statement, StoreClosed
 from mta.store.schema import MIGRATIONS
 
 log = logging.getLogger("mta.store")
 
 ADMIN_CHANNEL = "mta_admin"
 MIGRATION_LOCK = 0x6D7461  # pg_advisory_xact_lock key: nodes starting together migrate once
+NODE_LOCKS = 0x6D7462  # pg_try_advisory_lock(NODE_LOCKS, hashtext(node id)): one live node each
 LISTENER_RETRY_S = 1.0
 _PLACEHOLDER = re.compile(r"'(?:[^']|'')*'|\?(\d*)")
 _ADMIN_WRITE = re.compile(
@@ -51,8 +52,33 @@ def adapt(sql: str) -> str:
     return _PLACEHOLDER.sub(replace, sql)
 
 
+def _same(value: Any) -> Any:
+    return value
+
+
+def _bytes(value: Any) -> bytes:
+    return value.encode() if isinstance(value, str) else bytes(value)
+
+
+_COERCE: dict[str, Any] = {
+    "bigint": int,
+    "integer": int,
+    "double precision": float,
+    "bytea": _bytes,
+    "text": lambda v: v.decode() if isinstance(v, bytes) else str(v),
+}
+
+
 def _changes_admin(statements: tuple[Statement, ...] | list[Statement]) -> bool:
     return any(_ADMIN_WRITE.match(s.sql) for s in statements)
+
+
+class _Connection(asyncpg.Connection):  # type: ignore[misc]
+    """Pooled connections keep no session state (no LISTEN, no session locks, no cursors),
+    so the pool's reset query on every release, a round trip each, is skipped."""
+
+    def get_reset_query(self) -> str:
+        return ""
 
 
 class PostgresStore:
@@ -66,6 +92,7 @@ class PostgresStore:
         self._statement_timeout_ms = int(statement_timeout_s * 1000)
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
+        self._holds_name = False
         self._listener_task: asyncio.Task[None] | None = None
         self._version = 0
         self._listening = False
@@ -82,6 +109,7 @@ class PostgresStore:
             self.url,
             min_size=2,
             max_size=self._pool_size,
+            connection_class=_Connection,
             server_settings={
                 "statement_timeout": str(self._statement_timeout_ms),
                 "application_name": f"mta {self.node_id}"[:63],
@@ -112,6 +140,22 @@ class PostgresStore:
 
     # -- admin changes pushed by every node ----------------------------------------------------
 
+    async def hold_node_name(self) -> None:
+        """A session advisory lock on the listening connection, held while it lives."""
+        self._holds_name = True
+        await self._lock_node_name()
+
+    async def _lock_node_name(self) -> None:
+        assert self._listener is not None
+        held = await self._listener.fetchval(
+            "SELECT pg_try_advisory_lock($1, hashtext($2))", NODE_LOCKS, self.node_id
+        )
+        if not held:
+            raise NodeNameTaken(
+                f"another mta server is running as node {self.node_id!r} on this database:"
+                " give each node its own server.node_id"
+            )
+
     async def _listen(self) -> None:
         self._listener = await asyncpg.connect(self.url)
         await self._listener.add_listener(ADMIN_CHANNEL, self._admin_changed)
@@ -135,6 +179,8 @@ class PostgresStore:
                 continue
             try:
                 await self._listen()
+                if self._holds_name:
+                    await self._lock_node_name()
                 log.info("store: admin-change listener is back")
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("store: cannot listen for admin changes yet: %s", exc)
@@ -154,19 +200,24 @@ class PostgresStore:
         return self._pool
 
     async def write(self, *statements: Statement) -> None:
-        async with self._pooled().acquire() as conn, conn.transaction():
-            for statement in statements:
-                sql = adapt(statement.sql)
-                if len(statement.rows) == 1:
-                    await conn.execute(sql, *statement.rows[0])
-                elif statement.rows:
-                    await conn.executemany(sql, statement.rows)
+        async with self._pooled().acquire() as conn:
+            if len(statements) == 1 and len(statements[0].rows) == 1:
+                # one statement is a transaction of its own: no BEGIN/COMMIT round trips
+                await conn.execute(adapt(statements[0].sql), *statements[0].rows[0])
+            else:
+                async with conn.transaction():
+                    for statement in statements:
+                        sql = adapt(statement.sql)
+                        if len(statement.rows) == 1:
+                            await conn.execute(sql, *statement.rows[0])
+                        elif statement.rows:
+                            await conn.executemany(sql, statement.rows)
         if _changes_admin(statements):
             self._version += 1
 
     async def write_returning(self, sql: str, params: Params = ()) -> list[Any]:
-        async with self._pooled().acquire() as conn, conn.transaction():
-            rows = await conn.fetch(adapt(sql), *params)
+        async with self._pooled().acquire() as conn:
+            rows = await conn.fetch(adapt(sql), *params)  # one statement: its own transaction
         if _ADMIN_WRITE.match(sql):
             self._version += 1
         return rows
@@ -176,6 +227,58 @@ class PostgresStore:
 
     async def fetchone(self, sql: str, params: Params = ()) -> Any | None:
         return await self._pooled().fetchrow(adapt(sql), *params)
+
+    # -- bulk loading (mta store copy) ----------------------------------------------------------
+
+    async def is_empty(self) -> bool:
+        row = await self.fetchone(
+            "SELECT (SELECT count(*) FROM domains) + (SELECT count(*) FROM api_keys)"
+            " + (SELECT count(*) FROM messages) + (SELECT count(*) FROM events) AS n"
+        )
+        return row is not None and row["n"] == 0
+
+    async def column_types(self, table: str) -> dict[str, str]:
+        rows = await self.fetchall(
+            "SELECT column_name, data_type FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = ?",
+            (table,),
+        )
+        return {r["column_name"]: r["data_type"] for r in rows}
+
+    async def load(self, table: str, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
+        """Rows in one COPY, each value made the column's type (SQLite's typing is loose:
+        a REAL column may hold an integer, a BLOB column text)."""
+        types = await self.column_types(table)
+        casts = [_COERCE.get(types[c], _same) for c in columns]
+        records = [
+            tuple(None if v is None else cast(v) for cast, v in zip(casts, row, strict=True))
+            for row in rows
+        ]
+        async with self._pooled().acquire() as conn, conn.transaction():
+            await conn.copy_records_to_table(table, records=records, columns=columns)
+
+    async def after_load(self, now: float) -> None:
+        """Identity counters continue after the copied ids; copied leases are void."""
+        async with self._pooled().acquire() as conn, conn.transaction():
+            for row in await conn.fetch(
+                "SELECT table_name, column_name FROM information_schema.columns"
+                " WHERE table_schema = current_schema() AND is_identity = 'YES'"
+            ):
+                table, column = row["table_name"], row["column_name"]
+                await conn.execute(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'),"
+                    f" coalesce(max({column}), 0) + 1, false) FROM {table}"
+                )
+            for row in await conn.fetch(
+                "SELECT table_name FROM information_schema.columns WHERE table_schema ="
+                " current_schema() AND column_name = 'lease_node'"
+            ):
+                await conn.execute(
+                    f"UPDATE {row['table_name']} SET due_at = LEAST(due_at, $1),"
+                    " lease_until = 0, lease_node = '' WHERE lease_until > 0",
+                    now,
+                )
+            await conn.execute("UPDATE admin_version SET version = version + 1")
 
     async def close(self) -> None:
         if self._closed:

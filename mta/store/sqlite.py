@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import itertools
 import logging
 import os
@@ -21,7 +22,7 @@ from typing import Any
 
 import aiosqlite
 
-from mta.store import Params, Row, Statement, StoreClosed, owner_only
+from mta.store import NodeNameTaken, Params, Row, Statement, StoreClosed, owner_only
 from mta.store.schema import MIGRATIONS
 
 log = logging.getLogger("mta.store")
@@ -143,6 +144,7 @@ class SqliteStore:
         self._admin_version: int | None = None
         self._admin_read_at = 0.0
         self._closed = False
+        self._node_lock: int | None = None
         self.commits = 0
         self.committed_jobs = 0
 
@@ -168,11 +170,25 @@ class SqliteStore:
         self._peek_conn = _connect(self.path, self._busy_timeout_ms, readonly=True)
         self._writer_task = asyncio.create_task(self._writer_loop(), name="store-writer")
 
+    async def hold_node_name(self) -> None:
+        """One server delivers from the file: the embedded engine is one node."""
+        path = Path(f"{self.path}.node.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise NodeNameTaken(f"another mta server is delivering from {self.path}") from None
+        self._node_lock = fd
+
     async def close(self) -> None:
         """Finish every queued write, then close all connections."""
         if self._closed:
             return
         self._closed = True
+        if self._node_lock is not None:
+            os.close(self._node_lock)
+            self._node_lock = None
         await self._queue.put(None)
         if self._writer_task is not None:
             await self._writer_task
