@@ -10,6 +10,7 @@ import dataclasses
 import ipaddress
 import json
 import os
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,9 @@ class ServerConfig:
     )
     log_level: str = setting("info", "debug, info, warning or error")
     node_id: str = setting(
-        "", "this node's name in queue leases and shared limits; empty: the hostname setting"
+        "",
+        "this node's name in queue leases and shared limits, unique per node; empty: the "
+        "machine's host name (not server.hostname, which nodes behind one name share)",
     )
 
 
@@ -306,7 +309,7 @@ class Config:
 
     @property
     def node_id(self) -> str:
-        return self.server.node_id or self.server.hostname
+        return self.server.node_id or socket.gethostname()
 
     @property
     def store_name(self) -> str:
