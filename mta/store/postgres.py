@@ -112,6 +112,8 @@ class PostgresStore:
             connection_class=_Connection,
             server_settings={
                 "statement_timeout": str(self._statement_timeout_ms),
+                # durable before acknowledged, whatever the server's default says
+                "synchronous_commit": "on",
                 "application_name": f"mta {self.node_id}"[:63],
             },
         )
