@@ -21,6 +21,7 @@ import pytest
 from mta import jobs
 from mta.store import Statement, Store
 from mta.store.postgres import PostgresStore
+from mta.store.schema import MIGRATIONS
 from mta.store.sqlite import SqliteStore
 
 Opener = Callable[[str], Awaitable[Store]]
@@ -320,3 +321,63 @@ async def test_finished_jobs_are_purged_and_queued_ones_kept(
     assert await jobs.purge_finished(store, time.time() - 60) == 0  # not old enough yet
     assert await jobs.purge_finished(store, time.time() + 1) == 1
     assert [j["kind"] for j in await jobs.find(store)] == ["later"]
+
+
+async def test_schema_7_moves_inbound_jobs_into_the_outbox(store_url: str, tmp_path: Path) -> None:
+    """A database at schema 6 keeps its route actions' jobs: they become jobs of the outbox,
+    owned by their message, in the shape mta.inbound reads (a 406 'rejected' is 'stopped')."""
+    old_rows = (
+        "INSERT INTO inbound_jobs (inbound_key, kind, target, route_id, state, attempts,"
+        " due_at, lease_until, created_at) VALUES"
+        " ('k1', 'post', 'https://app.test/in', 'r1', 'queued', 1, 50, 50, 10),"
+        " ('k2', 'notify', 'https://app.test/n', 'r2', 'rejected', 1, 60, 0, 20)"
+    )
+    if store_url:
+        conn = await asyncpg.connect(store_url)
+        async with conn.transaction():
+            await conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+            for number, migration in enumerate(MIGRATIONS[:6], start=1):
+                await conn.execute(migration.postgresql)
+                await conn.execute("INSERT INTO schema_version VALUES ($1)", number)
+            await conn.execute(old_rows)
+        await conn.close()
+        store: Store = await PostgresStore.open(store_url, node_id="a", pool_size=2,
+                                                statement_timeout_s=30)
+    else:
+        path = tmp_path / "old.db"
+        conn6 = sqlite3.connect(path, isolation_level=None)
+        for number, migration in enumerate(MIGRATIONS[:6], start=1):
+            conn6.executescript(migration.sqlite)
+            conn6.execute(f"PRAGMA user_version = {number}")
+        conn6.execute(old_rows)
+        conn6.close()
+        store = await SqliteStore.open(path, node_id="a")
+    try:
+        found = [
+            {k: j[k] for k in ("kind", "owner", "payload", "state", "attempts", "due_at",
+                               "lease_until", "created_at", "finished_at")}
+            for j in await jobs.find(store)
+        ]
+        assert found == [
+            {"kind": "inbound.post", "owner": "inbound:k1",
+             "payload": {"inbound": "k1", "target": "https://app.test/in", "route": "r1"},
+             "state": "queued", "attempts": 1, "due_at": 50, "lease_until": 50,
+             "created_at": 10, "finished_at": 0},
+            {"kind": "inbound.notify", "owner": "inbound:k2",
+             "payload": {"inbound": "k2", "target": "https://app.test/n", "route": "r2"},
+             "state": "stopped", "attempts": 1, "due_at": 60, "lease_until": 0,
+             "created_at": 20, "finished_at": 60},
+        ]
+        tables = await store.fetchall(
+            "SELECT name FROM sqlite_master WHERE name = 'inbound_jobs'"
+            if not store_url else
+            "SELECT table_name AS name FROM information_schema.tables"
+            " WHERE table_name = 'inbound_jobs'"
+        )
+        assert tables == []
+        # a job of a lease no node named (from before leases named nodes) is freed at start
+        freed = jobs.Runner(store)
+        freed.register("inbound.post", Calls(), jobs.NO_RETRY)
+        assert await freed.release_own(100.0) == 1
+    finally:
+        await store.close()
