@@ -238,7 +238,9 @@ def check_database(server: BenchServer, answered: list[str]) -> dict[str, int]:
                 " GROUP BY event"
             ).fetchall()
         )
-        jobs = dict(conn.execute("SELECT state, count(*) FROM inbound_jobs GROUP BY state"))
+        jobs = dict(conn.execute(
+            "SELECT state, count(*) FROM jobs WHERE kind LIKE 'inbound.%' GROUP BY state"
+        ))
     finally:
         conn.close()
     answered_set, stored_set = set(answered), set(stored)
@@ -261,14 +263,17 @@ def check_database(server: BenchServer, answered: list[str]) -> dict[str, int]:
 
 
 def jobs_done(server: BenchServer) -> int:
-    return server.query("SELECT count(*) FROM inbound_jobs WHERE state = 'done'")
+    return server.query(
+        "SELECT count(*) FROM jobs WHERE kind LIKE 'inbound.%' AND state = 'done'"
+    )
 
 
 def wait_for_jobs(server: BenchServer, timeout: float) -> float:
     """Seconds until no job is queued any more (the forward POSTs), or -1 at the timeout."""
     began = time.monotonic()
     while time.monotonic() - began < timeout:
-        if server.query("SELECT count(*) FROM inbound_jobs WHERE state = 'queued'") == 0:
+        queued = "SELECT count(*) FROM jobs WHERE kind LIKE 'inbound.%' AND state = 'queued'"
+        if server.query(queued) == 0:
             return time.monotonic() - began
         time.sleep(0.1)
     return -1.0

@@ -4,7 +4,7 @@ Tables and the modules that own them (only the owner writes SQL against them):
 - domains, authorized_recipients: mta.domains
 - api_keys: mta.keys
 - credentials: mta.credentials
-- messages, recipients: mta.accept (writes), the outbound scheduler (delivery state).
+- messages, recipients: mta.queue (accept enqueues through it, delivery claims and finishes).
   A message's `key` is its storage key; its Message-Id need not be unique (clients resend).
   A batch send's `mime` is a template (options.template) and each recipient row holds its
   `personal` values; `recipients.mime` (a copy per recipient) is only read, for rows written
@@ -13,9 +13,9 @@ Tables and the modules that own them (only the owner writes SQL against them):
 - bounces, unsubscribes, complaints: mta.suppressions
 - server_secrets: mta.outbound (keys for return-path tags)
 - routes: mta.inbound.routes
-- inbound, inbound_mime, inbound_jobs: mta.inbound (received messages: one copy of the content
-  per SMTP transaction, a row per routed recipient with its own added headers, and the jobs of
-  their actions)
+- inbound, inbound_mime: mta.inbound (received messages: one copy of the content per SMTP
+  transaction, a row per routed recipient with its own added headers)
+- jobs: mta.jobs (the durable outbox: route forwards and notifications, later webhooks)
 - site_slots, site_pace: mta.outbound (connections open to a destination and its pace, counted
   across nodes)
 - auth_failures, auth_holds: mta.smtp.guard (AUTH throttles, across nodes)
