@@ -13,6 +13,7 @@ import contextlib
 import logging
 import re
 import time
+from collections.abc import AsyncIterator
 from functools import lru_cache
 from typing import Any
 
@@ -27,6 +28,7 @@ ADMIN_CHANNEL = "mta_admin"
 MIGRATION_LOCK = 0x6D7461  # pg_advisory_xact_lock key: nodes starting together migrate once
 NODE_LOCKS = 0x6D7462  # pg_try_advisory_lock(NODE_LOCKS, hashtext(node id)): one live node each
 LISTENER_RETRY_S = 1.0
+CLOSE_GRACE_S = 30.0  # how long close() waits for statements already running
 _PLACEHOLDER = re.compile(r"'(?:[^']|'')*'|\?(\d*)")
 _ADMIN_WRITE = re.compile(
     r"^\s*(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+"
@@ -93,6 +95,9 @@ class PostgresStore:
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self._holds_name = False
+        self._in_use = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._listener_task: asyncio.Task[None] | None = None
         self._version = 0
         self._listening = False
@@ -196,13 +201,24 @@ class PostgresStore:
 
     # -- writes and reads ----------------------------------------------------------------------
 
-    def _pooled(self) -> asyncpg.Pool:
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; `close` waits for those handed out (writes already begun
+        finish, as on SQLite) and refuses new ones."""
         if self._closed or self._pool is None:
             raise StoreClosed("store is closed")
-        return self._pool
+        self._in_use += 1
+        self._idle.clear()
+        try:
+            async with self._pool.acquire() as conn:
+                yield conn
+        finally:
+            self._in_use -= 1
+            if not self._in_use:
+                self._idle.set()
 
     async def write(self, *statements: Statement) -> None:
-        async with self._pooled().acquire() as conn:
+        async with self._connection() as conn:
             if len(statements) == 1 and len(statements[0].rows) == 1:
                 # one statement is a transaction of its own: no BEGIN/COMMIT round trips
                 await conn.execute(adapt(statements[0].sql), *statements[0].rows[0])
@@ -218,17 +234,19 @@ class PostgresStore:
             self._version += 1
 
     async def write_returning(self, sql: str, params: Params = ()) -> list[Any]:
-        async with self._pooled().acquire() as conn:
+        async with self._connection() as conn:
             rows = await conn.fetch(adapt(sql), *params)  # one statement: its own transaction
         if _ADMIN_WRITE.match(sql):
             self._version += 1
         return rows
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Any]:
-        return await self._pooled().fetch(adapt(sql), *params)
+        async with self._connection() as conn:
+            return await conn.fetch(adapt(sql), *params)
 
     async def fetchone(self, sql: str, params: Params = ()) -> Any | None:
-        return await self._pooled().fetchrow(adapt(sql), *params)
+        async with self._connection() as conn:
+            return await conn.fetchrow(adapt(sql), *params)
 
     # -- bulk loading (mta store copy) ----------------------------------------------------------
 
@@ -256,12 +274,12 @@ class PostgresStore:
             tuple(None if v is None else cast(v) for cast, v in zip(casts, row, strict=True))
             for row in rows
         ]
-        async with self._pooled().acquire() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             await conn.copy_records_to_table(table, records=records, columns=columns)
 
     async def after_load(self, now: float) -> None:
         """Identity counters continue after the copied ids; copied leases are void."""
-        async with self._pooled().acquire() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             for row in await conn.fetch(
                 "SELECT table_name, column_name FROM information_schema.columns"
                 " WHERE table_schema = current_schema() AND is_identity = 'YES'"
@@ -286,6 +304,10 @@ class PostgresStore:
         if self._closed:
             return
         self._closed = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), CLOSE_GRACE_S)
+        except TimeoutError:
+            log.warning("store: closing with %d statement(s) still running", self._in_use)
         if self._listener_task is not None:
             self._listener_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
