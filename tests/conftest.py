@@ -20,7 +20,9 @@ import pytest
 
 from mta.app import Server
 from mta.config import Config
+from mta.config import load as load_config
 from mta.smtp.tls import certificate_paths
+from mta.store import Store, open_store
 from tests import postgres
 
 if TYPE_CHECKING:
@@ -94,14 +96,33 @@ def postgres_cluster() -> Iterator[postgres.Cluster]:
     cluster.stop()
 
 
-@pytest.fixture(params=ENGINES)
-def store_url(request: pytest.FixtureRequest) -> str:
-    """Each store-touching test runs on both engines: "" is the embedded SQLite file, else
-    the URL of a fresh, empty PostgreSQL database."""
-    if request.param == "sqlite":
+def url_for(request: pytest.FixtureRequest, engine: str) -> str:
+    """"" (the embedded SQLite file) for sqlite, else the URL of a fresh PostgreSQL database."""
+    if engine == "sqlite":
         return ""
     cluster: postgres.Cluster = request.getfixturevalue("postgres_cluster")
     return cluster.new_database()
+
+
+@pytest.fixture(params=ENGINES)
+def store_url(request: pytest.FixtureRequest) -> str:
+    """Each store-touching test runs on both engines: "" is the embedded SQLite file, else
+    the URL of a fresh PostgreSQL database."""
+    return url_for(request, request.param)
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def module_engine(request: pytest.FixtureRequest) -> str:
+    """The engine of servers shared by a module's tests (url_for gives each its database)."""
+    return str(request.param)
+
+
+@pytest.fixture
+async def store(tmp_path: Path, store_url: str) -> AsyncIterator[Store]:
+    """A migrated store of the engine under test, without a server."""
+    opened = await open_store(make_config(tmp_path, store__url=store_url))
+    yield opened
+    await opened.close()
 
 
 @pytest.fixture
@@ -153,6 +174,15 @@ class Process:
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return run_cli(self.env, *args, check=check)
+
+    def config(self) -> Config:
+        """The process's configuration (for opening its store from the test)."""
+        return load_config(env=self.env)
+
+
+def store_env(store_url: str) -> dict[str, str]:
+    """Environment selecting the store for `mta` subprocesses (none: the SQLite default)."""
+    return {"MTA_STORE_URL": store_url} if store_url else {}
 
 
 def cli_env(tmp_path: Path, port: int = 0) -> dict[str, str]:

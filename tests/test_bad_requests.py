@@ -189,11 +189,11 @@ async def post_raw(running: Running, body: bytes, content_type: str, *,
 
 
 async def assert_refused(running: Running, body: bytes, content_type: str, expected: str) -> None:
-    before = storeview.counts(running.services.config.db_path)
+    before = await storeview.counts(running.services.store)
     status, message = await post_raw(running, body, content_type)
     assert status == 400, message
     assert expected in message, message
-    assert storeview.counts(running.services.config.db_path) == before
+    assert await storeview.counts(running.services.store) == before
     good = "&".join(f"{k}={v}" for k, v in GOOD).encode()
     assert (await post_raw(running, good, "application/x-www-form-urlencoded"))[0] == 200
 

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import email.utils
 import json
 import random
 import re
 from collections.abc import AsyncIterator, Callable
 from email.message import EmailMessage
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -26,6 +24,7 @@ import dkim
 import pytest
 
 from mta.accept.template import Personal, Template
+from mta.store import Store
 from tests import storeview
 from tests.capture import Capture, start_capture
 from tests.conftest import DOMAIN, Running
@@ -50,44 +49,39 @@ async def mx() -> AsyncIterator[Capture]:
     await capture.close()
 
 
-def db_of(running: Running) -> Path:
-    return Path(running.services.config.db_path)
+def store_of(running: Running) -> Store:
+    return running.services.store
 
 
-def on_disk(db: Path) -> int:
-    """The database file and its write-ahead log together (what a batch makes grow)."""
-    return sum(p.stat().st_size for p in (db, Path(f"{db}-wal")) if p.exists())
-
-
-def stored_rows(db: Path, message_id: str) -> tuple[list[int], int, int, int]:
+async def stored_rows(store: Store, message_id: str) -> tuple[list[int], int, int, int]:
     """(length of each `messages.mime` with this Message-Id, recipient rows, rows holding a
     copy of their own, rows holding personal values)."""
-    with contextlib.closing(storeview.connect(db)) as conn:
-        sizes = [
-            row[0]
-            for row in conn.execute(
-                "SELECT length(mime) FROM messages WHERE message_id = ?", (message_id,)
-            )
-        ]
-        rows, copies, personal = conn.execute(
-            "SELECT count(*), count(r.mime), count(r.personal) FROM recipients r"
-            " JOIN messages m ON m.key = r.message_key WHERE m.message_id = ?",
-            (message_id,),
-        ).fetchone()
-    return sizes, rows, copies, personal
+    sizes = [
+        int(row["n"])
+        for row in await store.fetchall(
+            "SELECT length(mime) AS n FROM messages WHERE message_id = ?", (message_id,)
+        )
+    ]
+    row = await store.fetchone(
+        "SELECT count(*) AS n, count(r.mime) AS copies, count(r.personal) AS personal"
+        " FROM recipients r JOIN messages m ON m.key = r.message_key WHERE m.message_id = ?",
+        (message_id,),
+    )
+    assert row is not None
+    return sizes, int(row["n"]), int(row["copies"]), int(row["personal"])
 
 
-def copy_for(db: Path, message_id: str, address: str) -> EmailMessage:
+async def copy_for(store: Store, message_id: str, address: str) -> EmailMessage:
     """One recipient's copy rendered as the outbound queue renders it (storeview.message_for
     renders every recipient's, which for 1,000 copies of 1 MB is a gigabyte of work)."""
-    with contextlib.closing(storeview.connect(db)) as conn:
-        row = conn.execute(
-            "SELECT r.personal, m.mime FROM recipients r JOIN messages m"
-            " ON m.key = r.message_key WHERE m.message_id = ? AND r.address = ?",
-            (message_id, address),
-        ).fetchone()
+    row = await store.fetchone(
+        "SELECT r.personal, m.mime FROM recipients r JOIN messages m"
+        " ON m.key = r.message_key WHERE m.message_id = ? AND r.address = ?",
+        (message_id, address),
+    )
     assert row is not None, address
-    return storeview.parse(Template.load(row["mime"]).render(Personal.load(row["personal"])))
+    template = Template.load(bytes(row["mime"]))
+    return storeview.parse(template.render(Personal.load(bytes(row["personal"]))))
 
 
 async def post(running: Running, form: Any, path: str = "messages") -> tuple[int, dict[str, Any]]:
@@ -116,11 +110,11 @@ def attachment_of(message: Any) -> bytes:
     return part.get_content()
 
 
-def assert_stored_once(db: Path, message_id: str, one_copy: int, growth: int) -> None:
+async def assert_stored_once(store: Store, message_id: str, one_copy: int, growth: int) -> None:
     """One `messages` row about one message long, every recipient row without a copy of its
     own, and a database that grew by a few copies' worth at most (a copy per recipient would
     be about a thousand)."""
-    sizes, rows, copies, personal = stored_rows(db, message_id)
+    sizes, rows, copies, personal = await stored_rows(store, message_id)
     assert len(sizes) == 1, sizes
     assert one_copy * 0.9 < sizes[0] < one_copy * 1.1, (sizes[0], one_copy)
     assert (rows, copies, personal) == (len(RECIPIENTS), 0, len(RECIPIENTS))
@@ -134,28 +128,28 @@ def assert_stored_once(db: Path, message_id: str, one_copy: int, growth: int) ->
 async def test_a_1000_recipient_batch_with_a_1mb_attachment_is_stored_once_not_per_recipient(
     running: Running, kind: str
 ):
-    db = db_of(running)
+    store = store_of(running)
     if kind == "empty object {}":
         variables: dict[str, Any] = {}
     else:
         variables = {rcpt: {"n": n} for n, rcpt in enumerate(RECIPIENTS)}
-    before = on_disk(db)
+    before = await storeview.size(store)
     status, body = await post(running, batch_form(variables))
     assert status == 200, body
-    growth = on_disk(db) - before
+    growth = await storeview.size(store) - before
     message_id = body["id"].strip("<>")
-    assert storeview.options(db, message_id)["template"] is True
+    assert (await storeview.options(store, message_id))["template"] is True
 
-    copy = copy_for(db, message_id, "r7@example.net")
+    copy = await copy_for(store, message_id, "r7@example.net")
     one_copy = len(bytes(copy))
     assert one_copy > len(ATTACHMENT)  # the attachment is in the template, base64-encoded
-    assert_stored_once(db, message_id, one_copy, growth)
+    await assert_stored_once(store, message_id, one_copy, growth)
     # each recipient still gets the whole message, personalised
     assert copy["To"] == "r7@example.net"
     assert attachment_of(copy) == ATTACHMENT
     expected = "Your order 7" if variables else "Your order "
     assert copy["Subject"] == expected
-    last = copy_for(db, message_id, "r999@example.net")
+    last = await copy_for(store, message_id, "r999@example.net")
     assert last["To"] == "r999@example.net"
     assert "r999@example.net" in last.get_body(("plain",)).get_content()
 
@@ -235,16 +229,16 @@ async def test_a_1000_recipient_smtp_batch_with_a_1mb_attachment_is_stored_once(
     running: Running, header: str
 ):
     await running.services.credentials.create(DOMAIN, "batch", PASSWORD)
-    db = db_of(running)
-    before = on_disk(db)
+    store = store_of(running)
+    before = await storeview.size(store)
     reply = await submit_pipelined(running, smtp_batch(header), RECIPIENTS)
     assert reply.startswith("250 "), reply
-    growth = on_disk(db) - before
+    growth = await storeview.size(store) - before
     message_id = reply.rsplit("<", 1)[1].rstrip(">")
-    assert storeview.options(db, message_id)["template"] is True
+    assert (await storeview.options(store, message_id))["template"] is True
 
-    copy = copy_for(db, message_id, "r42@example.net")
-    assert_stored_once(db, message_id, len(bytes(copy)), growth)
+    copy = await copy_for(store, message_id, "r42@example.net")
+    await assert_stored_once(store, message_id, len(bytes(copy)), growth)
     assert copy["To"] == "r42@example.net"
     assert "X-Mailgun-Recipient-Variables" not in copy
     assert attachment_of(copy) == ATTACHMENT
@@ -340,7 +334,7 @@ async def test_a_recipient_variable_with_cr_or_lf_used_in_a_header_is_refused_by
     status, body = await post(running, form, path)
     assert status == 400, body
     assert "'name'" in body["message"] and "ann@example.net" in body["message"]
-    assert storeview.counts(db_of(running))["messages"] == 0
+    assert (await storeview.counts(store_of(running)))["messages"] == 0
 
 
 async def test_a_recipient_variable_with_cr_lf_used_only_in_the_body_is_accepted(
@@ -354,7 +348,7 @@ async def test_a_recipient_variable_with_cr_lf_used_only_in_the_body_is_accepted
             ("recipient-variables", json.dumps(variables))]
     status, body = await post(running, form, "messages")
     assert status == 200, body
-    copy = storeview.message_for(db_of(running), body["id"].strip("<>"), "ann@example.net")
+    copy = await storeview.message_for(store_of(running), body["id"].strip("<>"), "ann@example.net")
     assert copy["Subject"] == "Your address"
     assert copy.get_content().replace("\r\n", "\n") == "We ship to:\n1 Main St\nSpringfield\n"
     assert [k for k in copy if k.lower() not in ("from", "to", "subject", "message-id", "date",
@@ -372,7 +366,7 @@ async def test_a_recipient_variable_with_cr_lf_used_in_v_stays_escaped_inside_it
             ("recipient-variables", json.dumps({"ann@example.net": {"note": "a\r\nBcc: x@y"}}))]
     status, body = await post(running, form)
     assert status == 200, body
-    copy = storeview.message_for(db_of(running), body["id"].strip("<>"), "ann@example.net")
+    copy = await storeview.message_for(store_of(running), body["id"].strip("<>"), "ann@example.net")
     assert json.loads(copy["X-Mailgun-Variables"]) == {"note": "a\r\nBcc: x@y"}
     assert "Bcc" not in copy
 
@@ -395,7 +389,7 @@ async def test_a_recipient_variable_with_cr_lf_used_in_a_mime_part_header_is_ref
     form.add_field("message", mime.encode(), filename="message.mime")
     status, body = await post(running, form, "messages.mime")
     if status == 200:  # what gets delivered: the attachment part has headers it never had
-        copy = storeview.message_for(db_of(running), body["id"].strip("<>"), "ann@example.net")
+        copy = await storeview.message_for(store_of(running), body["id"].strip("<>"), "ann@example.net")
         [part] = list(copy.iter_attachments())
         assert "X-Injected" not in part, part.items()
     assert status == 400, body

@@ -143,7 +143,7 @@ async def test_data_past_the_memory_budget_waits_on_disk_and_arrives_intact(
                    for i in range(5_000))
     mime = message(body=body)
     message_id = queued_id(await submit(client, mime))
-    stored = storeview.recipients(running.services.config.db_path, message_id)[0]["mime"]
+    stored = (await storeview.recipients(running.services.store, message_id))[0]["mime"]
     assert stored.endswith(mime.split(b"\r\n\r\n", 1)[1])
     assert spool_files(running) == []  # spooled to unlinked files: nothing is left behind
     assert (running.server.smtp.spool.memory_used, running.server.smtp.spool.disk_used) == (0, 0)

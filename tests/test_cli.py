@@ -280,11 +280,12 @@ async def test_sigterm_stops_the_server_cleanly_and_keeps_what_was_accepted(
     assert await asyncio.to_thread(proc.proc.wait, 20) == 0
     found = re.search(r'"id":"<([^>]+)>"', body)
     assert found
-    db = tmp_path / "var" / "mta.db"
-    queued = storeview.recipients(db, found.group(1))
+    async with storeview.reopened(proc.config()) as store:
+        queued = await storeview.recipients(store, found.group(1))
+        copy = await storeview.message_for(store, found.group(1), "alice@example.net")
+        accepted = await storeview.events(store, "accepted")
     assert [(r["address"], r["state"]) for r in queued] == [("alice@example.net", "queued")]
-    assert storeview.message_for(db, found.group(1), "alice@example.net")["Subject"] == "Hi"
-    accepted = storeview.events(db, "accepted")
+    assert copy["Subject"] == "Hi"
     assert [e["message"]["headers"]["message-id"] for e in accepted] == [found.group(1)]
 
 

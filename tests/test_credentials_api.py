@@ -132,8 +132,9 @@ async def test_passwords_are_stored_as_scrypt_hashes_never_in_clear(
     running: Running, api: aiohttp.ClientSession
 ):
     await add(api, "alice", "supasecret")
-    with storeview.connect(running.services.config.db_path) as conn:
-        rows = conn.execute("SELECT login, domain, password_hash FROM credentials").fetchall()
+    rows = await running.services.store.fetchall(
+        "SELECT login, domain, password_hash FROM credentials"
+    )
     assert [(r["login"], r["domain"]) for r in rows] == [(ALICE, DOMAIN)]
     stored = rows[0]["password_hash"]
     assert stored.startswith("scrypt$")
@@ -263,8 +264,7 @@ async def test_deleting_the_domain_removes_its_credentials(
     await add(api, "alice", "supasecret")
     assert (await call(api, "DELETE", f"/v3/domains/{DOMAIN}"))[0] == 200
     assert not await verifies(running, ALICE, "supasecret")
-    with storeview.connect(running.services.config.db_path) as conn:
-        assert conn.execute("SELECT count(*) FROM credentials").fetchone()[0] == 0
+    assert await storeview.count(running.services.store, "credentials") == 0
 
 
 async def test_domain_created_with_smtp_password_has_a_postmaster_credential(

@@ -91,7 +91,8 @@ def with_dns(running: Running, tmp_path: Path) -> Callable[..., Any]:
     @contextlib.asynccontextmanager
     async def restart(answers: dict[str, list[str]]) -> AsyncIterator[aiohttp.ClientSession]:
         await running.server.stop()
-        server = Server(make_config(tmp_path, dns__answers=answers))
+        store_url = running.services.config.store.url  # the same database too
+        server = Server(make_config(tmp_path, dns__answers=answers, store__url=store_url))
         await server.start()
         try:
             url = f"http://127.0.0.1:{server.api_port}"
@@ -518,7 +519,7 @@ async def failed_events(running: Running, recipient: str, timeout: float = 10) -
     """The `failed` events about `recipient` in the store, waiting for the first one."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        found = [e for e in storeview.events(running.server.config.db_path, "failed")
+        found = [e for e in await storeview.events(running.services.store, "failed")
                  if e["recipient"] == recipient]
         if found or asyncio.get_running_loop().time() > deadline:
             return found
@@ -550,8 +551,8 @@ async def test_removing_a_domain_fails_its_queued_mail_instead_of_sending_it_uns
             f"Not delivering: the sending domain {NEW} was removed"
         )
         assert failed["message"]["headers"]["message-id"] == message_id
-    db = running.server.config.db_path
-    assert {r["state"] for r in storeview.recipients(db, message_id)} == {"failed"}
+    store = running.services.store
+    assert {r["state"] for r in await storeview.recipients(store, message_id)} == {"failed"}
     assert mx.messages == [] and mx.connections == 0
 
 

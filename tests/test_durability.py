@@ -6,21 +6,26 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sqlite3
 from collections import Counter
-from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
+from tests import storeview
 from tests.capture import start_capture
-from tests.conftest import DOMAIN, auth_header
+from tests.conftest import DOMAIN, auth_header, store_env
 
 pytestmark = pytest.mark.asyncio
 
 
-async def test_every_acknowledged_message_survives_kill_9(server_process, tmp_path: Path):
-    proc = server_process()
+def pairs(rows: list[Any]) -> dict[str, int]:
+    """{first column: count} of GROUP BY rows."""
+    return {row[0]: int(row["n"]) for row in rows}
+
+
+async def test_every_acknowledged_message_survives_kill_9(server_process, store_url: str):
+    proc = server_process(**store_env(store_url))
     proc.cli("domain", "add", DOMAIN)
     key = proc.cli("key", "create").stdout.strip()
     acknowledged: list[str] = []
@@ -53,21 +58,16 @@ async def test_every_acknowledged_message_survives_kill_9(server_process, tmp_pa
         stop.set()
         await asyncio.gather(*workers)
 
-    db = tmp_path / "var" / "mta.db"
-    with sqlite3.connect(db) as conn:
-        stored = {row[0] for row in conn.execute("SELECT message_id FROM messages")}
-        per_message = dict(
-            conn.execute(
-                "SELECT m.message_id, count(*) FROM recipients r"
-                " JOIN messages m ON m.key = r.message_key GROUP BY m.message_id"
-            ).fetchall()
-        )
-        events = dict(
-            conn.execute(
-                "SELECT message_id, count(*) FROM events WHERE event = 'accepted'"
-                " GROUP BY message_id"
-            ).fetchall()
-        )
+    async with storeview.reopened(proc.config()) as store:
+        stored = {r["message_id"] for r in await store.fetchall("SELECT message_id FROM messages")}
+        per_message = pairs(await store.fetchall(
+            "SELECT m.message_id, count(*) AS n FROM recipients r"
+            " JOIN messages m ON m.key = r.message_key GROUP BY m.message_id"
+        ))
+        events = pairs(await store.fetchall(
+            "SELECT message_id, count(*) AS n FROM events WHERE event = 'accepted'"
+            " GROUP BY message_id"
+        ))
     missing = [m for m in acknowledged if m not in stored]
     assert not missing, f"{len(missing)} acknowledged messages lost"
     # nothing half-written: every stored message has both recipients and both events
@@ -76,7 +76,7 @@ async def test_every_acknowledged_message_survives_kill_9(server_process, tmp_pa
     assert set(per_message) == stored == set(events)
 
     # and the restarted server serves the same store
-    restarted = server_process()
+    restarted = server_process(**store_env(store_url))
     async with (
         aiohttp.ClientSession(restarted.url, headers=auth_header(key)) as session,
         session.get(f"/v3/{DOMAIN}/events", params={"message-id": acknowledged[0]}) as resp,
@@ -86,7 +86,7 @@ async def test_every_acknowledged_message_survives_kill_9(server_process, tmp_pa
 
 
 async def test_kill_9_during_delivery_leaves_every_recipient_delivered_or_queued(
-    server_process, tmp_path: Path
+    server_process, store_url: str
 ):
     """Crash while delivering: after a restart every accepted recipient is delivered (or still
     queued), none is lost. A message the remote took just before the kill, whose outcome was
@@ -95,6 +95,7 @@ async def test_kill_9_during_delivery_leaves_every_recipient_delivered_or_queued
     destinations = [f"d{i}.example.test" for i in range(5)]
     static_mx = json.dumps({d: [capture.address] for d in destinations})
     env = {"MTA_OUTBOUND_ENABLED": "true", "MTA_DNS_STATIC_MX": static_mx}
+    env |= store_env(store_url)
     try:
         proc = server_process(**env)
         proc.cli("domain", "add", DOMAIN)
@@ -117,19 +118,18 @@ async def test_kill_9_during_delivery_leaves_every_recipient_delivered_or_queued
         before_restart = len(capture.messages)
         assert before_restart < total, "everything was delivered before the kill"
 
-        server_process(**env)
-        db = tmp_path / "var" / "mta.db"
-        deadline = asyncio.get_running_loop().time() + 60
-        while asyncio.get_running_loop().time() < deadline:
-            with sqlite3.connect(db) as conn:
-                states = dict(
-                    conn.execute("SELECT state, count(*) FROM recipients GROUP BY state")
-                )
-            if states.get("delivered", 0) == total:
-                break
-            await asyncio.sleep(0.1)
-        with sqlite3.connect(db) as conn:
-            rows = dict(conn.execute("SELECT address, state FROM recipients"))
+        restarted = server_process(**env)
+        async with storeview.reopened(restarted.config()) as store:
+            deadline = asyncio.get_running_loop().time() + 60
+            while asyncio.get_running_loop().time() < deadline:
+                states = pairs(await store.fetchall(
+                    "SELECT state, count(*) AS n FROM recipients GROUP BY state"
+                ))
+                if states.get("delivered", 0) == total:
+                    break
+                await asyncio.sleep(0.1)
+            rows = {r["address"]: r["state"]
+                    for r in await store.fetchall("SELECT address, state FROM recipients")}
         assert set(rows) == set(recipients), "a recipient row was lost"
         assert set(rows.values()) == {"delivered"}, states
         arrived = Counter(m.rcpt_to for m in capture.messages)

@@ -81,7 +81,7 @@ async def given_up(running: Running, recipient: str, timeout: float = 10.0) -> d
 
     async def poll() -> dict[str, Any]:
         while True:
-            for event in storeview.events(running.server.config.db_path, "failed"):
+            for event in await storeview.events(running.services.store, "failed"):
                 if event.get("recipient") == recipient:
                     return event
             await asyncio.sleep(0.05)
@@ -97,8 +97,8 @@ async def wait_for_requests(receiver: Receiver, count: int, timeout: float = 10.
     await asyncio.wait_for(poll(), timeout)
 
 
-def all_events(running: Running) -> str:
-    return json.dumps(storeview.events(running.server.config.db_path))
+async def all_events(running: Running) -> str:
+    return json.dumps(await storeview.events(running.services.store))
 
 
 async def test_a_route_cannot_post_to_loopback_under_the_default_policy(
@@ -199,7 +199,7 @@ async def test_the_applications_reply_never_lands_in_events_or_logs(
     failed = await given_up(running, f"f@{DOMAIN}")
     assert failed["delivery-status"]["code"] == 500
     assert failed["delivery-status"]["message"] == "HTTP 500 Internal Server Error"
-    for text in (all_events(running), caplog.text):
+    for text in (await all_events(running), caplog.text):
         assert "leaked" not in text.lower()
 
 
@@ -216,7 +216,7 @@ async def test_credentials_in_a_url_are_used_but_never_logged_or_recorded(
     expected = "Basic " + base64.b64encode(f"hookuser:{SECRET}".encode()).decode()
     assert {s.authorization for s in receiver.seen} == {expected}
     assert failed["envelope"]["targets"] == f"http://***@{host}/hook"
-    for text in (all_events(running), caplog.text):
+    for text in (await all_events(running), caplog.text):
         assert SECRET not in text and "hookuser" not in text
 
 

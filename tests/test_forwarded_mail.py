@@ -151,7 +151,7 @@ async def events_for(running: Running, kind: str, recipient: str,
     """`kind` events about `recipient`, waiting for the first one."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        found = [e for e in storeview.events(running.server.config.db_path, kind)
+        found = [e for e in await storeview.events(running.services.store, kind)
                  if e["recipient"] == recipient]
         if found or asyncio.get_running_loop().time() > deadline:
             return found

@@ -26,10 +26,10 @@ async def send(api: aiohttp.ClientSession, data: Any) -> tuple[int, dict[str, An
 
 
 async def refused(running: Running, api, data: Any, message: str) -> None:
-    before = storeview.counts(running.services.config.db_path)["messages"]
+    before = (await storeview.counts(running.services.store))["messages"]
     status, body = await send(api, data)
     assert (status, body["message"]) == (400, message)
-    assert storeview.counts(running.services.config.db_path)["messages"] == before
+    assert (await storeview.counts(running.services.store))["messages"] == before
 
 
 @pytest.mark.parametrize("value", [INJECTED, "x\nBcc: v@example.net", "x\rBcc: v", "x\0y"])
@@ -66,7 +66,7 @@ async def test_a_recipient_variable_with_line_breaks_is_fine_in_the_body(running
                    .decode()}
     status, body = await send(api, data)
     assert status == 200, body
-    copy = storeview.message_for(running.services.config.db_path, body["id"][1:-1],
+    copy = await storeview.message_for(running.services.store, body["id"][1:-1],
                                  "bob@example.net")
     assert copy.get_content().replace("\r\n", "\n") == "one\ntwo"
     assert copy["Bcc"] is None
@@ -102,7 +102,7 @@ async def test_a_non_ascii_subject_and_file_name_are_encoded_not_written_raw(
     body_in = multipart(GOOD | {"subject": "Grüße"}, "attachment", 'filename="prix €.txt"')
     status, body = await send(api, body_in)
     assert status == 200, body
-    raw = storeview.recipients(running.services.config.db_path, body["id"][1:-1])[0]["mime"]
+    raw = (await storeview.recipients(running.services.store, body["id"][1:-1]))[0]["mime"]
     head = raw.split(b"\r\n\r\n", 1)[0]
     assert b"Subject: =?utf-8?" in head
     assert b"filename*=utf-8''prix%20%E2%82%AC.txt\r\n" in raw

@@ -217,7 +217,7 @@ async def test_an_application_that_keeps_failing_is_given_up_and_recorded(start_
     await app.wait_for(3, timeout=10)  # one try and two retries ([0.2, 0.2])
     await asyncio.sleep(0.8)
     assert len(app.posts) == 3
-    failed = [e for e in storeview.events(running.server.config.db_path, "failed")
+    failed = [e for e in await storeview.events(running.services.store, "failed")
               if e.get("recipient") == f"c@{DOMAIN}"]
     assert len(failed) == 1 and failed[0]["severity"] == "permanent"
     assert failed[0]["delivery-status"]["code"] == 500
@@ -258,7 +258,7 @@ async def test_store_keeps_the_message_notifies_and_serves_it_until_deleted(star
     assert note["domain"] == DOMAIN and note["subject"] == "Keep me"
     assert json.loads(note["attachments"]) == []
     assert signature_ok(await signing_key(running), note)
-    [stored] = storeview.events(running.server.config.db_path, "stored")
+    [stored] = await storeview.events(running.services.store, "stored")
     assert stored["storage"]["url"] == url
     path = url.split("://", 1)[1].split("/", 1)[1]
     async with running.session() as api:
@@ -317,8 +317,8 @@ async def test_a_delayed_bounce_marks_the_recipient_failed_and_bounced(start_ser
     return_path = await sent_to(running, mx, rcpt)
     code, _ = await send_mx(running, return_path, dsn(return_path, rcpt), sender="")
     assert code == 250
-    db = running.server.config.db_path
-    failed = [e for e in storeview.events(db, "failed") if e["recipient"] == rcpt]
+    store = running.services.store
+    failed = [e for e in await storeview.events(store, "failed") if e["recipient"] == rcpt]
     assert len(failed) == 1
     assert failed[0]["flags"]["is-delayed-bounce"] is True
     assert failed[0]["severity"] == "permanent"
@@ -360,7 +360,7 @@ async def test_a_feedback_loop_complaint_records_complained_and_the_complaints_l
     ).encode()
     code, _ = await send_mx(running, f"fbl@{DOMAIN}", arf, sender=f"fbl@{DEST}")
     assert code == 250
-    [complained] = storeview.events(running.server.config.db_path, "complained")
+    [complained] = await storeview.events(running.services.store, "complained")
     assert complained["recipient"] == rcpt
     async with running.session() as api, api.get(f"/v3/{DOMAIN}/complaints/{rcpt}") as resp:
         assert resp.status == 200
@@ -412,11 +412,11 @@ async def test_a_stored_message_is_purged_once_its_time_is_up(start_server):
     running = await inbound_server(start_server, inbound__store_days=0.5 / 86400)
     await add_route(running, "catch_all()", "store()")
     assert (await send_mx(running, f"brief@{DOMAIN}", message(f"brief@{DOMAIN}")))[0] == 250
-    [stored] = storeview.events(running.server.config.db_path, "stored")
+    [stored] = await storeview.events(running.services.store, "stored")
     path = "/" + stored["storage"]["url"].split("://", 1)[1].split("/", 1)[1]
     await asyncio.sleep(0.6)
     await running.services.inbound.purge()
-    assert storeview.counts(running.server.config.db_path)["inbound"] == 0
+    assert (await storeview.counts(running.services.store))["inbound"] == 0
     async with running.session() as api, api.get(path) as resp:
         assert resp.status == 404
 
@@ -449,7 +449,7 @@ async def test_a_forwarded_strangers_message_cannot_steer_our_sending_options(
     assert (await send_mx(running, f"info@{DOMAIN}", steering))[0] == 250
     [got] = await mx.wait_for(1)  # not test mode: it really went out
     assert b"X-Mailgun-Tag" not in got.data
-    accepted = [e for e in storeview.events(running.server.config.db_path, "accepted")
+    accepted = [e for e in await storeview.events(running.services.store, "accepted")
                 if e["recipient"] == f"boss@{DEST}"]
     assert accepted and accepted[0]["tags"] == []
 
@@ -472,10 +472,9 @@ async def test_a_message_for_many_recipients_is_stored_once(start_server):
     body = "x" * 70 + "\r\n"
     await client.sendmail("alice@sender.example.org", rcpts, message(rcpts[0], body=body * 70))
     client.close()
-    db = running.server.config.db_path
-    with storeview.connect(db) as conn:
-        rows = conn.execute("SELECT count(*) FROM inbound").fetchone()[0]
-        contents = conn.execute("SELECT count(*) FROM inbound_mime").fetchone()[0]
+    store = running.services.store
+    rows = await storeview.count(store, "inbound")
+    contents = await storeview.count(store, "inbound_mime")
     assert (rows, contents) == (5, 1)
 
 

@@ -35,10 +35,10 @@ async def deliver(running: Running, to: str, **fields: Any) -> str:
 
 
 async def events_of(running: Running, kind: str, count: int = 1, timeout: float = 10) -> list:
-    db = running.server.config.db_path
+    store = running.services.store
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        found = [e for e in storeview.events(db) if e["event"] == kind]
+        found = [e for e in await storeview.events(store) if e["event"] == kind]
         if len(found) >= count or asyncio.get_running_loop().time() > deadline:
             return found
         await asyncio.sleep(0.05)

@@ -94,13 +94,13 @@ async def wait_events(
 ) -> list[dict[str, Any]]:
     """Events of `kind` (for `recipient`, with top-level fields equal to `match`), polled from
     the store until there are `count` of them or `timeout` has passed."""
-    db = running.server.config.db_path
+    store = running.services.store
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
         found = [
             e
-            for e in storeview.events(db, kind)
+            for e in await storeview.events(store, kind)
             if (recipient is None or e.get("recipient") == recipient)
             and all(e.get(k) == v for k, v in match.items())
         ]
@@ -109,11 +109,11 @@ async def wait_events(
         await asyncio.sleep(0.05)
 
 
-def outcomes(running: Running, recipient: str) -> list[dict[str, Any]]:
+async def outcomes(running: Running, recipient: str) -> list[dict[str, Any]]:
     """Every delivered/failed event of one recipient, in order."""
     return [
         e
-        for e in storeview.events(running.server.config.db_path)
+        for e in await storeview.events(running.services.store)
         if e["event"] in ("delivered", "failed") and e.get("recipient") == recipient
     ]
 
@@ -125,7 +125,7 @@ async def final_outcome(running: Running, recipient: str, timeout: float = 10.0)
     while True:
         done = [
             e
-            for e in outcomes(running, recipient)
+            for e in await outcomes(running, recipient)
             if e["event"] == "delivered" or e.get("severity") == "permanent"
         ]
         if done or loop.time() > deadline:
@@ -133,8 +133,8 @@ async def final_outcome(running: Running, recipient: str, timeout: float = 10.0)
         await asyncio.sleep(0.05)
 
 
-def state_of(running: Running, message_id: str, address: str) -> str:
-    rows = storeview.recipients(running.server.config.db_path, message_id)
+async def state_of(running: Running, message_id: str, address: str) -> str:
+    rows = await storeview.recipients(running.services.store, message_id)
     [row] = [r for r in rows if r["address"] == address]
     return row["state"]
 
@@ -177,7 +177,7 @@ async def test_soft_4xx_is_a_temporary_failure_then_delivered_on_retry_exactly_o
     assert delivered["timestamp"] > failed["timestamp"]
     await asyncio.sleep(0.4)  # a second retry would have come by now
     assert len(mx.to(rcpt)) == 1
-    assert [e["event"] for e in outcomes(running, rcpt)] == ["failed", "delivered"]
+    assert [e["event"] for e in await outcomes(running, rcpt)] == ["failed", "delivered"]
 
 
 # -- 2. hard bounces are suppressed ----------------------------------------------------------------
@@ -199,7 +199,7 @@ async def test_hard_bounce_550_5_1_1_is_permanent_and_added_to_bounces(
     assert status["enhanced-code"] == "5.1.1"
     assert "does not exist" in status["message"]
     assert "retry-seconds" not in status
-    assert state_of(running, message_id, rcpt) == "failed"
+    assert await state_of(running, message_id, rcpt) == "failed"
 
     code, entry = await bounce_entry(running, rcpt)
     assert code == 200, entry
@@ -226,7 +226,7 @@ async def test_message_to_a_bounced_address_fails_suppress_bounce_without_contac
     assert status["code"] == 605
     assert status["description"] == "Not delivering to previously bounced address"
     assert mx.attempts[rcpt] == 1  # no second RCPT for the bounced address
-    assert state_of(running, second, rcpt) == "failed"
+    assert await state_of(running, second, rcpt) == "failed"
 
 
 # -- 3. unsubscribes and complaints ------------------------------------------------------------------
@@ -371,7 +371,7 @@ async def test_connection_cut_after_data_is_a_temporary_499_and_retried(
         assert "retry-seconds" in status
     assert mx.attempts[rcpt] >= 2
     assert mx.to(rcpt) == []
-    assert state_of(running, message_id, rcpt) == "queued"
+    assert await state_of(running, message_id, rcpt) == "queued"
 
 
 async def test_mail_still_failing_after_max_age_fails_permanently_as_old(
@@ -387,10 +387,10 @@ async def test_mail_still_failing_after_max_age_fails_permanently_as_old(
     assert old["log-level"] == "error"
     assert old["delivery-status"]["code"] == 499
     assert old["timestamp"] - sent_at >= 1.0
-    temporary = [e for e in outcomes(running, rcpt) if e["severity"] == "temporary"]
+    temporary = [e for e in await outcomes(running, rcpt) if e["severity"] == "temporary"]
     assert len(temporary) >= 2  # retried until it was too old
-    assert outcomes(running, rcpt)[-1]["reason"] == "old"  # the last word
-    assert state_of(running, message_id, rcpt) == "failed"
+    assert (await outcomes(running, rcpt))[-1]["reason"] == "old"  # the last word
+    assert await state_of(running, message_id, rcpt) == "failed"
     attempts = mx.attempts[rcpt]
     await asyncio.sleep(0.5)
     assert mx.attempts[rcpt] == attempts  # no attempt after giving up
@@ -514,7 +514,7 @@ async def test_null_mx_fails_permanently_without_any_connection(
     assert failed["delivery-status"]["code"] == 498
     assert "null MX" in failed["delivery-status"]["message"]
     assert mx.connections == 0
-    assert state_of(running, message_id, rcpt) == "failed"
+    assert await state_of(running, message_id, rcpt) == "failed"
 
 
 async def test_domain_with_neither_mx_nor_address_fails_permanently(
@@ -528,7 +528,7 @@ async def test_domain_with_neither_mx_nor_address_fails_permanently(
     assert failed["severity"] == "permanent"
     assert failed["delivery-status"]["code"] == 498
     assert mx.connections == 0
-    assert state_of(running, message_id, rcpt) == "failed"
+    assert await state_of(running, message_id, rcpt) == "failed"
 
 
 async def test_dns_lookup_that_times_out_is_a_temporary_failure(
@@ -552,7 +552,7 @@ async def test_dns_lookup_that_times_out_is_a_temporary_failure(
         status = failed["delivery-status"]
         assert status["code"] == 498
         assert "retry-seconds" in status
-        assert state_of(running, message_id, rcpt) == "queued"
+        assert await state_of(running, message_id, rcpt) == "queued"
         assert mx.connections == 0
 
 
@@ -585,7 +585,7 @@ async def test_test_mode_records_delivered_without_sending_anything(
     [delivered] = await wait_events(running, "delivered", rcpt)
     assert delivered["flags"]["is-test-mode"] is True
     assert delivered["message"]["headers"]["message-id"] == message_id
-    assert state_of(running, message_id, rcpt) == "delivered"
+    assert await state_of(running, message_id, rcpt) == "delivered"
     await asyncio.sleep(0.3)
     assert mx.connections == 0 and mx.messages == []
 

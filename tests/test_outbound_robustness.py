@@ -13,14 +13,18 @@ import asyncio
 import sqlite3
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+import asyncpg
 import dkim
 import pytest
 
+from mta.config import Config
 from mta.outbound.returnpath import BounceAddress, ReturnPaths
+from mta.store import Store
 from tests import storeview
 from tests.capture import Capture, start_capture
 from tests.conftest import DOMAIN, Running
@@ -58,14 +62,52 @@ def certificateless_tls() -> ssl.SSLContext:
     return ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 
 
-def recipient_rows(running: Running) -> list[dict[str, Any]]:
-    """Every recipient row with its message key (read-only, from the SQLite file)."""
-    with storeview.connect(running.server.config.db_path) as conn:
-        rows = conn.execute(
-            "SELECT r.id, r.address, r.state, m.key AS message_key, m.message_id"
-            " FROM recipients r JOIN messages m ON m.key = r.message_key ORDER BY r.id"
-        ).fetchall()
+async def recipient_rows(store: Store) -> list[dict[str, Any]]:
+    """Every recipient row with its message key."""
+    rows = await store.fetchall(
+        "SELECT r.id, r.address, r.state, m.key AS message_key, m.message_id"
+        " FROM recipients r JOIN messages m ON m.key = r.message_key ORDER BY r.id"
+    )
     return [dict(row) for row in rows]
+
+
+@asynccontextmanager
+async def writes_held(config: Config) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """Another client holds what outcome writes need (SQLite: the write lock; PostgreSQL: the
+    recipients and events tables) until the yielded release is awaited, or the block ends."""
+    if config.store.url:
+        conn = await asyncpg.connect(config.store.url)
+        held = conn.transaction()
+        await held.start()
+        await conn.execute("LOCK TABLE recipients, events IN EXCLUSIVE MODE")
+
+        async def release() -> None:
+            if not conn.is_closed() and conn.is_in_transaction():
+                await held.rollback()
+
+        try:
+            yield release
+        finally:
+            await release()
+            await conn.close()
+        return
+    holder = sqlite3.connect(config.db_path, isolation_level=None, timeout=5)
+    holder.execute("BEGIN IMMEDIATE")
+
+    async def release_sqlite() -> None:
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")
+
+    try:
+        yield release_sqlite
+    finally:
+        await release_sqlite()
+        holder.close()
+
+
+async def release_after(release: Callable[[], Awaitable[None]], delay_s: float) -> None:
+    await asyncio.sleep(delay_s)
+    await release()
 
 
 async def first_outcome(running: Running, rcpt: str, timeout: float = 5.0) -> list:
@@ -73,7 +115,7 @@ async def first_outcome(running: Running, rcpt: str, timeout: float = 5.0) -> li
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
-        found = outcomes(running, rcpt)
+        found = await outcomes(running, rcpt)
         if found or loop.time() > deadline:
             return found[:1]
         await asyncio.sleep(0.05)
@@ -98,7 +140,7 @@ async def test_lease_is_renewed_while_a_slow_site_holds_the_message_so_it_is_sen
     assert mx.attempts[rcpt] == 1
     assert len(mx.to(rcpt)) == 1
     assert mx.connections == 1
-    assert [e["event"] for e in outcomes(running, rcpt)] == ["delivered"]
+    assert [e["event"] for e in await outcomes(running, rcpt)] == ["delivered"]
 
 
 # -- 2. one failed connection is not an unreachable site ------------------------------------------
@@ -119,7 +161,7 @@ async def test_a_refused_connection_beside_an_open_one_fails_only_its_own_messag
     assert sorted(e["recipient"] for e in delivered) == sorted(first + rest)
     assert sorted(m.rcpt_to for m in mx.messages) == sorted(first + rest)  # each once
     assert mx.refused >= 1
-    failed = storeview.events(running.server.config.db_path, "failed")
+    failed = await storeview.events(running.services.store, "failed")
     assert all(e["severity"] == "temporary" for e in failed)
     assert len(failed) <= mx.refused, [e["recipient"] for e in failed]
 
@@ -136,7 +178,7 @@ async def test_a_refused_connection_among_several_opening_does_not_mark_the_site
     assert sorted(e["recipient"] for e in delivered) == sorted(recipients)
     assert sorted(m.rcpt_to for m in mx.messages) == sorted(recipients)  # each once
     assert mx.refused >= 1  # the server did refuse some connection
-    failed = storeview.events(running.server.config.db_path, "failed")
+    failed = await storeview.events(running.services.store, "failed")
     assert all(e["severity"] == "temporary" for e in failed)
     # each refused connection costs at most the one message it was opened for, not the
     # whole site's waiting mail
@@ -178,7 +220,7 @@ async def test_failed_tls_handshake_is_a_temporary_4_7_5_failure_when_tls_is_req
     assert status["enhanced-code"] == "4.7.5"
     assert status["tls"] is False
     assert "retry-seconds" in status
-    assert state_of(running, message_id, rcpt) == "queued"
+    assert await state_of(running, message_id, rcpt) == "queued"
     await asyncio.sleep(0.2)
     assert mx.messages == []
     assert mx.attempts[rcpt] == 0  # not even a RCPT in plain text
@@ -218,7 +260,7 @@ async def test_refused_envelope_sender_fails_the_message_without_suppressing_the
     assert status["code"] == 553
     assert status["enhanced-code"] == "5.1.8"
     assert "Sender address rejected" in status["message"]
-    assert state_of(running, message_id, rcpt) == "failed"
+    assert await state_of(running, message_id, rcpt) == "failed"
     assert mx.attempts[rcpt] == 0  # refused at MAIL FROM, before any RCPT
     code, body = await bounce_entry(running, rcpt)
     assert code == 404, body
@@ -250,7 +292,7 @@ async def test_421_in_answer_to_ehlo_pauses_the_site_as_a_throttle_not_as_unreac
     second_id = await send(running, second)
     await asyncio.sleep(0.5)
     assert await wait_events(running, "failed", second, timeout=0) == []
-    assert state_of(running, second_id, second) == "queued"
+    assert await state_of(running, second_id, second) == "queued"
     assert mx.connections == 1
 
 
@@ -276,7 +318,7 @@ async def test_accept_refuses_a_recipient_domain_dns_cannot_carry(
         body = await resp.json()
         assert resp.status == 400, body
     assert body["message"] == "to parameter is not a valid address. please check documentation"
-    counts = storeview.counts(running.server.config.db_path)
+    counts = await storeview.counts(running.services.store)
     assert counts["messages"] == 0 and counts["recipients"] == 0
 
 
@@ -386,12 +428,11 @@ async def test_captured_mail_from_is_a_genuine_return_path_for_its_recipient_row
     await send(running, [alice, bob])
     got = {m.rcpt_to: m for m in await mx.wait_for(2)}
 
-    with storeview.connect(running.server.config.db_path) as conn:
-        secret = bytes(conn.execute(
-            "SELECT value FROM server_secrets WHERE name = 'return_path'"
-        ).fetchone()[0])
-    paths = ReturnPaths(secret)
-    rows = {r["address"]: r for r in recipient_rows(running)}
+    store = running.services.store
+    secret = await store.fetchone("SELECT value FROM server_secrets WHERE name = 'return_path'")
+    assert secret is not None
+    paths = ReturnPaths(bytes(secret["value"]))
+    rows = {r["address"]: r for r in await recipient_rows(store)}
     for rcpt in (alice, bob):
         claim = ReturnPaths.parse(got[rcpt].mail_from)
         assert claim is not None, got[rcpt].mail_from
@@ -414,19 +455,18 @@ async def test_purge_removes_finished_messages_and_keeps_queued_ones(
     done_id = await send(running, done)
     later_id = await send(running, later, ("o:deliverytime", str(int(time.time()) + 3600)))
     await wait_events(running, "delivered", done)
-    assert state_of(running, done_id, done) == "delivered"
+    assert await state_of(running, done_id, done) == "delivered"
 
     assert running.server.outbound is not None and running.server.outbound.scheduler
     await running.server.outbound.scheduler.purge_finished()
 
-    db = running.server.config.db_path
-    assert storeview.recipients(db, done_id) == []
-    [row] = storeview.recipients(db, later_id)
+    store = running.services.store
+    assert await storeview.recipients(store, done_id) == []
+    [row] = await storeview.recipients(store, later_id)
     assert row["address"] == later and row["state"] == "queued"
-    with storeview.connect(db) as conn:
-        kept = [r[0] for r in conn.execute("SELECT message_id FROM messages").fetchall()]
+    kept = [r["message_id"] for r in await store.fetchall("SELECT message_id FROM messages")]
     assert kept == [later_id]
-    assert len(storeview.events(db, "delivered")) == 1  # events are kept on their own terms
+    assert len(await storeview.events(store, "delivered")) == 1  # events are kept on their own terms
 
 
 # -- 10. stop -----------------------------------------------------------------------------------------
@@ -442,10 +482,10 @@ async def test_stop_during_deliveries_leaves_every_recipient_delivered_with_its_
     await mx.wait_for(3)
     await running.server.stop()  # while the connections are sending
 
-    db = running.server.config.db_path
-    rows = {r["address"]: r["state"] for r in recipient_rows(running)}
+    async with storeview.reopened(running.services.config) as store:
+        rows = {r["address"]: r["state"] for r in await recipient_rows(store)}
+        delivered = [e["recipient"] for e in await storeview.events(store, "delivered")]
     assert sorted(rows) == sorted(recipients)
-    delivered = [e["recipient"] for e in storeview.events(db, "delivered")]
     assert len(delivered) == len(set(delivered))
     for rcpt, state in rows.items():
         assert state in ("delivered", "queued"), (rcpt, state)
@@ -470,26 +510,19 @@ async def test_stop_past_the_grace_while_the_store_stalls_still_records_what_the
     await send(running, recipients)
     await mx.wait_for(1)
 
-    db = running.server.config.db_path
     # another writer holds the database: outcome writes wait (the store's busy timeout is
-    # 10 s), and each connection is left waiting for its previous outcome to commit
-    holder = sqlite3.connect(db, isolation_level=None, timeout=5)
+    # 10 s, PostgreSQL's lock wait), and each connection is left waiting for its previous
+    # outcome to commit
+    async with writes_held(running.services.config) as release:
+        release_later = asyncio.create_task(release_after(release, 0.75))
+        try:
+            await asyncio.sleep(0.35)  # each connection sends one more message meanwhile
+            await running.server.stop()  # cancels the connections after 0.1 s, then waits
+        finally:
+            release_later.cancel()
 
-    def release() -> None:
-        if holder.in_transaction:
-            holder.execute("ROLLBACK")
-
-    release_later = asyncio.get_running_loop().call_later(0.75, release)
-    try:
-        holder.execute("BEGIN IMMEDIATE")
-        await asyncio.sleep(0.35)  # each connection sends one more message meanwhile
-        await running.server.stop()  # cancels the connections after 0.1 s, then waits
-    finally:
-        release_later.cancel()
-        release()
-        holder.close()
-
-    rows = {r["address"]: r["state"] for r in recipient_rows(running)}
+    async with storeview.reopened(running.services.config) as store:
+        rows = {r["address"]: r["state"] for r in await recipient_rows(store)}
     received = [m.rcpt_to for m in mx.messages]
     received_but_queued = [r for r in received if rows[r] == "queued"]
     assert received_but_queued == [], f"{len(received_but_queued)} received but still queued"

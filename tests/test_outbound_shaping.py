@@ -65,10 +65,10 @@ async def send(running: Running, recipients: list[str]) -> str:
 
 
 async def events_of(running: Running, kind: str, count: int = 1, timeout: float = 10) -> list:
-    db = running.server.config.db_path
+    store = running.services.store
     deadline = time.monotonic() + timeout
     while True:
-        found = storeview.events(db, kind)
+        found = await storeview.events(store, kind)
         if len(found) >= count or time.monotonic() > deadline:
             return found
         await asyncio.sleep(0.05)
@@ -194,7 +194,7 @@ async def test_a_throttling_site_is_paused_alone_and_resumes(
         start_server, tmp_path, THROTTLE_SHAPING, {TOUCHY: touchy, FAST: other},
         outbound__retry_intervals_s=[600],
     )
-    db = running.server.config.db_path
+    store = running.services.store
     started = time.time()
     t0 = time.monotonic()
     await send(running, [f"throttle@{TOUCHY}"])
@@ -215,7 +215,7 @@ async def test_a_throttling_site_is_paused_alone_and_resumes(
     assert max(m.at for m in other.messages) < t0 + 2.0
     deadline = time.monotonic() + 1.5
     while True:  # deferred (due when the pause ends), not leased for a delivery run
-        rows = storeview.recipients(db, paused_id)
+        rows = await storeview.recipients(store, paused_id)
         if all(r["due_at"] < time.time() + 10 for r in rows) or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.05)

@@ -64,14 +64,14 @@ async def test_one_dsn_sent_to_many_bounce_addresses_cannot_try_many_tags(
     # the genuine tag comes after the report's guesses are spent: it is not even checked
     code = await send_mx_to(running, [*guesses, genuine], dsn(genuine, rcpt))
     assert code == 550  # nothing took the report
-    db = running.server.config.db_path
-    assert [e for e in storeview.events(db, "failed") if e["recipient"] == rcpt] == []
+    store = running.services.store
+    assert [e for e in await storeview.events(store, "failed") if e["recipient"] == rcpt] == []
     async with running.session() as api, api.get(f"/v3/{DOMAIN}/bounces/{rcpt}") as resp:
         assert resp.status == 404
 
     # the same report sent to its own return path alone is taken
     assert await send_mx_to(running, [genuine], dsn(genuine, rcpt)) == 250
-    assert len([e for e in storeview.events(db, "failed") if e["recipient"] == rcpt]) == 1
+    assert len([e for e in await storeview.events(store, "failed") if e["recipient"] == rcpt]) == 1
 
 
 async def test_a_dsn_with_fewer_wrong_tags_than_the_limit_still_reaches_its_recipient(
@@ -82,5 +82,5 @@ async def test_a_dsn_with_fewer_wrong_tags_than_the_limit_still_reaches_its_reci
     genuine = await sent_to(running, mx, rcpt)
     guesses = wrong_tags(genuine, MAX_GUESSES - 1)
     assert await send_mx_to(running, [*guesses, genuine], dsn(genuine, rcpt)) == 250
-    db = running.server.config.db_path
-    assert len([e for e in storeview.events(db, "failed") if e["recipient"] == rcpt]) == 1
+    store = running.services.store
+    assert len([e for e in await storeview.events(store, "failed") if e["recipient"] == rcpt]) == 1

@@ -8,10 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import sqlite3
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -32,8 +29,7 @@ from mta.inbound.expressions import (
     timed_match,
 )
 from mta.inbound.routes import Action, MatchingTime, Routes, RoutesOutOfTime
-from mta.store import Statement
-from mta.store.sqlite import SqliteStore as Store
+from mta.store import Statement, Store, open_store
 from tests.conftest import DOMAIN, Running
 
 RFC2822_GMT = re.compile(r"[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT")
@@ -283,18 +279,23 @@ async def test_a_sending_key_cannot_reach_the_routes_api(running: Running):
 
 
 async def test_routes_written_by_another_process_are_seen(running: Running, api):
-    db = running.services.config.db_path
-    conn = sqlite3.connect(db)
-    with conn:
-        conn.execute(
+    other = await open_store(running.services.config)  # the CLI's or another node's store
+    try:
+        await other.write(Statement(
             "INSERT INTO routes (id, priority, description, expression, actions, created_at)"
             " VALUES (?, 3, 'cli', 'catch_all()', ?, ?)",
-            ("ab" * 12, orjson.dumps(["store()"]), time.time()),
-        )
-    conn.close()
-    await asyncio.sleep(0.06)  # admin_version is re-read at least every 50 ms
-    status, body = await call(api, "GET", "/v3/routes")
-    assert status == 200 and [r["id"] for r in body["items"]] == ["ab" * 12]
+            [("ab" * 12, orjson.dumps(["store()"]), time.time())],
+        ))
+    finally:
+        await other.close()
+    deadline = time.monotonic() + 2  # re-read every 50 ms (SQLite), pushed by NOTIFY (PostgreSQL)
+    while True:
+        status, body = await call(api, "GET", "/v3/routes")
+        assert status == 200
+        if [r["id"] for r in body["items"]] == ["ab" * 12] or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.02)
+    assert [r["id"] for r in body["items"]] == ["ab" * 12]
 
 
 # -- the parser -----------------------------------------------------------------------------------
@@ -402,13 +403,6 @@ def test_forward_takes_urls_and_addresses_separated_by_commas_and_store_a_notify
 
 
 # -- evaluation -----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = await Store.open(tmp_path / "routes.db")
-    yield store
-    await store.close()
 
 
 @pytest.fixture

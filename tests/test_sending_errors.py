@@ -30,11 +30,11 @@ async def post(
 
 
 async def assert_refused(running: Running, api, data, status: int, message: str) -> None:
-    before = storeview.counts(running.services.config.db_path)
+    before = await storeview.counts(running.services.store)
     got_status, text = await post(api, data)
     assert got_status == status, text
     assert resp_message(text) == message
-    after = storeview.counts(running.services.config.db_path)
+    after = await storeview.counts(running.services.store)
     assert (after["messages"], after["recipients"]) == (before["messages"], before["recipients"])
     # and the next, well-formed send still goes through
     ok_status, _ = await post(api, GOOD)
@@ -48,7 +48,7 @@ def resp_message(text: str) -> str:
 
 
 async def test_wrong_or_missing_api_key_is_401_forbidden_and_stores_nothing(running: Running):
-    db = running.services.config.db_path
+    store = running.services.store
     for headers in (
         {},
         auth_header("key-wrong"),
@@ -61,7 +61,7 @@ async def test_wrong_or_missing_api_key_is_401_forbidden_and_stores_nothing(runn
         ):
             assert resp.status == 401
             assert await resp.text() == "Forbidden"
-    assert storeview.counts(db)["messages"] == 0
+    assert (await storeview.counts(store))["messages"] == 0
 
 
 async def test_unknown_domain_is_404_domain_not_found(running: Running, api):
@@ -143,7 +143,7 @@ async def test_exactly_1000_recipients_is_accepted(running: Running, api):
     data += [("to", f"r{n}@example.net") for n in range(1000)]
     status, _ = await post(api, data)
     assert status == 200
-    assert storeview.counts(running.services.config.db_path)["recipients"] == 1000
+    assert (await storeview.counts(running.services.store))["recipients"] == 1000
 
 
 async def test_more_than_three_tags_is_refused(running: Running, api):
@@ -161,7 +161,7 @@ async def test_tags_are_ascii_only_and_case_insensitive(running: Running, api):
     data = [*list(GOOD.items()), ("o:tag", "Größe"), ("o:tag", "☃☃"), ("o:tag", "NEWS")]
     status, _ = await post(api, data)
     assert status == 200
-    (event,) = storeview.events(running.services.config.db_path, "accepted")
+    (event,) = await storeview.events(running.services.store, "accepted")
     assert event["tags"] == ["gre", "news"]
 
 
@@ -195,15 +195,15 @@ async def test_unsupported_content_type_is_400(running: Running, api):
 async def test_message_over_25_mb_is_413_and_not_stored(running: Running, api):
     form = aiohttp.FormData(GOOD)
     form.add_field("attachment", b"\0" * (19 * 1024 * 1024), filename="big.bin")  # 25.3 MB base64
-    before = storeview.counts(running.services.config.db_path)
+    before = await storeview.counts(running.services.store)
     status, text = await post(api, form)
     assert status == 413
     assert resp_message(text) == "Message size exceeds the 25 MB limit"
-    assert storeview.counts(running.services.config.db_path) == before | {
+    assert await storeview.counts(running.services.store) == before | {
         "events": before["events"] + 1  # the rejected event
     }
     assert (
-        storeview.events(running.services.config.db_path, "rejected")[-1]["reject"]["description"]
+        (await storeview.events(running.services.store, "rejected"))[-1]["reject"]["description"]
         == "Message size exceeds the 25 MB limit"
     )
 
@@ -218,14 +218,14 @@ async def test_request_over_the_size_limit_is_413_while_others_are_served(start_
     assert big_status == 413
     assert resp_message(big_text) == "request size exceeds 2.0MiB limit"
     assert [s for s, _ in small] == [200] * 20
-    assert storeview.counts(running.services.config.db_path)["messages"] == 20
+    assert (await storeview.counts(running.services.store))["messages"] == 20
 
 
 async def test_refusal_with_sender_and_recipient_leaves_a_rejected_event(running: Running, api):
     data = list(GOOD.items()) + [("o:tag", t) for t in ("a", "b", "c", "d")]
     status, _ = await post(api, data)
     assert status == 400
-    (event,) = storeview.events(running.services.config.db_path, "rejected")
+    (event,) = await storeview.events(running.services.store, "rejected")
     assert "recipient" not in event
     assert event["reject"]["description"] == "Too many tags, max is 3 per message"
     assert event["log-level"] == "warn"

@@ -27,8 +27,9 @@ import pytest_asyncio
 
 from mta.app import Server
 from mta.smtp.data import BARE_CR, BARE_LF, NUL
+from mta.store import Store
 from tests import storeview
-from tests.conftest import DOMAIN, Running, make_config
+from tests.conftest import DOMAIN, Running, make_config, url_for
 from tests.smtp_clients import LOGIN, PASSWORD, Raw, queued_id
 from tests.test_inbound import add_route
 
@@ -73,11 +74,11 @@ def refusal(kind: str, mode: str) -> str | None:
 # -- two servers for the module ----------------------------------------------------------------
 
 
-async def start(directory: Path, tls: tuple[str, str], bare_lf: str) -> Running:
+async def start(directory: Path, tls: tuple[str, str], bare_lf: str, store_url: str) -> Running:
     """A server with the login alice@mg.example.test, a second hosted domain, and MX routes
     that keep everything: a message carrying our verdict headers would match a trusted route
     (its id shows in the accepted event), anything else the catch-all."""
-    server = Server(make_config(directory, tls, smtp__bare_lf=bare_lf))
+    server = Server(make_config(directory, tls, smtp__bare_lf=bare_lf, store__url=store_url))
     await server.start()
     services = server.services
     assert services is not None
@@ -94,9 +95,13 @@ async def start(directory: Path, tls: tuple[str, str], bare_lf: str) -> Running:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def servers(
-    tmp_path_factory: pytest.TempPathFactory, tls_pair: tuple[str, str]
+    tmp_path_factory: pytest.TempPathFactory, tls_pair: tuple[str, str],
+    request: pytest.FixtureRequest, module_engine: str,
 ) -> AsyncIterator[dict[str, Running]]:
-    started = {mode: await start(tmp_path_factory.mktemp(mode), tls_pair, mode) for mode in MODES}
+    started = {}
+    for mode in MODES:
+        url = url_for(request, module_engine)
+        started[mode] = await start(tmp_path_factory.mktemp(mode), tls_pair, mode, url)
     yield started
     for running in started.values():
         await running.server.stop()
@@ -126,8 +131,8 @@ class Client:
     recipient: str
 
     @property
-    def db(self) -> Path:
-        return self.running.services.config.db_path
+    def store(self) -> Store:
+        return self.running.services.store
 
     async def transaction(self) -> None:
         assert await self.raw.command(f"MAIL FROM:<{self.sender}>") == ["250 2.1.0 OK"]
@@ -153,18 +158,19 @@ class Client:
         the route's store() keeps on the MX."""
         recipient = recipient or self.recipient
         if self.listener == "submission":
-            [row] = storeview.recipients(self.db, queued_id(reply))
+            [row] = await storeview.recipients(self.store, queued_id(reply))
             assert row["address"] == recipient
             return bytes(row["mime"])
         assert reply == "250 2.0.0 OK"
-        [accepted] = self.accepted(recipient)
+        [accepted] = await self.accepted(recipient)
         copy = await self.running.services.inbound.stored(DOMAIN, accepted["storage"]["key"])
         assert copy is not None
         return bytes(copy.mime)
 
-    def accepted(self, recipient: str = "") -> list[dict[str, Any]]:
+    async def accepted(self, recipient: str = "") -> list[dict[str, Any]]:
         recipient = recipient or self.recipient
-        return [e for e in storeview.events(self.db, "accepted") if e["recipient"] == recipient]
+        accepted = await storeview.events(self.store, "accepted")
+        return [e for e in accepted if e["recipient"] == recipient]
 
 
 async def connect(running: Running, listener: str, opened: list[Raw]) -> Client:
@@ -183,9 +189,9 @@ async def connect(running: Running, listener: str, opened: list[Raw]) -> Client:
     return Client(raw, listener, running, STRANGER, f"info-{tag}@{DOMAIN}")
 
 
-def kept(db: Path) -> dict[str, int]:
+async def kept(store: Store) -> dict[str, int]:
     """What holds accepted mail: queued messages and recipients, MX-stored messages."""
-    counts = storeview.counts(db)
+    counts = await storeview.counts(store)
     return {table: counts[table] for table in ("messages", "recipients", "inbound")}
 
 
@@ -226,23 +232,23 @@ async def test_an_end_of_data_look_alike_cannot_smuggle_a_second_transaction(
         f"From: CEO <ceo@{OTHER}>\r\nTo: <{smuggled_rcpt}>\r\nSubject: smuggled\r\n\r\n"
         "Pay the invoice."
     ).encode()
-    before = kept(client.db)
+    before = await kept(client.store)
     await client.transaction()
     client.raw.send(client.message(body=b"Hi." + look.bytes + smuggled + b"\r\n.\r\n"))
     reply = await client.raw.reply()
     expected = refusal(look.kind, mode)
     if expected is not None:
         assert reply == [expected]
-        assert added(before, kept(client.db)) == NOTHING
+        assert added(before, await kept(client.store)) == NOTHING
     else:
         assert reply[0].startswith("250 2.0.0 OK"), reply
-        assert added(before, kept(client.db)) == one_message(client.listener)
+        assert added(before, await kept(client.store)) == one_message(client.listener)
         stored = await client.stored(reply[0])
         # the look-alike ended a line, not the message: the smuggled transaction is body text
         assert body_of(stored) == b"Hi.\r\n\r\n" + smuggled + b"\r\n"
         assert crlf_only(stored) and b"\r\n.\r\n" not in stored
     await client.goes_on()
-    assert not [e for e in storeview.events(client.db) if e.get("recipient") == smuggled_rcpt]
+    assert not [e for e in await storeview.events(client.store) if e.get("recipient") == smuggled_rcpt]
 
 
 # -- bare LF: normalised, or refused -------------------------------------------------------------
@@ -271,15 +277,15 @@ async def test_a_bare_lf_message_is_refused_with_550_when_rejecting_and_the_sess
     servers: dict[str, Running], opened: list[Raw], listener: str
 ):
     client = await connect(servers["reject"], listener, opened)
-    before = kept(client.db)
+    before = await kept(client.store)
     await client.transaction()
     client.raw.send(client.message(body=b"one\ntwo\r\n") + b".\r\n")
     assert await client.raw.reply() == [BARE_LF]
-    assert added(before, kept(client.db)) == NOTHING
+    assert added(before, await kept(client.store)) == NOTHING
     await client.transaction()
     reply = (await client.raw.data(client.message()))[0]
     assert reply.startswith("250 2.0.0 OK"), reply
-    assert added(before, kept(client.db)) == one_message(listener)
+    assert added(before, await kept(client.store)) == one_message(listener)
     await client.goes_on()
 
 
@@ -294,7 +300,7 @@ async def test_a_login_cannot_smuggle_another_hosted_domains_from_with_a_line_en
     servers: dict[str, Running], opened: list[Raw], mode: str, trick: str
 ):
     client = await connect(servers[mode], "submission", opened)
-    before = kept(client.db)
+    before = await kept(client.store)
     await client.transaction()
     mime = (
         f"From: me <{LOGIN}>{HEADER_BREAKS[trick]}From: CEO <ceo@{OTHER}>\r\n"
@@ -310,8 +316,8 @@ async def test_a_login_cannot_smuggle_another_hosted_domains_from_with_a_line_en
         assert reply == ["550 5.6.0 'message' has more than one From header"]
     else:  # one From whose value holds both addresses: every address is checked
         assert reply[0].startswith(f"550 5.7.1 Sender ceo@{OTHER} is on {OTHER}"), reply
-    assert added(before, kept(client.db)) == NOTHING
-    assert not client.accepted()
+    assert added(before, await kept(client.store)) == NOTHING
+    assert not await client.accepted()
     await client.goes_on()
 
 
@@ -321,7 +327,7 @@ async def test_a_stranger_cannot_smuggle_our_verdict_headers_past_the_strip_with
     servers: dict[str, Running], opened: list[Raw], mode: str, trick: str
 ):
     client = await connect(servers[mode], "mx", opened)
-    before = kept(client.db)
+    before = await kept(client.store)
     await client.transaction()
     brk = HEADER_BREAKS[trick]
     forged = f"X-Mailgun-Spf: Pass{brk}X-Mailgun-Sflag: No{brk}x-mailgun-sscore: -100\r\n"
@@ -334,14 +340,14 @@ async def test_a_stranger_cannot_smuggle_our_verdict_headers_past_the_strip_with
     expected = refusal("cr" if trick == "bare CR" else "lf", mode)
     if expected is not None:
         assert reply == [expected]
-        assert added(before, kept(client.db)) == NOTHING
+        assert added(before, await kept(client.store)) == NOTHING
         await client.goes_on()
         return
     # normalised: the forged lines became header fields, and were dropped as a stranger's
     # copies of ours before routing and storing
     assert reply == ["250 2.0.0 OK"]
-    assert added(before, kept(client.db)) == one_message("mx")
-    [accepted] = client.accepted()
+    assert added(before, await kept(client.store)) == one_message("mx")
+    [accepted] = await client.accepted()
     assert [r["expression"] for r in accepted["routes"]] == ["catch_all()"]
     stored = await client.stored(reply[0])
     assert crlf_only(stored)
@@ -360,14 +366,14 @@ async def test_quit_pipelined_after_the_final_dot_is_answered_after_the_250(
     servers: dict[str, Running], opened: list[Raw], listener: str
 ):
     client = await connect(servers["normalise"], listener, opened)
-    before = kept(client.db)
+    before = await kept(client.store)
     await client.transaction()
     client.raw.send(client.message() + b".\r\nQUIT\r\n")
     reply = await client.raw.reply()
     assert reply[0].startswith("250 2.0.0 OK"), reply
     assert await client.raw.reply() == ["221 2.0.0 Bye"]
     assert await client.raw.closed()
-    assert added(before, kept(client.db)) == one_message(listener)
+    assert added(before, await kept(client.store)) == one_message(listener)
     assert body_of(await client.stored(reply[0])) == b"Hi.\r\n"
 
 
@@ -378,7 +384,7 @@ async def test_a_second_transaction_pipelined_after_the_final_dot_is_a_message_o
 ):
     client = await connect(servers["normalise"], listener, opened)
     second_rcpt = client.recipient.replace("-", "-second-", 1)
-    before = kept(client.db)
+    before = await kept(client.store)
     await client.transaction()
     first = client.message(body=b"First.\r\n")
     second = client.message(body=b"Second.\r\n", to=second_rcpt)
@@ -396,7 +402,7 @@ async def test_a_second_transaction_pipelined_after_the_final_dot_is_a_message_o
     assert replies[4][0].startswith("250 2.0.0 OK"), replies
     assert replies[5] == ["221 2.0.0 Bye"]
     assert await client.raw.closed()
-    added_rows = added(before, kept(client.db))
+    added_rows = added(before, await kept(client.store))
     assert added_rows == {table: 2 * n for table, n in one_message(listener).items()}
     assert body_of(await client.stored(replies[0][0])) == b"First.\r\n"
     assert body_of(await client.stored(replies[4][0], second_rcpt)) == b"Second.\r\n"
@@ -437,7 +443,7 @@ async def test_a_final_dot_split_across_writes_still_ends_the_message_once(
 ):
     running = servers["normalise"]
     client = await connect(running, listener, opened)
-    before = kept(client.db)
+    before = await kept(client.store)
     await client.transaction()
     data = client.message(body=b"Hi.") + END
     cut = len(data) - len(END) + split
@@ -446,6 +452,6 @@ async def test_a_final_dot_split_across_writes_still_ends_the_message_once(
     client.raw.send(data[cut:])
     reply = await client.raw.reply()
     assert reply[0].startswith("250 2.0.0 OK"), reply
-    assert added(before, kept(client.db)) == one_message(listener)
+    assert added(before, await kept(client.store)) == one_message(listener)
     assert body_of(await client.stored(reply[0])) == b"Hi.\r\n"
     await client.goes_on()

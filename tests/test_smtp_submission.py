@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import email.utils
 import gc
 import logging
@@ -15,12 +14,12 @@ import shutil
 import smtplib
 import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
 import aiosmtplib
 import pytest
 
+from mta.store import Store
 from tests import storeview
 from tests.conftest import DOMAIN, Running
 from tests.smtp_clients import (
@@ -62,15 +61,15 @@ EHLO_WITH_TLS = [
 needs_swaks = pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is not installed")
 
 
-def db_of(running: Running) -> Path:
-    return running.services.config.db_path
+def store_of(running: Running) -> Store:
+    return running.services.store
 
 
-def domains_of_rows(running: Running) -> tuple[set[str], set[str]]:
+async def domains_of_rows(running: Running) -> tuple[set[str], set[str]]:
     """The domains the stored messages and events are attributed to."""
-    with contextlib.closing(storeview.connect(db_of(running))) as conn:
-        messages = {r[0] for r in conn.execute("SELECT domain FROM messages")}
-        events = {r[0] for r in conn.execute("SELECT domain FROM events")}
+    store = store_of(running)
+    messages = {r["domain"] for r in await store.fetchall("SELECT domain FROM messages")}
+    events = {r["domain"] for r in await store.fetchall("SELECT domain FROM events")}
     return messages, events
 
 
@@ -95,7 +94,7 @@ async def test_aiosmtplib_sends_after_starttls_and_auth(mail: Running, clients, 
     reply = await client.auth_plain(LOGIN, PASSWORD)
     assert (reply.code, reply.message) == (235, "2.7.0 Authentication successful")
     message_id = queued_id(await submit(client, message()))
-    assert storeview.recipients(db_of(mail), message_id)[0]["address"] == "bob@example.net"
+    assert (await storeview.recipients(store_of(mail), message_id))[0]["address"] == "bob@example.net"
 
 
 async def test_implicit_tls_port_offers_auth_right_away_and_no_starttls(mail: Running, clients):
@@ -105,7 +104,7 @@ async def test_implicit_tls_port_offers_auth_right_away_and_no_starttls(mail: Ru
     assert await raw.command("STARTTLS") == ["454 4.7.0 TLS not available"]
     client = await clients.smtp(mail, "submission_tls")
     message_id = queued_id(await submit(client, message()))
-    assert storeview.recipients(db_of(mail), message_id)[0]["state"] == "queued"
+    assert (await storeview.recipients(store_of(mail), message_id))[0]["state"] == "queued"
 
 
 async def test_status_replies_carry_enhanced_codes_but_ehlo_and_helo_lines_do_not(
@@ -215,18 +214,18 @@ async def test_submitted_message_is_stored_queued_and_accepted_for_the_logins_do
     )
     message_id = queued_id(reply)
     assert message_id.endswith(f"@{DOMAIN}")
-    db = db_of(mail)
-    rows = storeview.recipients(db, message_id)
+    store = store_of(mail)
+    rows = await storeview.recipients(store, message_id)
     assert [(r["address"], r["state"], r["sender"]) for r in rows] == [
         ("bob@example.net", "queued", LOGIN),
         ("carol@example.org", "queued", LOGIN),
     ]
-    stored = storeview.message_for(db, message_id, "carol@example.org")
+    stored = await storeview.message_for(store, message_id, "carol@example.org")
     assert stored["Message-Id"] == f"<{message_id}>"
     assert stored["Date"]
     assert stored["Subject"] == "Hello"
     assert stored.get_content() == "Hi Bob.\r\n"
-    accepted = storeview.events(db, "accepted")
+    accepted = await storeview.events(store, "accepted")
     assert [e["recipient"] for e in accepted] == ["bob@example.net", "carol@example.org"]
     for event in accepted:
         assert event["method"] == "smtp"
@@ -237,14 +236,14 @@ async def test_submitted_message_is_stored_queued_and_accepted_for_the_logins_do
         assert event["originating-ip"] == "127.0.0.1"
         assert event["message"]["headers"]["message-id"] == message_id
         assert event["message"]["headers"]["subject"] == "Hello"
-    assert domains_of_rows(mail) == ({DOMAIN}, {DOMAIN})
+    assert await domains_of_rows(mail) == ({DOMAIN}, {DOMAIN})
 
 
 async def test_message_id_of_the_message_itself_is_kept_and_answered(mail: Running, clients):
     client = await clients.smtp(mail)
     reply = await submit(client, message("Message-Id: <own.1@client.example>"))
     assert queued_id(reply) == "own.1@client.example"
-    stored = storeview.message_for(db_of(mail), "own.1@client.example", "bob@example.net")
+    stored = await storeview.message_for(store_of(mail), "own.1@client.example", "bob@example.net")
     assert stored["Message-Id"] == "<own.1@client.example>"
 
 
@@ -270,8 +269,8 @@ async def test_x_mailgun_headers_become_options_and_only_variables_stay(mail: Ru
     )
     client = await clients.smtp(mail)
     message_id = queued_id(await submit(client, mime))
-    db = db_of(mail)
-    options = storeview.options(db, message_id)
+    store = store_of(mail)
+    options = await storeview.options(store, message_id)
     assert options.pop("message")["headers"]["subject"] == "Hi %recipient.first%"
     assert options == {
         "tags": ["newsletter", "september"],
@@ -287,9 +286,9 @@ async def test_x_mailgun_headers_become_options_and_only_variables_stay(mail: Ru
         "user-variables": {"order": "123", "n": 2, "shop": "north"},
         "template": True,  # a batch send: stored once, personalised per recipient at delivery
     }
-    row = storeview.recipients(db, message_id)[0]
+    row = (await storeview.recipients(store, message_id))[0]
     assert row["due_at"] == deliver_at
-    stored = storeview.message_for(db, message_id, "bob@example.net")
+    stored = await storeview.message_for(store, message_id, "bob@example.net")
     assert [k for k in stored if k.lower().startswith("x-mailgun-")] == [
         "X-Mailgun-Variables", "X-Mailgun-Variables"
     ]
@@ -298,7 +297,7 @@ async def test_x_mailgun_headers_become_options_and_only_variables_stay(mail: Ru
     ]
     assert stored["X-Custom"] == "kept"
     assert stored["Subject"] == "Hi Bob"
-    event = storeview.events(db, "accepted")[0]
+    event = (await storeview.events(store, "accepted"))[0]
     assert event["tags"] == ["newsletter", "september"]
     assert event["campaigns"] == [{"id": "camp1", "name": "camp1"}]
     assert event["flags"]["is-test-mode"] is True
@@ -310,7 +309,7 @@ async def test_bad_control_header_value_is_refused_naming_it(mail: Running, clie
     client = await clients.smtp(mail)
     reply = await submit(client, message("X-Mailgun-Track: maybe"))
     assert reply == "550 5.6.0 X-Mailgun-Track must be yes or no, got 'maybe'"
-    assert storeview.counts(db_of(mail))["messages"] == 0
+    assert (await storeview.counts(store_of(mail)))["messages"] == 0
 
 
 async def test_batch_with_recipient_variables_header_personalises_each_copy(
@@ -330,14 +329,14 @@ async def test_batch_with_recipient_variables_header_personalises_each_copy(
     message_id = queued_id(
         await submit(client, mime, rcpts=("bob@example.net", "carol@example.org"))
     )
-    db = db_of(mail)
+    store = store_of(mail)
     for address, first, number in (("bob@example.net", "Bob", 1), ("carol@example.org", "Carol", 2)):
-        copy = storeview.message_for(db, message_id, address)
+        copy = await storeview.message_for(store, message_id, address)
         assert copy["To"] == address
         assert copy["Subject"] == f"Hey {first}"
         assert copy.get_content() == f"Hi {first}, your id is {number}.\r\n"
         assert "X-Mailgun-Recipient-Variables" not in copy
-    accepted = storeview.events(db, "accepted")
+    accepted = await storeview.events(store, "accepted")
     assert {e["recipient"]: e["message"]["headers"]["to"] for e in accepted} == {
         "bob@example.net": "bob@example.net", "carol@example.org": "carol@example.org"
     }
@@ -365,15 +364,15 @@ async def test_mailgun_variables_container_is_unwrapped_into_a_batch(mail: Runni
     message_id = queued_id(
         await submit(client, container, rcpts=("bob@example.net", "carol@example.org"))
     )
-    db = db_of(mail)
+    store = store_of(mail)
     for address, first in (("bob@example.net", "Bob"), ("carol@example.org", "Carol")):
-        copy = storeview.message_for(db, message_id, address)
+        copy = await storeview.message_for(store, message_id, address)
         assert copy.get_content_type() == "text/plain"
         assert copy["To"] == address
         assert copy["Subject"] == f"Hello {first}"
         assert copy.get_content() == f"Dear {first}\r\n"
         assert b"mailgun-variables" not in bytes(copy)
-    for row in storeview.recipients(db, message_id):  # cut out as it was, not refolded
+    for row in await storeview.recipients(store, message_id):  # cut out as it was, not refolded
         assert (references + "\r\n").encode() in row["mime"]
 
 
@@ -400,11 +399,11 @@ async def test_utf8_headers_and_addresses_are_accepted_and_stored_byte_exact(
     assert await raw.command("RCPT TO:<jürgen@example.net>") == ["250 2.1.5 OK"]
     assert await raw.command("DATA") == ["354 End data with <CR><LF>.<CR><LF>"]
     assert await raw.data(mime) == [f"250 2.0.0 OK: queued as <utf8.1@{DOMAIN}>"]
-    db = db_of(mail)
-    row = storeview.recipients(db, f"utf8.1@{DOMAIN}")[0]
+    store = store_of(mail)
+    row = (await storeview.recipients(store, f"utf8.1@{DOMAIN}"))[0]
     assert row["address"] == "jürgen@example.net"
     assert row["mime"] == mime
-    headers = storeview.events(db, "accepted")[0]["message"]["headers"]
+    headers = (await storeview.events(store, "accepted"))[0]["message"]["headers"]
     assert headers["subject"] == "Grüße aus Köln ☕"
     assert headers["from"] == f"Zoë Müller <{LOGIN}>"
 
@@ -430,12 +429,12 @@ async def test_data_over_the_limit_is_refused_and_the_session_goes_on(mail_serve
     assert await raw.command("DATA") == ["354 End data with <CR><LF>.<CR><LF>"]
     big = message(body=("y" * 98 + "\r\n") * 1500)
     assert await raw.data(big) == ["552 5.3.4 Message size exceeds 100000 bytes"]
-    assert storeview.counts(db_of(running))["messages"] == 0
+    assert (await storeview.counts(store_of(running)))["messages"] == 0
     assert await raw.command(f"MAIL FROM:<{LOGIN}>") == ["250 2.1.0 OK"]
     assert await raw.command("RCPT TO:<bob@example.net>") == ["250 2.1.5 OK"]
     assert await raw.command("DATA") == ["354 End data with <CR><LF>.<CR><LF>"]
     queued_id((await raw.data(message()))[0])
-    assert storeview.counts(db_of(running))["messages"] == 1
+    assert (await storeview.counts(store_of(running)))["messages"] == 1
 
 
 async def test_message_that_outgrows_the_limit_with_added_headers_is_refused_with_552(
@@ -451,7 +450,7 @@ async def test_message_that_outgrows_the_limit_with_added_headers_is_refused_wit
     assert len(fits_only_without_added_headers) == 100_000
     reply = await submit(client, fits_only_without_added_headers)
     assert reply.startswith("552 5.3.4 "), reply
-    assert storeview.counts(db_of(running))["messages"] == 0
+    assert (await storeview.counts(store_of(running)))["messages"] == 0
 
 
 async def test_recipient_1001_is_refused_with_452_and_the_first_1000_get_the_message(
@@ -467,7 +466,7 @@ async def test_recipient_1001_is_refused_with_452_and_the_first_1000_get_the_mes
     assert replies[1000] == ["452 4.5.3 Too many recipients (at most 1000)"]
     assert await raw.command("DATA") == ["354 End data with <CR><LF>.<CR><LF>"]
     message_id = queued_id((await raw.data(message(to="undisclosed-recipients:;")))[0])
-    addresses = [r["address"] for r in storeview.recipients(db_of(mail), message_id)]
+    addresses = [r["address"] for r in await storeview.recipients(store_of(mail), message_id)]
     assert addresses == rcpts[:1000]
 
 
@@ -492,7 +491,7 @@ async def test_pipelined_commands_are_answered_in_order(mail: Running, clients):
     message_id = queued_id((await raw.reply())[0])
     assert await raw.reply() == ["221 2.0.0 Bye"]
     assert await raw.closed()
-    rows = storeview.recipients(db_of(mail), message_id)
+    rows = await storeview.recipients(store_of(mail), message_id)
     assert [r["address"] for r in rows] == ["bob@example.net", "carol@example.org"]
 
 
@@ -512,7 +511,7 @@ async def test_bad_addresses_are_refused_at_mail_and_rcpt_not_after_data(
     assert await raw.command("RCPT TO:<bob@example.net>") == ["250 2.1.5 OK"]
     assert await raw.command("DATA") == ["354 End data with <CR><LF>.<CR><LF>"]
     message_id = queued_id((await raw.data(message()))[0])
-    assert [r["address"] for r in storeview.recipients(db_of(mail), message_id)] == [
+    assert [r["address"] for r in await storeview.recipients(store_of(mail), message_id)] == [
         "bob@example.net"
     ]
 
@@ -526,7 +525,7 @@ async def test_null_sender_of_a_relayed_bounce_is_accepted(mail_server, clients)
     assert await raw.command("DATA") == ["354 End data with <CR><LF>.<CR><LF>"]
     bounce = message(sender=f"Mail Delivery System <MAILER-DAEMON@{DOMAIN}>")
     message_id = queued_id((await raw.data(bounce))[0])
-    (row,) = storeview.recipients(db_of(running), message_id)
+    (row,) = await storeview.recipients(store_of(running), message_id)
     assert row["state"] == "queued"
     assert row["sender"] == ""  # kept null, so the bounce cannot bounce again
 
@@ -557,14 +556,14 @@ async def test_sender_on_another_hosted_domain_is_refused_and_recorded(
         f"550 5.7.1 Sender ceo@{OTHER_DOMAIN} is on {OTHER_DOMAIN}; {LOGIN} may only send"
         f" for {DOMAIN}"
     )
-    db = db_of(mail)
-    assert storeview.counts(db)["messages"] == 0
-    [rejected] = storeview.events(db, "rejected")
+    store = store_of(mail)
+    assert (await storeview.counts(store))["messages"] == 0
+    [rejected] = await storeview.events(store, "rejected")
     assert rejected["reject"]["description"] == reply[len("550 5.7.1 "):]
     assert rejected["envelope"]["transport"] == "smtp"
     assert rejected["envelope"]["targets"] == "bob@example.net"
     assert rejected["message"]["headers"]["from"] == from_header  # read from the message
-    assert domains_of_rows(mail)[1] == {DOMAIN}
+    assert (await domains_of_rows(mail))[1] == {DOMAIN}
 
 
 async def test_foreign_sender_is_accepted_by_default_for_relayhost_cron_mail(
@@ -573,9 +572,9 @@ async def test_foreign_sender_is_accepted_by_default_for_relayhost_cron_mail(
     client = await clients.smtp(mail)
     cron = message(sender="Cron Daemon <root@cron.example.org>", subject="Cron <root@host> job")
     message_id = queued_id(await submit(client, cron, sender="root@cron.example.org"))
-    row = storeview.recipients(db_of(mail), message_id)[0]
+    row = (await storeview.recipients(store_of(mail), message_id))[0]
     assert row["sender"] == "root@cron.example.org"
-    assert domains_of_rows(mail)[0] == {DOMAIN}
+    assert (await domains_of_rows(mail))[0] == {DOMAIN}
 
 
 async def test_foreign_sender_is_refused_when_configured(mail_server, clients):
@@ -586,7 +585,7 @@ async def test_foreign_sender_is_refused_when_configured(mail_server, clients):
     assert reply == (
         f"550 5.7.1 Sender root@cron.example.org is not on {DOMAIN}, the domain of {LOGIN}"
     )
-    assert [e["event"] for e in storeview.events(db_of(running))] == ["rejected"]
+    assert [e["event"] for e in await storeview.events(store_of(running))] == ["rejected"]
 
 
 # -- protection --------------------------------------------------------------------------------
@@ -720,7 +719,7 @@ async def test_header_block_over_the_limit_is_refused_with_552(mail_server, clie
         "552 5.3.4 Message header exceeds 2000 bytes"
     )
     queued_id(await submit(client, message(*filler[:10])))
-    assert storeview.counts(db_of(running))["messages"] == 1
+    assert (await storeview.counts(store_of(running)))["messages"] == 1
 
 
 async def test_stop_says_421_to_idle_sessions_and_may_be_called_twice(mail: Running, clients):
@@ -751,7 +750,9 @@ async def test_stop_lets_a_message_being_committed_finish_with_250(mail: Running
     await mail.server.stop()
     assert await raw.reply() == [f"250 2.0.0 OK: queued as <big.1@{DOMAIN}>"]
     assert await raw.reply() == ["421 4.3.2 Server shutting down, try again later"]
-    assert storeview.recipients(db_of(mail), f"big.1@{DOMAIN}")[0]["mime"].endswith(big)
+    async with storeview.reopened(mail.services.config) as store:  # the server's is closed
+        [row] = await storeview.recipients(store, f"big.1@{DOMAIN}")
+    assert row["mime"].endswith(big)
 
 
 # -- other clients -----------------------------------------------------------------------------
@@ -768,7 +769,7 @@ async def test_smtplib_starttls_login_sendmail_is_stored(mail: Running):
     mime = message(f"Message-Id: <smtplib.1@{DOMAIN}>")
     refused = await asyncio.to_thread(smtplib_send, mail.server.smtp.port("submission"), mime)
     assert refused == {}
-    stored = storeview.message_for(db_of(mail), f"smtplib.1@{DOMAIN}", "carol@example.org")
+    stored = await storeview.message_for(store_of(mail), f"smtplib.1@{DOMAIN}", "carol@example.org")
     assert stored["Subject"] == "Hello"
     assert stored["From"] == f"Alice <{LOGIN}>"
 
@@ -799,11 +800,11 @@ async def test_swaks_submits_with_tls_and_auth(mail: Running, listener, tls, mec
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"<~  250 2.0.0 OK: queued as <{message_id}>" in result.stdout
-    db = db_of(mail)
-    stored = storeview.message_for(db, message_id, "bob@example.net")
+    store = store_of(mail)
+    stored = await storeview.message_for(store, message_id, "bob@example.net")
     assert stored["Subject"] == "from swaks"
     assert "X-Mailgun-Tag" not in stored
-    assert storeview.options(db, message_id)["tags"] == ["swaks"]
+    assert (await storeview.options(store, message_id))["tags"] == ["swaks"]
 
 
 @needs_swaks
@@ -814,7 +815,7 @@ async def test_swaks_gives_up_with_exit_28_on_a_wrong_password(mail: Running):
     )
     assert result.returncode == 28, result.stdout + result.stderr
     assert f"<~* {AUTH_BAD}" in result.stdout
-    assert storeview.counts(db_of(mail))["messages"] == 0
+    assert (await storeview.counts(store_of(mail)))["messages"] == 0
 
 
 async def test_closed_sessions_are_freed_without_waiting_for_the_garbage_collector(
@@ -857,6 +858,6 @@ async def test_mail_and_rcpt_paths_in_every_form_are_read_alike(mail: Running, c
     assert await raw.command(f"RCPT TO:{path}") == ["250 2.1.5 OK"]
     assert await raw.command("DATA") == ["354 End data with <CR><LF>.<CR><LF>"]
     message_id = queued_id((await raw.data(message()))[0])
-    (row,) = storeview.recipients(db_of(mail), message_id)
+    (row,) = await storeview.recipients(store_of(mail), message_id)
     assert row["address"] == stored
     assert row["sender"] == LOGIN

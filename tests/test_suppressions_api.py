@@ -7,8 +7,6 @@ from __future__ import annotations
 import email.utils
 import re
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -16,7 +14,7 @@ import pytest
 from yarl import URL
 
 from mta import suppressions
-from mta.store.sqlite import SqliteStore as Store
+from mta.store import Store
 from tests import storeview
 from tests.conftest import DOMAIN, Running
 
@@ -55,9 +53,8 @@ async def addresses(api: aiohttp.ClientSession, path: str) -> list[str]:
     return [item["address"] for item in (await get(api, f"{path}?limit=1000"))["items"]]
 
 
-def table_counts(running: Running) -> dict[str, int]:
-    with storeview.connect(running.services.config.db_path) as conn:
-        return {k: conn.execute(f"SELECT count(*) FROM {k}").fetchone()[0] for k in KINDS}
+async def table_counts(running: Running) -> dict[str, int]:
+    return {k: await storeview.count(running.services.store, k) for k in KINDS}
 
 
 # -- bounces --------------------------------------------------------------------------------------
@@ -166,7 +163,7 @@ async def test_json_array_of_more_than_1000_is_refused_and_nothing_is_added(
         400,
         {"message": "too many addresses: 1001 given, at most 1000 per request"},
     )
-    assert table_counts(running)[kind] == 0
+    assert (await table_counts(running))[kind] == 0
 
 
 @pytest.mark.parametrize(
@@ -201,7 +198,7 @@ async def test_malformed_json_body_is_refused_naming_the_problem_and_nothing_is_
     status, answer = await call(api, "POST", BOUNCES, data=body, headers=headers)
     assert status == 400
     assert answer["message"].startswith(message), answer
-    assert table_counts(running)["bounces"] == 0
+    assert (await table_counts(running))["bounces"] == 0
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -576,20 +573,13 @@ async def test_deleting_the_domain_deletes_its_suppressions(
         for kind in KINDS:
             await call(api, "POST", f"/v3/{domain}/{kind}", {"address": "x@example.net"})
     assert (await call(api, "DELETE", f"/v3/domains/{DOMAIN}"))[0] == 200
-    assert table_counts(running) == {"bounces": 1, "unsubscribes": 1, "complaints": 1}
+    assert await table_counts(running) == {"bounces": 1, "unsubscribes": 1, "complaints": 1}
     await running.services.domains.create(DOMAIN)
     for kind in KINDS:
         assert await addresses(api, f"/v3/{DOMAIN}/{kind}") == []
 
 
 # -- suppressed(): what the outbound scheduler asks -----------------------------------------------
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = await Store.open(tmp_path / "suppressions.db")
-    yield store
-    await store.close()
 
 
 async def unsubscribe(store: Store, address: str, *tags: str, domain: str = DOMAIN) -> None:
