@@ -1,4 +1,8 @@
-"""Builds every component in one event loop, runs them, and stops them in order."""
+"""Runs one node: starts the parts mta.services builds, in order, and stops them in reverse.
+
+Every node ticks its periodic work (purges); `periodic.claim` lets one node of the cluster run
+each job per period, so several nodes on one database do not all purge the same rows.
+"""
 
 from __future__ import annotations
 
@@ -6,67 +10,23 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
-from mta.accept import Acceptor
 from mta.api import build_app
-from mta.api.context import Services
-from mta.budget import ByteBudget
 from mta.config import Config, parse_listen
-from mta.credentials import Credentials, PasswordChecks
-from mta.dns import Resolver
-from mta.domains import Domains
 from mta.events import purge_expired
-from mta.inbound import Inbound
-from mta.inbound.reports import Reports
-from mta.inbound.routes import Routes
-from mta.inbound.verdicts import Verdicts
-from mta.keys import ApiKeys
 from mta.outbound import Outbound
-from mta.outbound.policy import load_classifier
-from mta.outbound.returnpath import ReturnPaths, load_secret
-from mta.smtp import SmtpListeners
-from mta.smtp.guard import Guard
-from mta.smtp.mx import MxHandler
-from mta.store import open_store
+from mta.services import Services, build_outbound, open_services, smtp_listeners
+from mta.smtp import SmtpListeners, guard
+from mta.store import periodic
 
 log = logging.getLogger("mta")
 
-PURGE_INTERVAL_S = 3600
-
-
-async def open_services(config: Config) -> Services:
-    store = await open_store(config)
-    try:
-        resolver = Resolver(config.dns)
-        domains = Domains(store, config, resolver)
-        acceptor = Acceptor(store, domains, config)
-        routes = Routes(store, config)
-        return_paths = ReturnPaths(await load_secret(store))
-        classifier = load_classifier(config.outbound.bounce_rules_file)
-        reports = Reports(store, return_paths, classifier)
-        return Services(
-            config=config,
-            store=store,
-            resolver=resolver,
-            domains=domains,
-            keys=ApiKeys(store),
-            credentials=Credentials(store, PasswordChecks(config.smtp)),
-            acceptor=acceptor,
-            routes=routes,
-            return_paths=return_paths,
-            classifier=classifier,
-            inbound=Inbound(
-                config, store, domains, routes, Verdicts(config, resolver), reports, acceptor,
-                resolver,
-            ),
-            accepting=ByteBudget(config.sending.max_accepting_bytes),
-        )
-    except BaseException:
-        await store.close()  # its threads would otherwise keep the process alive
-        raise
+PURGE_INTERVAL_S = 3600.0  # how often the cluster purges expired events and AUTH failures
+PERIODIC_CHECK_S = 60.0  # how often each node asks whether a periodic job is its turn
 
 
 @dataclass
@@ -79,7 +39,7 @@ class Server:
     api_port: int = 0
     smtp: SmtpListeners | None = None
     outbound: Outbound | None = None
-    _purger: asyncio.Task[None] | None = None
+    _periodic: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.services = await open_services(self.config)
@@ -91,58 +51,59 @@ class Server:
 
     async def _start_listeners(self) -> None:
         assert self.services is not None
+        services = self.services
         if self.config.outbound.enabled:  # built first: its policy files are checked here
-            services = self.services
-            self.outbound = Outbound(
-                self.config,
-                services.store,
-                services.domains,
-                services.resolver,
-                services.classifier,
-                services.return_paths,
-            )
+            self.outbound = build_outbound(services)
         host, port = parse_listen("api.listen", self.config.api.listen)
-        self.runner = web.AppRunner(build_app(self.services), access_log=None, handle_signals=False)
+        self.runner = web.AppRunner(build_app(services), access_log=None, handle_signals=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port, reuse_address=True)
         await site.start()
         self.api_port = self.runner.addresses[0][1]
-        services = self.services
-        mx = MxHandler(
-            services, Guard(self.config.smtp, self.config.smtp.mx_max_connections_per_ip),
-            services.inbound,
-        )
-        self.smtp = SmtpListeners(services, mx)
+        self.smtp = smtp_listeners(services)
         await self.smtp.start()
         await services.inbound.start()
         if self.outbound is not None:
             await self.outbound.start()
-        self._purger = asyncio.create_task(self._purge_loop(), name="events-purge")
-        if not any(k.revoked_at is None for k in await self.services.keys.list()):
+        self._periodic = asyncio.create_task(self._periodic_loop(), name="periodic")
+        if not any(k.revoked_at is None for k in await services.keys.list()):
             log.warning("no API keys yet: create one with `mta key create`")
-        if not await self.services.domains.all():
+        if not await services.domains.all():
             log.warning("no domains yet: add one with `mta domain add NAME`")
         log.info("HTTP API listening on %s:%d, store %s", host, self.api_port,
                  self.config.store_name)
 
-    async def _purge_loop(self) -> None:
+    def _periodic_jobs(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
         assert self.services is not None
+        store, config = self.services.store, self.config
+        return [
+            ("events-purge", lambda: purge_expired(store, config.events.retention_days)),
+            ("auth-purge", lambda: guard.purge(store, config.smtp)),
+        ]
+
+    async def _periodic_loop(self) -> None:
+        """Each job once per PURGE_INTERVAL_S across the cluster (at start too, if due)."""
+        assert self.services is not None
+        store = self.services.store
+        jobs = self._periodic_jobs()
         while True:
-            try:
-                await purge_expired(self.services.store, self.config.events.retention_days)
-            except Exception:
-                log.exception("events purge failed")
-            await asyncio.sleep(PURGE_INTERVAL_S)
+            for name, work in jobs:
+                try:
+                    if await periodic.claim(store, name, PURGE_INTERVAL_S):
+                        await work()
+                except Exception:
+                    log.exception("%s failed", name)
+            await asyncio.sleep(PERIODIC_CHECK_S)
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests and SMTP transactions finish (their commits
         too), close the store. Safe to call twice; the store is closed even if a step fails."""
         try:
-            if self._purger is not None:
-                self._purger.cancel()
+            if self._periodic is not None:
+                self._periodic.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await self._purger
-                self._purger = None
+                    await self._periodic
+                self._periodic = None
             if self.smtp is not None:
                 smtp, self.smtp = self.smtp, None
                 await smtp.stop()
@@ -164,8 +125,7 @@ class Server:
                 await runner.cleanup()
         finally:
             if self.services is not None:
-                self.services.credentials.checks.close()
-                await self.services.store.close()
+                await self.services.close()
 
 
 async def serve(config: Config) -> None:

@@ -17,11 +17,10 @@ import hashlib
 import hmac
 import logging
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mta.config import SmtpConfig
@@ -47,6 +46,9 @@ class Credential:
     login: str
     domain: str
     created_at: float
+    # the password it was checked with (a digest of the stored hash; empty when not checked):
+    # `still_valid` compares it, so a changed password or a deleted login ends open sessions
+    stamp: bytes = field(default=b"", repr=False, compare=False)
 
 
 def hash_password(password: str) -> str:
@@ -148,8 +150,8 @@ class Credentials:
 
     async def remembered(self, login: str, password: str) -> Credential | None:
         """The credential if this password was checked right before (an HMAC, no scrypt)."""
-        login, domain, _, mark = await self._lookup(login, password)
-        return Credential(login, domain, 0.0) if mark in self._verified else None
+        login, domain, stored, mark = await self._lookup(login, password)
+        return Credential(login, domain, 0.0, _stamp(stored)) if mark in self._verified else None
 
     async def check(self, login: str, password: str) -> Credential | None:
         """The credential if the password is right, by scrypt on `checks` (CheckRefused when
@@ -160,7 +162,17 @@ class Credentials:
         if len(self._verified) > 100_000:
             self._verified.clear()
         self._verified.add(mark)
-        return Credential(login, domain, 0.0)
+        return Credential(login, domain, 0.0, _stamp(stored))
+
+    async def still_valid(self, credential: Credential) -> bool:
+        """Whether the login still exists, on its domain, with the password it was checked
+        with: an SMTP session asks before each message, so deleting a login or changing its
+        password (on any node: the cache follows `admin_version`) reaches open sessions."""
+        await self._refresh()
+        domain, stored = self._hashes.get(credential.login, ("", ""))
+        return bool(domain) and domain == credential.domain and hmac.compare_digest(
+            _stamp(stored), credential.stamp
+        )
 
     async def _lookup(self, login: str, password: str) -> tuple[str, str, str, bytes]:
         """Login as stored, its domain and hash (a dummy for unknown logins), and the mark
@@ -180,14 +192,14 @@ class Credentials:
         check_password_length(password)
         credential = Credential(login, domain, time.time())
         hashed = await asyncio.to_thread(hash_password, password)
-        try:
-            await self._store.write(Statement(
-                "INSERT INTO credentials (login, domain, password_hash, created_at)"
-                " VALUES (?, ?, ?, ?)",
-                [(login, domain, hashed, credential.created_at)],
-            ))
-        except sqlite3.IntegrityError:
-            raise CredentialError(f"Credentials already exist: {login}") from None
+        # a login taken already comes back with no row, the same way on both engines
+        created = await self._store.write_returning(
+            "INSERT INTO credentials (login, domain, password_hash, created_at)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT (login) DO NOTHING RETURNING login",
+            (login, domain, hashed, credential.created_at),
+        )
+        if not created:
+            raise CredentialError(f"Credentials already exist: {login}")
         return credential
 
     async def list(self, domain: str) -> list[Credential]:
@@ -226,6 +238,10 @@ class Credentials:
         )
         if row is None:
             raise CredentialError("Credentials not found", 404)
+
+
+def _stamp(stored: str) -> bytes:
+    return hashlib.sha256(stored.encode()).digest()[:16]
 
 
 def check_password_length(password: str) -> None:

@@ -3,24 +3,29 @@ against one login, and fast enough to eat the CPU with scrypt; connection floods
 
 Over real sockets: every 127.0.0.0/8 address is loopback here, so a client binding 127.0.0.N is
 another network to the server. IPv6 has only ::1 here, so the /64 grouping is checked on the
-guard itself.
+guard itself. AUTH limits are the site's (counted in the store): two servers on one store count
+failures together.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import contextlib
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from mta.app import Server
 from mta.config import SmtpConfig
+from mta.smtp import REAUTHENTICATE
 from mta.smtp import guard as guard_module
-from mta.smtp.guard import Guard, network_of
-from tests.conftest import DOMAIN, Running
+from mta.smtp.guard import AuthThrottle, Guard, network_of
+from tests.conftest import DOMAIN, Running, make_config
 from tests.smtp_clients import AUTH_BAD, AUTH_OK, LOGIN, PASSWORD, Clients, Raw, auth_plain
 
 CAROL = f"carol@{DOMAIN}"
@@ -83,21 +88,25 @@ async def test_auth_failures_from_one_network_block_it_but_not_another_network(
     assert any(m.startswith("blocking 127.0.0.2 for 300 s") for m in messages(caplog))
 
 
-def test_addresses_inside_one_ipv6_64_count_as_one_network_and_ipv4_mapped_as_ipv4():
+async def test_addresses_inside_one_ipv6_64_count_as_one_network_and_ipv4_mapped_as_ipv4(
+    running: Running,
+):
     assert network_of("2001:db8:1:2::1") == "2001:db8:1:2::/64"
     assert network_of("2001:db8:1:2:ffff:ffff:ffff:ffff") == "2001:db8:1:2::/64"
     assert network_of("2001:db8:1:3::1") == "2001:db8:1:3::/64"
     assert network_of("fe80::1%eth0") == "fe80::/64"
     assert network_of("::ffff:192.0.2.7") == network_of("192.0.2.7") == "192.0.2.7"
-    guard = Guard(SmtpConfig(auth_failures=3), max_per_network=2)
+    config = SmtpConfig(auth_failures=3)
+    guard = Guard(config, max_per_network=2)
     assert guard.connect("2001:db8:1:2::1") is None
     assert guard.connect("2001:db8:1:2::2") is None
     assert guard.connect("2001:db8:1:2:abcd::3") == TOO_MANY[0]
     assert guard.connect("2001:db8:1:3::1") is None
     guard.disconnect("2001:db8:1:2::2")
     assert guard.connect("2001:db8:1:2:abcd::3") is None
+    throttle = AuthThrottle(config, running.services.store, guard)
     for n, login in enumerate(["a@x", "b@x", "c@x"]):  # a new address and login each time
-        guard.auth_failed(network_of(f"2001:db8:1:2::{n + 10}"), login)
+        await throttle.failed(await throttle.look(network_of(f"2001:db8:1:2::{n + 10}"), login))
     assert guard.connect("2001:db8:1:2:9::9") == BLOCKED[0]
     assert guard.connect("2001:db8:1:3::2") is None
 
@@ -173,24 +182,103 @@ async def test_password_checks_beyond_the_wait_list_get_454_while_the_check_thre
     assert await busy
 
 
-def test_guard_tables_stay_bounded_and_keep_a_backoff_while_logins_and_networks_cycle(
-    monkeypatch: pytest.MonkeyPatch,
+async def test_guard_memory_stays_bounded_and_backoffs_stay_in_the_store_while_networks_cycle(
+    running: Running, monkeypatch: pytest.MonkeyPatch,
 ):
     cap = 1000
     monkeypatch.setattr(guard_module, "MAX_TRACKED", cap)  # the real cap, 100 times smaller
-    now = itertools.count()
     config = SmtpConfig(auth_login_failures=2, auth_failure_window_s=1e9)
-    guard = Guard(config, max_per_network=10, clock=lambda: next(now) * 1e-6)
-    guard.auth_succeeded("192.0.2.1", "victim@x")
+    guard = Guard(config, max_per_network=10)
+    throttle = AuthThrottle(config, running.services.store, guard)
+    await throttle.succeeded(await throttle.look("192.0.2.1", "victim@x"))
     for _ in range(2):
-        guard.auth_failed("198.51.100.1", "victim@x")
-    assert guard.held("198.51.100.2", "victim@x")
-    for n in range(5 * cap):  # each from a new /64, for a new login
-        guard.auth_failed(f"2001:db8:0:{n:x}::/64", f"junk{n}@x")
-    assert len(guard._failures) <= cap
-    assert len(guard._logins) <= cap
-    assert guard.held("198.51.100.2", "victim@x")
-    assert not guard.held("192.0.2.1", "victim@x")
+        await throttle.failed(await throttle.look("198.51.100.1", "victim@x"))
+    assert (await throttle.look("198.51.100.2", "victim@x")).held
+    for n in range(5 * cap):  # blocks learnt from the store, each for a new /64
+        guard.block(f"2001:db8:0:{n:x}::/64", time.time() + 300)
+    assert len(guard._blocked_until) <= cap
+    assert guard.blocked(f"2001:db8:0:{5 * cap - 1:x}::/64")
+    assert (await throttle.look("198.51.100.2", "victim@x")).held
+    assert not (await throttle.look("192.0.2.1", "victim@x")).held
+
+
+# -- several nodes on one store ----------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def second_node(
+    first: Running, tmp_path: Path, tls_pair: tuple[str, str], store_url: str, **overrides: Any
+) -> AsyncIterator[Running]:
+    """Another server on the first one's store: the same data directory (SQLite: the same
+    file) or the same PostgreSQL database."""
+    other = Server(make_config(tmp_path, tls_pair, store__url=store_url, server__node_id="b",
+                               **overrides))
+    await other.start()
+    try:
+        yield Running(other, f"http://127.0.0.1:{other.api_port}", first.key, DOMAIN)
+    finally:
+        await other.stop()
+
+
+async def test_auth_failures_spread_over_two_nodes_on_one_store_are_counted_together(
+    server, clients, caplog, tmp_path, tls_pair, store_url
+):
+    limits = {"smtp__auth_failures": 3, "smtp__auth_login_failures": 4,
+              "smtp__auth_failures_per_s": 100.0}
+    a = await server(server__node_id="a", **limits)
+    async with second_node(a, tmp_path, tls_pair, store_url, **limits) as b:
+        # one network guessing on both nodes in turn: its third failure blocks it everywhere
+        for node in (a, b, a):
+            _, reply = await auth(clients, node, "127.0.0.2", password="guess")
+            assert reply == [AUTH_BAD]
+        _, reply = await auth(clients, b, "127.0.0.2")
+        assert reply == BLOCKED  # read from the store at AUTH...
+        assert (await clients.raw(b, source="127.0.0.2")).banner == BLOCKED  # ...then remembered
+        # one login guessed from four networks over both nodes backs off on both, except
+        # from the network it logged in from (on the other node)
+        _, reply = await auth(clients, a, "127.0.0.3", login=CAROL)
+        assert reply == [AUTH_OK]
+        for node, source in zip((a, b, a, b), ("127.0.0.4", "127.0.0.5", "127.0.0.6", "127.0.0.7"),
+                                strict=True):
+            _, reply = await auth(clients, node, source, login=CAROL, password="guess")
+            assert reply == [AUTH_BAD]
+        for node in (a, b):
+            _, reply = await auth(clients, node, "127.0.0.8", login=CAROL)
+            assert reply == TEMPORARY
+        _, reply = await auth(clients, b, "127.0.0.3", login=CAROL)
+        assert reply == [AUTH_OK]
+        assert sum(m.startswith(f"login '{CAROL}' backs off") for m in messages(caplog)) == 1
+
+
+async def mail_until_refused(raw: Raw, sender: str, timeout: float = 5.0) -> list[str]:
+    """MAIL (then RSET) until it is not taken: another node's admin change arrives within
+    moments (NOTIFY, or SQLite's admin_version read at most 50 ms old)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = await raw.command(f"MAIL FROM:<{sender}>")
+        if reply != ["250 2.1.0 OK"] or time.monotonic() > deadline:
+            return reply
+        assert await raw.command("RSET") == ["250 2.0.0 OK"]
+        await asyncio.sleep(0.01)
+
+
+async def test_sessions_of_a_login_deleted_or_given_a_new_password_on_another_node_log_in_again(
+    server, clients, tmp_path, tls_pair, store_url
+):
+    a = await server(server__node_id="a")
+    alice, reply = await auth(clients, a, "127.0.0.2")
+    assert reply == [AUTH_OK]
+    carol, reply = await auth(clients, a, "127.0.0.3", login=CAROL)
+    assert reply == [AUTH_OK]
+    async with second_node(a, tmp_path, tls_pair, store_url) as b:
+        await b.services.credentials.set_password(DOMAIN, LOGIN, "a-new-password")
+        await b.services.credentials.delete(DOMAIN, CAROL)
+    assert await mail_until_refused(alice, LOGIN) == [REAUTHENTICATE]
+    assert await mail_until_refused(carol, CAROL) == [REAUTHENTICATE]
+    assert await alice.command(auth_plain()) == [AUTH_BAD]
+    assert await alice.command(auth_plain(LOGIN, "a-new-password")) == [AUTH_OK]
+    assert await alice.command(f"MAIL FROM:<{LOGIN}>") == ["250 2.1.0 OK"]
+    assert await carol.command(auth_plain(CAROL, PASSWORD)) == [AUTH_BAD]
 
 
 # -- connections -------------------------------------------------------------------------------

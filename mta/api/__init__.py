@@ -11,8 +11,9 @@ from aiohttp import web
 
 from mta.api import credentials, domains, events, messages, stored, suppressions
 from mta.api import routes as route_api
-from mta.api.context import API_KEY, SERVICES, Services
+from mta.api.context import API_KEY, SERVICES
 from mta.api.errors import ApiError, error, forbidden
+from mta.services import Services
 
 log = logging.getLogger("mta.api")
 

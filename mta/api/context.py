@@ -1,55 +1,15 @@
-"""What request handlers are given: the components, built once by mta.app."""
+"""What request handlers read: the node's parts (`Services`, built once by mta.services), the
+request's API key, and helpers for path and query values."""
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-
 from aiohttp import web
 
-from mta.accept import Acceptor
 from mta.api.errors import ApiError
 from mta.api.forms import whole_number
-from mta.budget import ByteBudget
-from mta.config import Config
-from mta.credentials import Credentials
-from mta.dns import Resolver
-from mta.domains import Domain, Domains
-from mta.inbound import Inbound
-from mta.inbound.routes import Routes
-from mta.keys import ApiKey, ApiKeys
-from mta.outbound.policy import Classifier
-from mta.outbound.returnpath import ReturnPaths
-from mta.queue import make_due
-from mta.store import Store
-
-
-@dataclass(frozen=True)
-class Services:
-    config: Config
-    store: Store
-    resolver: Resolver
-    domains: Domains
-    keys: ApiKeys
-    credentials: Credentials
-    acceptor: Acceptor
-    routes: Routes
-    return_paths: ReturnPaths
-    classifier: Classifier
-    inbound: Inbound
-    accepting: ByteBudget  # message bytes being accepted at once, HTTP and SMTP together
-
-    async def delete_domain(self, name: str) -> bool:
-        """A domain goes with its sending keys (revoked in the same commit); what it has queued
-        is made due, so delivery fails it with events rather than sending it unsigned. Its
-        events stay until their retention ends."""
-        now = time.time()
-        name = name.strip().lower()
-        if not await self.domains.delete(name, self.keys.revoke_domain(name, now)):
-            return False
-        await make_due(self.store, name, now)
-        return True
-
+from mta.domains import Domain
+from mta.keys import ApiKey
+from mta.services import Services
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
 # the request's authenticated key (set by the auth middleware)

@@ -4,10 +4,15 @@ the inbound MX (25, see mta/smtp/mx.py).
 
 aiosmtpd does the protocol; this module adds what a submission server needs around it:
 AUTH PLAIN/LOGIN against SMTP credentials (checked off the loop), enhanced status codes on
-every reply, PIPELINING, per-network connection and AUTH-failure limits, a session age limit,
-DATA read by our own reader (mta.smtp.data: normalised before anything parses it, spooled to
-disk past a shared memory budget, a minimum data rate), and the sender policy of a credential
-(see `Acceptor`).
+every reply, PIPELINING, per-network connection limits and site-wide AUTH-failure limits
+(mta.smtp.guard), a session age limit, DATA read by our own reader (mta.smtp.data: normalised
+before anything parses it, spooled to disk past a shared memory budget, a minimum data rate),
+and the sender policy of a credential (see `Acceptor`), whose deletion or new password ends
+the sessions logged in with it.
+
+The handlers are given only the parts they use (mta.services builds them): the settings, a
+connection guard, the accepting budget, and for submission the AUTH throttle, the credentials
+and the accept function; for the MX a domain lookup and the inbound side's receive function.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import logging
 import re
 import ssl
 from base64 import b64decode
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,11 +31,11 @@ from typing import Any
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
 from mta.accept import AcceptError, Submission, valid_addr_spec
-from mta.api.context import Services
+from mta.budget import ByteBudget
 from mta.config import Config, parse_listen
-from mta.credentials import CheckRefused, Credential
+from mta.credentials import CheckRefused, Credential, Credentials
 from mta.smtp.data import DataPolicy, DataReader, DataSpool
-from mta.smtp.guard import Guard, login_key, network_of
+from mta.smtp.guard import BLOCKED, AuthThrottle, AuthView, Guard, login_key, network_of
 from mta.smtp.tls import server_context
 
 log = logging.getLogger("mta.smtp")
@@ -37,6 +43,7 @@ logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every c
 
 NULL_SENDER = "<>"
 AUTH_TEMPORARY = "454 4.7.0 Temporary authentication failure, try again later"
+REAUTHENTICATE = "530 5.7.0 Authentication required: the credentials changed since AUTH"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # CR or LF in an address would split a header
 _HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
 # enhanced codes for aiosmtpd's own replies, by reply code (RFC 3463)
@@ -250,7 +257,7 @@ class SubmissionSession(SMTP):
             self._set_post_data_state()
             await self.push(refusal)
             return
-        async with self.event_handler.services.accepting.hold(buffer.size):
+        async with self.event_handler.accepting.hold(buffer.size):
             # the handler takes the message out of the envelope: nothing here keeps it
             self.envelope.content = self.envelope.original_content = await buffer.take()
             status = await self._call_handler_hook("DATA")
@@ -287,12 +294,13 @@ class SubmissionSession(SMTP):
 
 
 class BaseHandler:
-    """aiosmtpd hooks every listener shares: errors, EHLO/HELO, MAIL, shutdown."""
+    """aiosmtpd hooks every listener shares: errors, EHLO/HELO, MAIL, shutdown. Each gets the
+    settings, its connection guard and the accepting budget it shares with the HTTP API."""
 
-    def __init__(self, services: Services, guard: Guard) -> None:
-        self.services = services
-        self.config: Config = services.config
+    def __init__(self, config: Config, guard: Guard, accepting: ByteBudget) -> None:
+        self.config = config
         self.guard = guard
+        self.accepting = accepting
         self.sessions: set[SubmissionSession] = set()
         self.busy = 0  # sessions inside DATA, waiting for their commit
         self.closing = False
@@ -343,7 +351,19 @@ class BaseHandler:
 
 
 class SubmissionHandler(BaseHandler):
-    """AUTH, RCPT and DATA for authenticated submission."""
+    """AUTH, RCPT and DATA for authenticated submission: logins are checked against
+    `credentials` behind the site-wide `throttle`, messages handed to `accept` (the accept
+    path, which answers with the Message-Id once committed)."""
+
+    def __init__(
+        self, config: Config, guard: Guard, accepting: ByteBudget, *,
+        throttle: AuthThrottle, credentials: Credentials,
+        accept: Callable[[Submission], Awaitable[str]],
+    ) -> None:
+        super().__init__(config, guard, accepting)
+        self.throttle = throttle
+        self.credentials = credentials
+        self.accept = accept
 
     async def handle_AUTH(
         self, server: SubmissionSession, session: Session, envelope: Envelope, args: list[str]
@@ -353,11 +373,12 @@ class SubmissionHandler(BaseHandler):
         networks it has not logged in from, and a check that would need scrypt past the
         server-wide budget or the check threads' wait list is not run. Those get 454 (RFC 4954's
         temporary authentication failure): mail clients do not ask for another password and
-        relayhosts defer rather than bounce, and the session may try again later."""
+        relayhosts defer rather than bounce, and the session may try again later. Blocks and
+        backoffs are the whole site's (the store's), read once the login is known."""
         network = network_of(server.peer_ip)
         if self.guard.blocked(network):
             server.close_after_reply = True
-            return "421 4.7.0 Too many authentication failures from your address, try later"
+            return BLOCKED
         mechanism = args[0].upper()
         initial = args[1] if len(args) > 1 else None
         login = password = None
@@ -381,19 +402,23 @@ class SubmissionHandler(BaseHandler):
                 return None
         else:
             return "504 5.5.4 Unrecognized authentication type"
-        key = login_key(login)
-        if self.guard.held(network, key):
+        view = await self.throttle.look(network, login_key(login))
+        if view.blocked:  # by failures on other nodes
+            server.close_after_reply = True
+            return BLOCKED
+        if view.held:
             return AUTH_TEMPORARY
         try:
-            credential = await self._verify(login, password, network, key)
+            credential = await self._verify(login, password, view)
         except CheckRefused:
-            self.guard.auth_failed(network, key, checked=False)
+            await self.throttle.failed(view, checked=False)
             return AUTH_TEMPORARY
         if credential is None:
-            self.guard.auth_failed(network, key)
-            log.info("authentication failed for %r from %s", _printable(key), server.peer_ip)
+            await self.throttle.failed(view)
+            log.info("authentication failed for %r from %s", _printable(view.login),
+                     server.peer_ip)
             return "535 5.7.8 Authentication credentials invalid"
-        self.guard.auth_succeeded(network, key)
+        await self.throttle.succeeded(view)
         session.authenticated = True
         session.auth_data = credential
         return "235 2.7.0 Authentication successful"
@@ -412,31 +437,42 @@ class SubmissionHandler(BaseHandler):
         answer = await server.challenge_auth(prompt)
         return None if answer is MISSING else answer  # type: ignore[return-value]
 
-    async def _verify(
-        self, login: bytes, password: bytes, network: str, key: str
-    ) -> Credential | None:
+    async def _verify(self, login: bytes, password: bytes, view: AuthView) -> Credential | None:
         """The credential, or None for wrong credentials. A remembered right password costs
-        an HMAC and needs no leave; a scrypt check needs the guard's (else CheckRefused), and
+        an HMAC and needs no leave; a scrypt check needs the throttle's (else CheckRefused), and
         gives its share of the failure budget back when it passes or does not run."""
         try:
             login_text, password_text = login.decode("utf-8"), password.decode("utf-8")
         except UnicodeDecodeError:
             return None
-        credentials = self.services.credentials
-        credential = await credentials.remembered(login_text, password_text)
+        credential = await self.credentials.remembered(login_text, password_text)
         if credential is not None:
             return credential
-        units = self.guard.take_check(network, key)
+        units = self.throttle.take_check(view)
         if units is None:
             raise CheckRefused("over the server-wide rate of failed logins")
         try:
-            credential = await credentials.check(login_text, password_text)
+            credential = await self.credentials.check(login_text, password_text)
         except CheckRefused:
-            self.guard.give_back(units)
+            self.throttle.give_back(units)
             raise
         if credential is not None:
-            self.guard.give_back(units)
+            self.throttle.give_back(units)
         return credential
+
+    async def handle_MAIL(
+        self, server: SubmissionSession, session: Session, envelope: Envelope, address: str,
+        mail_options: list[str],
+    ) -> str:
+        """As for every listener, once the session's login is known to be still valid: one
+        deleted or given a new password since its AUTH (on any node) must log in again."""
+        credential: Credential = session.auth_data
+        if not await self.credentials.still_valid(credential):
+            session.authenticated = False
+            session.auth_data = None
+            log.info("%s: credentials of %s changed since AUTH", server.peer_ip, credential.login)
+            return REAUTHENTICATE
+        return await super().handle_MAIL(server, session, envelope, address, mail_options)
 
     async def handle_RCPT(
         self, server: SubmissionSession, session: Session, envelope: Envelope, address: str,
@@ -466,7 +502,7 @@ class SubmissionHandler(BaseHandler):
         )
         self.busy += 1
         try:
-            message_id = await self.services.acceptor.accept(submission)
+            message_id = await self.accept(submission)
         except AcceptError as exc:
             return exc.smtp_reply
         except Exception:
@@ -481,13 +517,13 @@ class SmtpListeners:
     """Starts and stops the configured SMTP listeners: submission ports, and the MX port when
     there is an inbound side to hand mail to."""
 
-    def __init__(self, services: Services, mx_handler: BaseHandler | None = None) -> None:
-        self.services = services
-        smtp = services.config.smtp
-        self.guard = Guard(smtp, smtp.max_connections_per_ip)
-        self.handler = SubmissionHandler(services, self.guard)
-        self.spool = DataSpool(smtp.data_memory_bytes, smtp.spool_max_bytes,
-                               Path(services.config.server.data_dir) / "spool")
+    def __init__(
+        self, config: Config, handler: SubmissionHandler, mx_handler: BaseHandler | None = None
+    ) -> None:
+        self.config = config
+        self.handler = handler
+        self.spool = DataSpool(config.smtp.data_memory_bytes, config.smtp.spool_max_bytes,
+                               Path(config.server.data_dir) / "spool")
         self.mx_handler = mx_handler
         self.servers: dict[str, asyncio.Server] = {}
 
@@ -496,7 +532,7 @@ class SmtpListeners:
         return [self.handler] + ([self.mx_handler] if self.mx_handler else [])
 
     def specs(self) -> list[ListenerSpec]:
-        smtp = self.services.config.smtp
+        smtp = self.config.smtp
         return [
             ListenerSpec(name, listen, name == "submission_tls")
             for name, listen in (("submission", smtp.submission),
@@ -507,7 +543,7 @@ class SmtpListeners:
         ]
 
     async def start(self) -> None:
-        config = self.services.config
+        config = self.config
         specs = self.specs()
         if not specs:
             return
@@ -526,7 +562,7 @@ class SmtpListeners:
                      " (implicit TLS)" if spec.implicit_tls else " (STARTTLS)")
 
     def _session(self, spec: ListenerSpec, context: ssl.SSLContext) -> SubmissionSession:
-        config = self.services.config
+        config = self.config
         mx = spec.name == "mx"
         session = SubmissionSession(
             self.mx_handler if mx and self.mx_handler else self.handler,

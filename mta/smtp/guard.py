@@ -1,10 +1,20 @@
 """Protection for the SMTP listeners, per network (an IPv4 address, or an IPv6 /64: what one
-subscriber usually holds whole): concurrent connections, AUTH failures, logins under attack
-from many networks, and a server-wide budget of failed password checks.
+subscriber usually holds whole).
 
-Kept in memory (a restart forgets it, which is acceptable: blocks and backoffs are short) and
-bounded: every table has a cap, the AUTH tables fill only as fast as failed logins come (paced
-by the server-wide budget or by the blocks), and when a table is full what is over goes first.
+- Connections (`Guard`): concurrent sessions per network and in all, counted by each node, since
+  they are its own sockets and file descriptors.
+- AUTH failures (`AuthThrottle`): counted site-wide in the store (`auth_failures`), so with
+  several nodes behind one name the limits hold in total however the guesses are spread. A
+  network with too many failures is blocked, a login with too many from any network backs off
+  (`auth_holds`); every node reads both before it looks at a password. A network a login
+  succeeded from recently is remembered there too (subject `known:`), so the login's owner
+  keeps working through its backoff on every node.
+- Failed password checks (scrypt): a budget per node, since it protects that node's CPU.
+
+Cost: one small read per AUTH (holds and failure counts of its network and login), one write
+per failed AUTH, and one per login and network that first succeeds (then twice a week at most).
+Blocks found in the store are also kept in memory, so a blocked network is refused at connect
+on this node without a read. Old rows go with `purge`, run by one node of the cluster.
 """
 
 from __future__ import annotations
@@ -12,22 +22,35 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from itertools import islice
-from typing import TypeVar
 
 from mta.config import SmtpConfig
+from mta.store import Statement, Store
 
 log = logging.getLogger("mta.smtp")
 
-MAX_TRACKED = 100_000  # networks with failures, blocked networks, logins with failures: each
-KNOWN_NETWORKS_PER_LOGIN = 16  # a login's owner rarely uses more; the oldest is forgotten
-LOGIN_KEY_CHARS = 256  # longer than any address: a long login cannot make entries large
+MAX_TRACKED = 100_000  # blocked networks kept in memory
+LOGIN_KEY_CHARS = 256  # longer than any address: a long login cannot make rows large
 QUIET_LOG_S = 60.0  # one warning a minute while the server-wide budget is spent
+MAX_BACKOFFS = 32
+BLOCKED = "421 4.7.0 Too many authentication failures from your address, try later"
 
-V = TypeVar("V")
+# holds of the network, the login and the login's pass for the network; failures in the window
+_LOOK = (
+    "SELECT subject, until, backoffs, 0 AS failures FROM auth_holds"
+    " WHERE subject IN (?1, ?2, ?3)"
+    " UNION ALL"
+    " SELECT subject, 0, 0, count(*) FROM auth_failures"
+    " WHERE subject IN (?1, ?2) AND at > ?4 GROUP BY subject"
+)
+_FAILED = "INSERT INTO auth_failures (subject, at) VALUES (?, ?)"
+_FORGET = "DELETE FROM auth_failures WHERE subject = ?"
+_HOLD = (
+    "INSERT INTO auth_holds (subject, until, backoffs) VALUES (?, ?, ?)"
+    " ON CONFLICT (subject) DO UPDATE SET until = excluded.until, backoffs = excluded.backoffs"
+)
 
 
 def network_of(address: str) -> str:
@@ -49,40 +72,26 @@ def login_key(login: bytes) -> str:
     return login.decode("utf-8", "replace").strip().lower()[:LOGIN_KEY_CHARS]
 
 
-@dataclass
-class _Login:
-    """Failures of one login from any network, and its backoff."""
-
-    failures: deque[float] = field(default_factory=deque)
-    held_until: float = float("-inf")
-    backoffs: int = 0  # in a row: the next one lasts 2^backoffs times the first
-
-
 class Guard:
+    """Concurrent sessions of one listener kind on this node, and the networks blocked after
+    AUTH failures (as the store decided them: refused at connect without a read)."""
+
     def __init__(
         self, config: SmtpConfig, max_per_network: int,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
         self._max_per_network = max_per_network
-        self._clock = clock
+        self._clock = clock  # the wall clock: blocks come from the store, set by other nodes
         self._connections: dict[str, int] = {}
         self._total = 0
-        self._failures: dict[str, deque[float]] = {}
         self._blocked_until: dict[str, float] = {}
-        self._logins: dict[str, _Login] = {}
-        self._known: dict[str, dict[str, float]] = {}  # login -> {network: last success}
-        self._budget = self._budget_size()
-        self._budget_at = clock()
-        self._budget_logged = float("-inf")
-
-    # -- connections ---------------------------------------------------------------------------
 
     def connect(self, address: str) -> str | None:
         """Count a new session; a reply refusing it when over a limit or blocked."""
         network = network_of(address)
         if self.blocked(network):
-            return "421 4.7.0 Too many authentication failures from your address, try later"
+            return BLOCKED
         if self._total >= self._config.max_connections:
             return "421 4.3.2 Too many connections, try again later"
         if self._connections.get(network, 0) >= self._max_per_network:
@@ -100,9 +109,9 @@ class Guard:
             self._connections[network] = count
         self._total = max(0, self._total - 1)
 
-    # -- AUTH ----------------------------------------------------------------------------------
-
     def blocked(self, network: str) -> bool:
+        """Blocked as far as this node knows (the store may know of a block made elsewhere:
+        `AuthThrottle.look` reads it and tells the guard)."""
         until = self._blocked_until.get(network)
         if until is None:
             return False
@@ -111,26 +120,102 @@ class Guard:
             return False
         return True
 
-    def held(self, network: str, login: str) -> bool:
-        """True when the login backs off and has not succeeded from this network recently:
-        its AUTH is then answered 454 without looking at the password at all (not even the
-        cache of right ones, which would otherwise answer guesses for free)."""
-        state = self._logins.get(login)
-        now = self._clock()
-        return state is not None and state.held_until > now and not self._known_to(
-            login, network, now
-        )
+    def block(self, network: str, until: float) -> None:
+        if len(self._blocked_until) >= MAX_TRACKED and network not in self._blocked_until:
+            now = self._clock()
+            for key in [k for k, v in self._blocked_until.items() if v <= now]:
+                del self._blocked_until[key]
+            if len(self._blocked_until) > MAX_TRACKED * 9 // 10:  # the oldest go (the store
+                for key in list(islice(self._blocked_until, MAX_TRACKED // 10)):  # keeps them)
+                    del self._blocked_until[key]
+        self._blocked_until[network] = until
 
-    def take_check(self, network: str, login: str) -> int | None:
-        """Leave for one password check (scrypt): None when refused, else the units of the
-        server-wide budget of failed checks it took, which `give_back` returns if the check
-        passes or never runs. A network the login succeeded from recently takes none."""
+
+@dataclass(frozen=True)
+class AuthView:
+    """What the store held for one AUTH's network and login when it began."""
+
+    network: str
+    login: str
+    at: float
+    blocked_until: float = 0.0
+    held_until: float = 0.0
+    backoffs: int = 0  # the login's backoffs in a row: the next lasts 2^backoffs the first
+    known_until: float = 0.0  # the login succeeded from this network recently
+    network_failures: int = 0  # within the window
+    login_failures: int = 0
+
+    @property
+    def blocked(self) -> bool:
+        return self.blocked_until > self.at
+
+    @property
+    def known(self) -> bool:
+        return self.known_until > self.at
+
+    @property
+    def held(self) -> bool:
+        """The login backs off and has not succeeded from this network recently: its AUTH is
+        answered 454 without looking at the password at all (not even the cache of right ones,
+        which would otherwise answer guesses for free)."""
+        return self.held_until > self.at and not self.known
+
+
+def _subjects(network: str, login: str) -> tuple[str, str, str]:
+    """Rows' subjects: the network, the login, and the login's pass for the network."""
+    return f"net:{network}", f"login:{login}", f"known:{network} {login}"
+
+
+class AuthThrottle:
+    """AUTH limits of the whole site, kept in the store (see the module's notes), and this
+    node's budget of failed password checks."""
+
+    def __init__(
+        self, config: SmtpConfig, store: Store, guard: Guard,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._guard = guard
+        self._clock = clock
+        self._budget = self._budget_size()
+        self._budget_at = clock()
+        self._budget_logged = float("-inf")
+
+    async def look(self, network: str, login: str) -> AuthView:
+        """The one read of an AUTH: the holds on its network and login, and their failures
+        within the window. A block found here is remembered by the guard."""
         now = self._clock()
-        if self._known_to(login, network, now):
+        net, user, known = _subjects(network, login)
+        rows = await self._store.fetchall(
+            _LOOK, (net, user, known, now - self._config.auth_failure_window_s)
+        )
+        view = AuthView(network, login, now)
+        for row in rows:
+            subject, until = row["subject"], float(row["until"])
+            if row["failures"]:
+                field = "network_failures" if subject == net else "login_failures"
+                view = replace(view, **{field: int(row["failures"])})
+            elif subject == net:
+                view = replace(view, blocked_until=until)
+            elif subject == user:
+                view = replace(view, held_until=until, backoffs=int(row["backoffs"]))
+            else:
+                view = replace(view, known_until=until)
+        if view.blocked:
+            self._guard.block(network, view.blocked_until)
+        return view
+
+    def take_check(self, view: AuthView) -> int | None:
+        """Leave for one password check (scrypt): None when refused, else the units of this
+        node's budget of failed checks it took, which `give_back` returns if the check passes
+        or never runs. A network the login succeeded from recently takes none."""
+        if view.known:
             return 0
+        now = self._clock()
         self._budget = min(
             self._budget_size(),
-            self._budget + (now - self._budget_at) * self._config.auth_failures_per_s,
+            self._budget + max(0.0, now - self._budget_at) * self._config.auth_failures_per_s,
         )
         self._budget_at = now
         if self._budget >= 1:
@@ -145,95 +230,72 @@ class Guard:
     def give_back(self, units: int) -> None:
         self._budget = min(self._budget_size(), self._budget + units)
 
-    def auth_failed(self, network: str, login: str, checked: bool = True) -> None:
-        """Count a failed AUTH for its network and its login. An AUTH refused unchecked
-        (server-wide budget spent, check threads busy) counts too, since its 454 told the client
-        that its password is not a remembered right one, unless the login succeeded from
-        that network recently."""
-        now = self._clock()
-        if not checked and self._known_to(login, network, now):
+    async def failed(self, view: AuthView, checked: bool = True) -> None:
+        """Count a failed AUTH for its network and its login, in one write that also blocks the
+        network or holds the login when this failure reaches its limit. The counts are those
+        `look` read, plus this one: AUTHs running at the same moment may pass a limit by as
+        many as there are of them, as they did when only one node counted. An AUTH refused
+        unchecked (budget spent, check threads busy) counts too, since its 454 told the client
+        that its password is not a remembered right one, unless the login succeeded from that
+        network recently."""
+        if not checked and view.known:
             return
         config = self._config
-        horizon = now - config.auth_failure_window_s
-        failures = self._failures.get(network)
-        if failures is None:
-            if len(self._failures) >= MAX_TRACKED:
-                _make_room(self._failures, lambda f: not f or f[-1] <= horizon)
-            failures = self._failures[network] = deque()
-        if _count(failures, now, horizon) >= config.auth_failures:
-            del self._failures[network]
-            self._block(network, now)
-        self._login_failed(login, now, horizon)
+        now = self._clock()
+        net, user, _ = _subjects(view.network, view.login)
+        statements: list[Statement] = []
+        counted: list[tuple[str, float]] = []
+        if view.network_failures + 1 >= config.auth_failures:
+            until = now + config.auth_block_s
+            statements += [Statement(_FORGET, [(net,)]), Statement(_HOLD, [(net, until, 0)])]
+            self._guard.block(view.network, until)
+            log.warning("blocking %s for %.0f s after %d authentication failures within %.0f s",
+                        view.network, config.auth_block_s, config.auth_failures,
+                        config.auth_failure_window_s)
+        else:
+            counted.append((net, now))
+        if view.login_failures + 1 >= config.auth_login_failures:
+            backoffs = view.backoffs
+            if now - view.held_until >= config.auth_login_backoff_max_s:
+                backoffs = 0
+            hold = min(config.auth_login_backoff_s * 2**backoffs, config.auth_login_backoff_max_s)
+            statements += [
+                Statement(_FORGET, [(user,)]),
+                Statement(_HOLD, [(user, now + hold, min(backoffs + 1, MAX_BACKOFFS))]),
+            ]
+            log.warning("login %r backs off for %.0f s after %d authentication failures within"
+                        " %.0f s: AUTH from networks it has not logged in from gets 454"
+                        " unchecked", view.login[:64], hold, config.auth_login_failures,
+                        config.auth_failure_window_s)
+        else:
+            counted.append((user, now))
+        if counted:
+            statements.insert(0, Statement(_FAILED, counted))
+        await self._store.write(*statements)
 
-    def auth_succeeded(self, network: str, login: str) -> None:
-        """Remember the network for the login: it keeps working while the login backs off."""
-        networks = self._known.setdefault(login, {})
-        networks.pop(network, None)
-        networks[network] = self._clock()
-        if len(networks) > KNOWN_NETWORKS_PER_LOGIN:
-            del networks[next(iter(networks))]
+    async def succeeded(self, view: AuthView) -> None:
+        """Remember the network for the login, site-wide: it keeps working while the login
+        backs off. Written when new or half expired, so a login that succeeds every minute
+        from one network writes twice a week."""
+        known_s = self._config.auth_known_network_s
+        now = self._clock()
+        if view.known_until - now > known_s / 2:
+            return
+        _, _, known = _subjects(view.network, view.login)
+        await self._store.write(Statement(_HOLD, [(known, now + known_s, 0)]))
 
     def _budget_size(self) -> float:
         """A second's worth of failed checks may come at once (at least one)."""
         return max(1.0, self._config.auth_failures_per_s)
 
-    def _known_to(self, login: str, network: str, now: float) -> bool:
-        seen = self._known.get(login, {}).get(network)
-        return seen is not None and now - seen < self._config.auth_known_network_s
 
-    def _block(self, network: str, now: float) -> None:
-        if len(self._blocked_until) >= MAX_TRACKED:
-            _make_room(self._blocked_until, lambda until: until <= now)
-        self._blocked_until[network] = now + self._config.auth_block_s
-        log.warning("blocking %s for %.0f s after %d authentication failures within %.0f s",
-                    network, self._config.auth_block_s, self._config.auth_failures,
-                    self._config.auth_failure_window_s)
-
-    def _login_failed(self, login: str, now: float, horizon: float) -> None:
-        config = self._config
-        state = self._logins.get(login)
-        if state is None:
-            if len(self._logins) >= MAX_TRACKED:
-                quiet = now - config.auth_login_backoff_max_s
-                # first logins whose failures and backoff are over, then any not backing off
-                if not _make_room(self._logins, lambda s: (
-                    (not s.failures or s.failures[-1] <= horizon) and s.held_until <= quiet
-                ), last_resort=False):
-                    _make_room(self._logins, lambda s: s.held_until <= now)
-            state = self._logins[login] = _Login()
-        if _count(state.failures, now, horizon) < config.auth_login_failures:
-            return
-        state.failures.clear()
-        if now - state.held_until >= config.auth_login_backoff_max_s:
-            state.backoffs = 0
-        hold = min(config.auth_login_backoff_s * 2**state.backoffs, config.auth_login_backoff_max_s)
-        state.backoffs = min(state.backoffs + 1, 32)
-        state.held_until = now + hold
-        log.warning("login %r backs off for %.0f s after %d authentication failures within %.0f s:"
-                    " AUTH from networks it has not logged in from gets 454 unchecked",
-                    login[:64], hold, config.auth_login_failures, config.auth_failure_window_s)
-
-
-def _count(failures: deque[float], now: float, horizon: float) -> int:
-    """Add a failure at `now`, forget those before `horizon`; how many are left."""
-    failures.append(now)
-    while failures[0] <= horizon:
-        failures.popleft()
-    return len(failures)
-
-
-def _make_room(
-    table: dict[str, V], over: Callable[[V], bool], last_resort: bool = True
-) -> bool:
-    """Drop the entries that are `over`; if that frees less than a tenth of the cap and
-    `last_resort`, the oldest entries too (a tenth of the cap, so the scan is paid rarely).
-    True when there is room again."""
-    for key in [k for k, v in table.items() if over(v)]:
-        del table[key]
-    if len(table) <= MAX_TRACKED * 9 // 10:
-        return True
-    if not last_resort:
-        return False
-    for key in list(islice(table, MAX_TRACKED // 10)):
-        del table[key]
-    return True
+async def purge(store: Store, config: SmtpConfig, now: float | None = None) -> None:
+    """Forget failures older than the window, and holds and passes over for longer than the
+    longest backoff (until then a login's backoffs in a row still count)."""
+    now = time.time() if now is None else now
+    await store.write(
+        Statement("DELETE FROM auth_failures WHERE at <= ?",
+                  [(now - config.auth_failure_window_s,)]),
+        Statement("DELETE FROM auth_holds WHERE until < ?",
+                  [(now - config.auth_login_backoff_max_s,)]),
+    )

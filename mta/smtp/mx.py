@@ -7,22 +7,34 @@ open relay); the message then goes to `Inbound.receive`, and 250 comes after its
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from aiosmtpd.smtp import Envelope, Session
 
 from mta.accept import valid_addr_spec
-from mta.api.context import Services
-from mta.inbound import Inbound, InboundError
+from mta.budget import ByteBudget
+from mta.config import Config
+from mta.domains import Domain
+from mta.inbound import InboundError
 from mta.smtp import NULL_SENDER, BaseHandler, SubmissionSession, take_content
 from mta.smtp.guard import Guard
+
+# Inbound.receive: (sender, recipients, message, peer IP, HELO) -> recipients that took it
+Receive = Callable[[str, list[str], bytes, str, str], Awaitable[int]]
 
 log = logging.getLogger("mta.smtp")
 
 
 class MxHandler(BaseHandler):
-    def __init__(self, services: Services, guard: Guard, inbound: Inbound) -> None:
-        super().__init__(services, guard)
-        self.inbound = inbound
+    """RCPT for hosted domains (`find_domain`), DATA handed to the inbound side (`receive`)."""
+
+    def __init__(
+        self, config: Config, guard: Guard, accepting: ByteBudget, *,
+        find_domain: Callable[[str], Awaitable[Domain | None]], receive: Receive,
+    ) -> None:
+        super().__init__(config, guard, accepting)
+        self.find_domain = find_domain
+        self.receive = receive
 
     async def handle_RCPT(
         self, server: SubmissionSession, session: Session, envelope: Envelope, address: str,
@@ -31,7 +43,7 @@ class MxHandler(BaseHandler):
         refusal = self.recipient_refusal(envelope, address)
         if refusal is not None:
             return refusal
-        if await self.services.domains.get(address.rpartition("@")[2]) is None:
+        if await self.find_domain(address.rpartition("@")[2]) is None:
             log.info("refused relaying from %s to <%s>", server.peer_ip, address)
             return "550 5.7.1 Relaying denied"
         envelope.rcpt_tos.append(address)
@@ -46,7 +58,7 @@ class MxHandler(BaseHandler):
             return "553 5.1.7 Sender address is not valid"
         self.busy += 1
         try:
-            await self.inbound.receive(
+            await self.receive(
                 sender, list(envelope.rcpt_tos), content, server.peer_ip, session.host_name or ""
             )
         except InboundError as exc:

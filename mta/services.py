@@ -1,0 +1,138 @@
+"""The composition root: every part is built here, once, and handed the few things it uses.
+
+`open_services` opens the store and builds the shared parts (the server and the admin CLI both
+use it); `smtp_listeners` and `build_outbound` build the receivers and the delivery side from them.
+The HTTP API reads what it needs from `Services` (mta.api.context); the SMTP handlers get only
+their own few parts, so a change of the bag does not reach them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from mta.accept import Acceptor
+from mta.budget import ByteBudget
+from mta.config import Config
+from mta.credentials import Credentials, PasswordChecks
+from mta.dns import Resolver
+from mta.domains import Domains
+from mta.inbound import Inbound
+from mta.inbound.reports import Reports
+from mta.inbound.routes import Routes
+from mta.inbound.verdicts import Verdicts
+from mta.keys import ApiKeys
+from mta.outbound import Outbound
+from mta.outbound.policy import Classifier, load_classifier
+from mta.outbound.returnpath import ReturnPaths, load_secret
+from mta.queue import make_due
+from mta.smtp import SmtpListeners, SubmissionHandler
+from mta.smtp.guard import AuthThrottle, Guard
+from mta.smtp.mx import MxHandler
+from mta.store import Store, open_store
+
+
+@dataclass(frozen=True)
+class Services:
+    """The parts one node shares between its receivers, built by `open_services`."""
+
+    config: Config
+    store: Store
+    resolver: Resolver
+    domains: Domains
+    keys: ApiKeys
+    credentials: Credentials
+    acceptor: Acceptor
+    routes: Routes
+    return_paths: ReturnPaths
+    classifier: Classifier
+    inbound: Inbound
+    accepting: ByteBudget  # message bytes being accepted at once, HTTP and SMTP together
+
+    async def delete_domain(self, name: str) -> bool:
+        """A domain goes with its sending keys (revoked in the same commit); what it has queued
+        is made due, so delivery fails it with events rather than sending it unsigned. Its
+        events stay until their retention ends."""
+        now = time.time()
+        name = name.strip().lower()
+        if not await self.domains.delete(name, self.keys.revoke_domain(name, now)):
+            return False
+        await make_due(self.store, name, now)
+        return True
+
+    async def close(self) -> None:
+        """Stop the password-check threads and close the store (its threads would otherwise
+        keep the process alive)."""
+        try:
+            self.credentials.checks.close()
+        finally:
+            await self.store.close()
+
+
+async def open_services(config: Config) -> Services:
+    """The store, migrated, and every shared part built on it."""
+    store = await open_store(config)
+    try:
+        resolver = Resolver(config.dns)
+        domains = Domains(store, config, resolver)
+        acceptor = Acceptor(store, domains, config)
+        routes = Routes(store, config)
+        return_paths = ReturnPaths(await load_secret(store))
+        classifier = load_classifier(config.outbound.bounce_rules_file)
+        reports = Reports(store, return_paths, classifier)
+        return Services(
+            config=config,
+            store=store,
+            resolver=resolver,
+            domains=domains,
+            keys=ApiKeys(store),
+            credentials=Credentials(store, PasswordChecks(config.smtp)),
+            acceptor=acceptor,
+            routes=routes,
+            return_paths=return_paths,
+            classifier=classifier,
+            inbound=Inbound(
+                config, store, domains, routes, Verdicts(config, resolver), reports, acceptor,
+                resolver,
+            ),
+            accepting=ByteBudget(config.sending.max_accepting_bytes),
+        )
+    except BaseException:
+        await store.close()  # its threads would otherwise keep the process alive
+        raise
+
+
+def smtp_listeners(services: Services) -> SmtpListeners:
+    """Submission (AUTH, site-wide throttles in the store, the accept path) and the MX (hosted
+    domains, the inbound side); each listener counts its own connections."""
+    config = services.config
+    smtp = config.smtp
+    submission_guard = Guard(smtp, smtp.max_connections_per_ip)
+    submission = SubmissionHandler(
+        config,
+        submission_guard,
+        services.accepting,
+        throttle=AuthThrottle(smtp, services.store, submission_guard),
+        credentials=services.credentials,
+        accept=services.acceptor.accept,
+    )
+    mx = MxHandler(
+        config,
+        Guard(smtp, smtp.mx_max_connections_per_ip),
+        services.accepting,
+        find_domain=services.domains.get,
+        receive=services.inbound.receive,
+    )
+    return SmtpListeners(config, submission, mx)
+
+
+def build_outbound(services: Services) -> Outbound:
+    """The delivery side (its policy files are read and checked here)."""
+    return Outbound(
+        services.config,
+        services.store,
+        services.domains,
+        services.resolver,
+        services.classifier,
+        services.return_paths,
+    )
