@@ -97,11 +97,14 @@ def postgres_cluster() -> Iterator[postgres.Cluster]:
 
 
 def url_for(request: pytest.FixtureRequest, engine: str) -> str:
-    """"" (the embedded SQLite file) for sqlite, else the URL of a fresh PostgreSQL database."""
+    """"" (the embedded SQLite file) for sqlite, else the URL of a fresh PostgreSQL database at
+    the current schema, dropped when the requesting fixture's scope ends."""
     if engine == "sqlite":
         return ""
     cluster: postgres.Cluster = request.getfixturevalue("postgres_cluster")
-    return cluster.new_database()
+    url = cluster.migrated_database()
+    request.addfinalizer(lambda: cluster.release(url))
+    return url
 
 
 @pytest.fixture(params=ENGINES)

@@ -7,19 +7,24 @@ free loopback port. No external service; `.ci/run` installs the package and noth
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import os
 import pwd
+import queue
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 SUPERUSER = "mta"
+TEMPLATE = "mta_migrated"
+SPARES = 3  # migrated databases kept ready by a background thread
 
 
 def _binaries() -> Path | None:
@@ -59,6 +64,10 @@ class Cluster:
     root: Path
     port: int
     bin: Path
+    _spares: queue.Queue[str] = field(default_factory=lambda: queue.Queue(SPARES))
+    _drops: queue.Queue[str] = field(default_factory=queue.Queue)
+    _maker: threading.Thread | None = None
+    _stopping: threading.Event = field(default_factory=threading.Event)
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
@@ -75,13 +84,82 @@ class Cluster:
         self._psql(f"CREATE DATABASE {name}")
         return self.url(name)
 
+    def migrated_database(self) -> str:
+        """A fresh database already at the current schema, with no rows; its URL. A copy of a
+        template migrated once per cluster (CREATE DATABASE ... TEMPLATE), made ahead of time
+        by a background thread: about 0.5 s less per test than creating and migrating one."""
+        if self._maker is None:
+            self._psql(f"CREATE DATABASE {TEMPLATE}")
+            failed: list[BaseException] = []
+
+            def migrate() -> None:  # a thread of its own: the caller may be in an event loop
+                try:
+                    asyncio.run(_migrate(self.url(TEMPLATE)))
+                except BaseException as exc:
+                    failed.append(exc)
+
+            migrating = threading.Thread(target=migrate)
+            migrating.start()
+            migrating.join()
+            if failed:
+                self._psql(f"DROP DATABASE {TEMPLATE}")
+                raise failed[0]
+            self._maker = threading.Thread(target=self._make_spares, name="pg-spares",
+                                           daemon=True)
+            self._maker.start()
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                return self.url(self._spares.get(timeout=0.1))
+            except queue.Empty:
+                if not self._maker.is_alive() or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        "no spare database: see the pg-spares thread's error"
+                    ) from None
+
+    def release(self, url: str) -> None:
+        """The database behind `url` is no longer needed: dropped in the background."""
+        self._drops.put(url.rsplit("/", 1)[1])
+        if self._maker is None:
+            self._psql(f"DROP DATABASE IF EXISTS {self._drops.get()} WITH (FORCE)")
+
+    def _make_spares(self) -> None:
+        while not self._stopping.is_set():
+            try:  # making spares comes first; used databases are dropped while none is needed
+                name = "t_" + uuid.uuid4().hex[:16]
+                # PostgreSQL 15's default strategy (WAL_LOG) copies without a checkpoint
+                self._psql(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+                while not self._stopping.is_set():
+                    try:
+                        self._spares.put(name, timeout=0.05)
+                        break
+                    except queue.Full:
+                        while not self._drops.empty():
+                            self._psql(
+                                f"DROP DATABASE IF EXISTS {self._drops.get()} WITH (FORCE)"
+                            )
+            except subprocess.SubprocessError:
+                if not self._stopping.is_set():
+                    raise
+
     def stop(self) -> None:
+        self._stopping.set()
+        if self._maker is not None:
+            self._maker.join(timeout=10)
         subprocess.run(
             [*_as_user(), str(self.bin / "pg_ctl"), "-D", str(self.root / "data"),
              "-m", "immediate", "stop"],
             capture_output=True, timeout=60,
         )
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+async def _migrate(url: str) -> None:
+    from mta.store.postgres import PostgresStore
+
+    store = await PostgresStore.open(url, node_id="template", pool_size=2,
+                                     statement_timeout_s=120)
+    await store.close()
 
 
 def start() -> Cluster:
