@@ -20,7 +20,15 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 from mta.app import Server
 from tests import storeview
 from tests.capture import Capture, start_capture
-from tests.conftest import DOMAIN, Running, cli_env, free_port, make_config, run_cli
+from tests.conftest import (
+    DOMAIN,
+    Running,
+    cli_env,
+    free_port,
+    make_config,
+    run_cli,
+    store_env,
+)
 
 NEW = "new.example.test"
 HOST = "mx.mta.test"  # conftest's server.hostname: SPF, MX and CNAME targets derive from it
@@ -495,7 +503,8 @@ async def test_removing_a_domain_revokes_its_sending_keys_even_once_it_is_added_
     async with running.session(doomed) as sending:
         assert await send(sending, NEW) == 200
         if how == "mta domain remove":
-            result = await asyncio.to_thread(run_cli, cli_env(tmp_path), "domain", "remove", NEW)
+            env = cli_env(tmp_path) | store_env(running.services.config.store.url)
+            result = await asyncio.to_thread(run_cli, env, "domain", "remove", NEW)
             assert f"removed {NEW}" in result.stdout
         else:
             async with api.delete(f"/v3/domains/{NEW}") as resp:
