@@ -14,24 +14,29 @@ from typing import Protocol
 
 from mta.store import Statement, Store
 
-# a free slot number below the limit, taken in one statement (a race between two nodes for
-# the same number loses on the primary key and comes back empty: the caller tries later)
+# a free slot number below the limit, taken in one statement; the number is drawn at random
+# among the free ones so that connections opening together rarely want the same one (the
+# loser of such a race gets no row and draws again)
 _TAKE_SLOT = (
     "WITH RECURSIVE n(slot) AS (SELECT 0 UNION ALL SELECT slot + 1 FROM n WHERE slot + 1 < ?4)"
     " INSERT INTO site_slots (site, slot, node, until)"
     " SELECT ?1, slot, ?2, ?3 FROM n WHERE NOT EXISTS (SELECT 1 FROM site_slots s"
-    " WHERE s.site = ?1 AND s.slot = n.slot AND s.until > ?5) ORDER BY slot LIMIT 1"
+    " WHERE s.site = ?1 AND s.slot = n.slot AND s.until > ?5) ORDER BY random() LIMIT 1"
     " ON CONFLICT (site, slot) DO UPDATE SET node = excluded.node, until = excluded.until"
     " WHERE site_slots.until <= ?5 RETURNING slot"
 )
+_ANY_FREE = (
+    "SELECT 1 AS free WHERE (SELECT count(*) FROM site_slots WHERE site = ?1 AND until > ?3) < ?2"
+)
+SLOT_DRAWS = 5  # tries when another connection took the drawn slot first
 _RENEW_SLOT = "UPDATE site_slots SET until = ? WHERE site = ? AND slot = ? AND node = ?"
 _FREE_SLOT = "DELETE FROM site_slots WHERE site = ? AND slot = ? AND node = ?"
 # reserve the next send time: max(next_at, now) + interval, returned
 _RESERVE = (
-    "INSERT INTO site_pace (site, next_at) VALUES (?1, ?2 + ?3)"
-    " ON CONFLICT (site) DO UPDATE SET next_at ="
-    " CASE WHEN site_pace.next_at > ?2 THEN site_pace.next_at ELSE ?2 END + ?3"
-    " RETURNING next_at"
+    "INSERT INTO site_pace (site, next_at)"
+    " VALUES (?1, CAST(?2 AS DOUBLE PRECISION) + CAST(?3 AS DOUBLE PRECISION))"
+    " ON CONFLICT (site) DO UPDATE SET next_at = CASE WHEN site_pace.next_at > ?2"
+    " THEN site_pace.next_at ELSE ?2 END + ?3 RETURNING next_at"
 )
 
 
@@ -80,15 +85,18 @@ class SharedLimits:
         self._renewed: dict[tuple[str, int], float] = {}
 
     async def take_connection(self, site: str, limit: int) -> int | None:
-        now = time.time()
-        rows = await self._store.write_returning(
-            _TAKE_SLOT, (site, self._store.node_id, now + self._lease_s, limit, now)
-        )
-        if not rows:
-            return None
-        slot = int(rows[0]["slot"])
-        self._renewed[(site, slot)] = now
-        return slot
+        for _ in range(SLOT_DRAWS):
+            now = time.time()
+            rows = await self._store.write_returning(
+                _TAKE_SLOT, (site, self._store.node_id, now + self._lease_s, limit, now)
+            )
+            if rows:
+                slot = int(rows[0]["slot"])
+                self._renewed[(site, slot)] = now
+                return slot
+            if not await self._store.fetchone(_ANY_FREE, (site, limit, now)):
+                return None
+        return None
 
     async def keep_connection(self, site: str, slot: int) -> None:
         now = time.time()

@@ -464,6 +464,9 @@ class Scheduler:
                         asyncio.get_running_loop().call_later(
                             SLOT_RETRY_S * 1.01, self._kick, site)
                         break
+                    if site.paused_until > time.time():  # throttled while the slot was asked
+                        lane.queue.appendleft(d)
+                        break
                 else:
                     assert slot is not None
                     await self._limits.keep_connection(site.key, slot)
