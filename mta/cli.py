@@ -15,12 +15,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from mta import config as config_module
-from mta.api.context import Services
-from mta.app import open_services, serve
+from mta.app import serve
 from mta.config import Config, ConfigError
 from mta.credentials import CredentialError, full_login
 from mta.dates import rfc2822
 from mta.domains import DomainError
+from mta.services import Services, open_services
 from mta.store import owner_only
 
 
@@ -39,7 +39,7 @@ async def _with_services(config: Config, work: Callable[[Services], Awaitable[in
     try:
         return await work(services)
     finally:
-        await services.store.close()
+        await services.close()
 
 
 def _domain_command(args: argparse.Namespace) -> Callable[[Services], Awaitable[int]]:
