@@ -45,7 +45,19 @@ from mta.budget import off_loop_if
 from mta.config import Config
 from mta.dates import message_date
 from mta.domains import Domain, Domains
-from mta.events import event_statement, new_event, record
+from mta.events import (
+    Attachment,
+    Campaign,
+    Envelope,
+    Event,
+    Flags,
+    MessageHeaders,
+    MessageSummary,
+    Reject,
+    event_statement,
+    new_event_ids,
+    record,
+)
 from mta.store import Statement, Store
 
 __all__ = ["AcceptError", "Acceptor", "Address", "Options", "Submission", "valid_addr_spec"]
@@ -546,19 +558,14 @@ class Acceptor:
         opts = sub.options
         key = tokens.token_urlsafe(24)
         due = opts.deliver_at if opts.deliver_at is not None else now
-        recipient_rows, events = [], []
+        recipient_rows = []
         for copy in built.copies:
             personal = copy.personal.dump() if copy.personal is not None else None
             variables_blob = orjson.dumps(copy.user_variables) if personal is not None else None
-            # each copy is its own message to its own recipients (a batch: one `to` each)
-            copy_recipients = [r.addr for r in copy.recipients]
             to_header = copy.to_header if personal is not None else None
             for rcpt in copy.recipients:
                 recipient_rows.append(
                     queue.NewRecipient(rcpt.addr, variables_blob, to_header, personal, due)
-                )
-                events.append(
-                    self._accepted_event(sub, sender, rcpt, copy, built, copy_recipients)
                 )
         summary = built.summary
         # what later events about this message repeat (delivered, failed, ...)
@@ -585,53 +592,8 @@ class Acceptor:
                                  orjson.dumps(options), built.content),
                 recipient_rows,
             ),
-            event_statement(domain.name, events),
+            event_statement(domain.name, _accepted_events(sub, sender, built)),
         ]
-
-    def _accepted_event(
-        self,
-        sub: Submission,
-        sender: str,
-        rcpt: Address,
-        copy: _Copy,
-        built: _Built,
-        recipients: list[str],
-    ) -> dict[str, Any]:
-        opts = sub.options
-        summary = built.summary
-        payload = new_event(
-            "accepted",
-            method=sub.method,
-            recipient=rcpt.addr,
-            recipient_domain=rcpt.domain,
-            tags=opts.tags,
-            campaigns=[{"id": c, "name": c} for c in opts.campaigns],
-            user_variables=copy.user_variables,
-            flags={
-                "is-authenticated": sub.authenticated,
-                "is-test-mode": bool(opts.test_mode),
-                "is-routed": False,
-                "is-system-test": False,
-                "is-big": len(recipients) > 100,
-            },
-            envelope={"sender": sender, "transport": sub.method, "targets": rcpt.addr},
-            message={
-                "headers": {
-                    "to": copy.to_header,
-                    "message-id": summary["message-id"],
-                    "from": summary["from"],
-                    "subject": summary["subject"],
-                },
-                "attachments": summary["attachments"],
-                "recipients": recipients,
-                "size": built.size,
-            },
-        )
-        if opts.deliver_at is not None:
-            payload["delivery-time"] = opts.deliver_at
-        if sub.originating_ip:
-            payload["originating-ip"] = sub.originating_ip
-        return payload
 
     async def _record_rejection(self, domain: Domain, sub: Submission, exc: AcceptError) -> None:
         """Refusals that got as far as a sender and a recipient leave a `rejected` event."""
@@ -647,32 +609,92 @@ class Acceptor:
             if name in sub.message_headers:
                 value = sub.message_headers[name][:1000]
                 headers[name] = value.strip("<> ") if name == "message-id" else value
-        payload = new_event(
+        event = Event(
             "rejected",
-            reject={
-                "reason": "invalid" if exc.status < 500 else "error",
-                "description": exc.message,
-            },
-            tags=sub.options.tags,
-            campaigns=[{"id": c, "name": c} for c in sub.options.campaigns],
+            reject=Reject("invalid" if exc.status < 500 else "error", exc.message),
+            tags=tuple(sub.options.tags),
+            campaigns=tuple(Campaign(c, c) for c in sub.options.campaigns),
             user_variables=sub.user_variables,
-            flags={
-                "is-authenticated": sub.authenticated,
-                "is-test-mode": bool(sub.options.test_mode),
-            },
-            envelope={
-                "sender": sub.envelope_sender or ", ".join(sub.from_)[:1000],
-                "transport": sub.method,
-                "targets": ", ".join(sub.to)[:1000],
-            },
-            message={"headers": headers, "attachments": [], "size": 0},
+            flags=Flags(
+                is_authenticated=sub.authenticated, is_test_mode=bool(sub.options.test_mode)
+            ),
+            envelope=Envelope(
+                sender=sub.envelope_sender or ", ".join(sub.from_)[:1000],
+                transport=sub.method,
+                targets=", ".join(sub.to)[:1000],
+            ),
+            message=MessageSummary(
+                headers=MessageHeaders(
+                    to=headers["to"],
+                    message_id=headers["message-id"],
+                    from_=headers["from"],
+                    subject=headers["subject"],
+                )
+            ),
+            originating_ip=sub.originating_ip or None,
         )
-        if sub.originating_ip:
-            payload["originating-ip"] = sub.originating_ip
         try:
-            await record(self._store, domain.name, [payload])
+            await record(self._store, domain.name, [event])
         except Exception:  # the refusal itself must still reach the client
             log.exception("could not record rejected event")
+
+
+def _accepted_events(sub: Submission, sender: str, built: _Built) -> list[Event]:
+    """One `accepted` event per recipient of each copy. What the events of a submission (or
+    of a copy) share is built once: a batch send of thousands makes thousands of them."""
+    opts = sub.options
+    summary = built.summary
+    tags = tuple(opts.tags)
+    campaigns = tuple(Campaign(c, c) for c in opts.campaigns)
+    attachments = tuple(
+        Attachment(a["filename"], a["content-type"], a["size"]) for a in summary["attachments"]
+    )
+    originating_ip = sub.originating_ip or None
+    flags = {  # by is-big (more than 100 recipients in the copy)
+        big: Flags(
+            is_authenticated=sub.authenticated,
+            is_test_mode=bool(opts.test_mode),
+            is_routed=False,
+            is_system_test=False,
+            is_big=big,
+        )
+        for big in (False, True)
+    }
+    ids = iter(new_event_ids(sum(len(copy.recipients) for copy in built.copies)))
+    events = []
+    for copy in built.copies:
+        # each copy is its own message to its own recipients (a batch: one `to` each)
+        recipients = tuple([r.addr for r in copy.recipients])
+        message = MessageSummary(
+            headers=MessageHeaders(
+                to=copy.to_header,
+                message_id=summary["message-id"],
+                from_=summary["from"],
+                subject=summary["subject"],
+            ),
+            attachments=attachments,
+            recipients=recipients,
+            size=built.size,
+        )
+        copy_flags = flags[len(recipients) > 100]
+        for addr in recipients:
+            events.append(
+                Event(
+                    "accepted",
+                    id=next(ids),
+                    method=sub.method,
+                    recipient=addr,
+                    tags=tags,
+                    campaigns=campaigns,
+                    user_variables=copy.user_variables,
+                    flags=copy_flags,
+                    envelope=Envelope(sender=sender, transport=sub.method, targets=addr),
+                    message=message,
+                    delivery_time=opts.deliver_at,
+                    originating_ip=originating_ip,
+                )
+            )
+    return events
 
 
 _RESERVED_HEADERS = {

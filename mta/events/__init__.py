@@ -1,22 +1,67 @@
 """Events: the single, append-only history of everything that happens to a message.
 
-Producers build Mailgun-shaped event payloads and hand them to `event_statement`, which they
-include in the same transaction as the change the events describe (so an event exists exactly
-when its change does). The searchable columns are derived here, in one place.
+Producers build typed `Event`s (mta.events.model) and hand them to `event_statement`, which
+they include in the same transaction as the change the events describe (so an event exists
+exactly when its change does). A row holds the event's Mailgun payload and the searchable
+columns the event derives from its typed fields.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-import orjson
-
-from mta import tokens
+from mta.events.model import (
+    LOG_LEVELS,
+    SEP,
+    Attachment,
+    Campaign,
+    DeliveryStatus,
+    Envelope,
+    Event,
+    EventKind,
+    Flags,
+    MailingList,
+    MatchedRoute,
+    MessageHeaders,
+    MessageSummary,
+    Reject,
+    SearchColumns,
+    Severity,
+    Storage,
+    joined,
+    new_event_id,
+    new_event_ids,
+)
 from mta.store import Statement, Store
 
-SEP = "\x1f"  # separates list items in searchable columns, so a term can match a whole item
+__all__ = [
+    "LOG_LEVELS",
+    "SEP",
+    "Attachment",
+    "Campaign",
+    "DeliveryStatus",
+    "Envelope",
+    "Event",
+    "EventKind",
+    "Flags",
+    "MailingList",
+    "MatchedRoute",
+    "MessageHeaders",
+    "MessageSummary",
+    "Reject",
+    "SearchColumns",
+    "Severity",
+    "Storage",
+    "event_statement",
+    "joined",
+    "new_event",
+    "new_event_id",
+    "new_event_ids",
+    "purge_expired",
+    "record",
+]
 
 INSERT_EVENT = (
     "INSERT INTO events (id, domain, ts, event, recipient, message_id, severity, tags, from_addr,"
@@ -24,29 +69,12 @@ INSERT_EVENT = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
-LOG_LEVELS = {
-    "accepted": "info",
-    "delivered": "info",
-    "opened": "info",
-    "clicked": "info",
-    "stored": "info",
-    "rejected": "warn",
-    "complained": "warn",
-    "unsubscribed": "info",
-}
-
-
-def new_event_id() -> str:
-    return tokens.token_urlsafe(16)  # 22 characters, like Mailgun's
-
-
-def joined(items: Iterable[str]) -> str:
-    items = [i.lower() for i in items if i]
-    return SEP + SEP.join(items) + SEP if items else ""
-
 
 def new_event(event: str, **fields: Any) -> dict[str, Any]:
-    """A payload with the fields every event has; `fields` use Mailgun's (hyphenated) names."""
+    """A payload dict with the fields every event has; `fields` use Mailgun's (hyphenated)
+    names. Kept only for mta.inbound until it builds `Event`s: `event_statement` reads such a
+    dict into an Event (an unknown field is an error), so its row is the same as a typed one's.
+    """
     payload: dict[str, Any] = {
         "id": new_event_id(),
         "event": event,
@@ -60,37 +88,21 @@ def new_event(event: str, **fields: Any) -> dict[str, Any]:
     return payload
 
 
-def _row(domain: str, payload: dict[str, Any]) -> tuple[Any, ...]:
-    message = payload.get("message") or {}
-    headers = message.get("headers") or {}
-    mailing_list = payload.get("mailing-list") or {}
-    return (
-        payload["id"],
-        domain,
-        payload["timestamp"],
-        payload["event"],
-        (payload.get("recipient") or "").lower(),
-        headers.get("message-id", ""),
-        payload.get("severity", ""),
-        joined(payload.get("tags") or ()),
-        headers.get("from", ""),
-        headers.get("to", ""),
-        headers.get("subject", ""),
-        int(message.get("size") or 0),
-        joined(message.get("recipients") or ()),
-        joined(a.get("filename", "") for a in message.get("attachments") or ()),
-        (mailing_list.get("address") or "").lower(),
-        orjson.dumps(payload),
+def _row(domain: str, event: Event) -> tuple[Any, ...]:
+    return (event.id, domain, event.timestamp, event.kind, *event.columns(), event.to_json())
+
+
+def event_statement(domain: str, events: Iterable[Event | Mapping[str, Any]]) -> Statement:
+    """The INSERT of `events` (for the transaction of the change they describe)."""
+    return Statement(
+        INSERT_EVENT,
+        [_row(domain, e if isinstance(e, Event) else Event.from_payload(e)) for e in events],
     )
 
 
-def event_statement(domain: str, payloads: Iterable[dict[str, Any]]) -> Statement:
-    return Statement(INSERT_EVENT, [_row(domain, p) for p in payloads])
-
-
-async def record(store: Store, domain: str, payloads: Iterable[dict[str, Any]]) -> None:
+async def record(store: Store, domain: str, events: Iterable[Event | Mapping[str, Any]]) -> None:
     """Write events on their own (for events that accompany no other change)."""
-    await store.write(event_statement(domain, payloads))
+    await store.write(event_statement(domain, events))
 
 
 async def purge_expired(store: Store, retention_days: float) -> None:

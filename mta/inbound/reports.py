@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from email.message import Message as EmailMessage
 
-from mta.events import event_statement
+from mta.events import DeliveryStatus, event_statement
 from mta.inbound.parsed import TooManyParts, parse_bounded
 from mta.outbound.policy import Classifier
 from mta.outbound.returnpath import ReturnPaths
@@ -132,20 +132,20 @@ class Reports:
         code = int(code_match.group(1)) if code_match else 550
         verdict = self._classifier.classify(code, enhanced, diagnostic[:1000])
         permanent = enhanced.startswith("5")
-        delivery_status = {
-            "code": code,
-            "message": diagnostic,
-            "description": verdict.name,
-            "enhanced-code": enhanced,
-            "bounce-code": enhanced,
-            "attempt-no": sent.attempts,
-        }
+        delivery_status = DeliveryStatus(
+            code=code,
+            message=diagnostic,
+            description=verdict.name,
+            enhanced_code=enhanced,
+            bounce_code=enhanced,
+            attempt_no=sent.attempts,
+        )
         event = delivery_event(
             sent,
             "failed",
             delivery_status,
             mail_from=None,
-            flags={"is-delayed-bounce": True},
+            delayed_bounce=True,
             severity="permanent" if permanent else "temporary",
             reason="bounce" if permanent else "generic",
         )
@@ -163,7 +163,7 @@ class Reports:
         for candidate in dict.fromkeys((envelope_recipient, *summary.return_paths)):
             sent = await self._ours(summary, candidate)
             if sent is not None:
-                event = delivery_event(sent, "complained", {}, mail_from=None)
+                event = delivery_event(sent, "complained", None, mail_from=None)
                 log.info("complaint about <%s> for %s", sent.address, sent.message.domain)
                 return [
                     event_statement(sent.message.domain, [event]),
@@ -179,7 +179,7 @@ class Reports:
             if sent is not None:
                 log.info("unverified complaint about <%s>: recorded, not suppressed",
                          sent.address)
-                event = delivery_event(sent, "complained", {}, mail_from=None)
+                event = delivery_event(sent, "complained", None, mail_from=None)
                 return [event_statement(sent.message.domain, [event])]
         return None
 

@@ -11,14 +11,26 @@ PostgreSQL, nodes claiming together skip each other's locked rows (FOR UPDATE SK
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import orjson
 
 from mta.accept.template import Personal, Template
-from mta.events import event_statement, new_event
+from mta.events import (
+    Attachment,
+    Campaign,
+    DeliveryStatus,
+    Envelope,
+    Event,
+    EventKind,
+    Flags,
+    MessageHeaders,
+    MessageSummary,
+    Severity,
+    event_statement,
+)
 from mta.store import Statement, Store
 
 _CLAIM = (
@@ -253,7 +265,7 @@ class Queue:
     # -- outcomes: each is the row change plus its event, in one transaction -------------------
 
     async def finish(
-        self, delivery: Delivery, state: str, event: dict[str, Any], *extra: Statement
+        self, delivery: Delivery, state: str, event: Event, *extra: Statement
     ) -> None:
         """Delivered or permanently failed."""
         await self._store.write(
@@ -262,7 +274,7 @@ class Queue:
             *extra,
         )
 
-    async def retry(self, delivery: Delivery, due_at: float, event: dict[str, Any]) -> None:
+    async def retry(self, delivery: Delivery, due_at: float, event: Event) -> None:
         await self._store.write(
             Statement(_RETRY, [(due_at, delivery.id)]),
             event_statement(delivery.message.domain, [event]),
@@ -296,59 +308,72 @@ class Queue:
 
 def delivery_event(
     d: Delivery,
-    kind: str,
-    status: dict[str, Any],
+    kind: EventKind,
+    status: DeliveryStatus | Mapping[str, Any] | None,
     *,
     mail_from: str | None,
     sending_ip: str = "",
     provider: str | None = None,
-    flags: dict[str, bool] | None = None,
-    **fields: Any,
-) -> dict[str, Any]:
-    """A Mailgun-shaped event about one recipient of a sent message (delivered, failed,
-    complained), carrying what its `accepted` event carried."""
+    delayed_bounce: bool = False,
+    severity: Severity | None = None,
+    reason: str | None = None,
+    primary_dkim: str | None = None,
+) -> Event:
+    """An event about one recipient of a sent message (delivered, failed, complained),
+    carrying what its `accepted` event carried. `status` may be Mailgun-named (the scheduler's
+    dicts); empty or None leaves `delivery-status` out (complaints)."""
     message = d.message
     opts = message.options
     described = opts.get("message", {})
-    headers = dict(described.get("headers", {}))
-    if d.to_header is not None:
-        headers["to"] = d.to_header
     variables = d.user_variables
     if variables is None:
         variables = opts.get("user-variables", {})
-    envelope = {"sender": message.sender, "transport": "smtp", "targets": d.address}
-    if mail_from is not None:
-        envelope["mail-from"] = mail_from
-    if sending_ip:
-        envelope["sending-ip"] = sending_ip
-    payload = new_event(
+    if status is not None and not isinstance(status, DeliveryStatus):
+        status = DeliveryStatus.from_payload(status) if status else None
+    return Event(
         kind,
         recipient=d.address,
-        recipient_domain=d.recipient_domain,
         method=described.get("method", "http"),
-        tags=message.tags,
-        campaigns=[{"id": c, "name": c} for c in opts.get("campaigns", [])],
+        severity=severity,
+        reason=reason,
+        tags=tuple(opts.get("tags", ())),
+        campaigns=tuple(Campaign(c, c) for c in opts.get("campaigns", ())),
         user_variables=variables,
-        flags={
-            "is-authenticated": described.get("is-authenticated", True),
-            "is-test-mode": message.test_mode,
-            "is-routed": False,
-            "is-system-test": False,
-            "is-delayed-bounce": False,
-        }
-        | (flags or {}),
-        envelope=envelope,
-        message={
-            "headers": headers,
-            "attachments": described.get("attachments", []),
-            "size": d.size,
-        },
-        **({"delivery_status": status} if status else {}),
-        **fields,
+        flags=Flags(
+            is_authenticated=described.get("is-authenticated", True),
+            is_test_mode=message.test_mode,
+            is_routed=False,
+            is_system_test=False,
+            is_delayed_bounce=delayed_bounce,
+        ),
+        envelope=Envelope(
+            sender=message.sender,
+            transport="smtp",
+            targets=d.address,
+            mail_from=mail_from,
+            sending_ip=sending_ip or None,
+        ),
+        message=_summary(d, described),
+        delivery_status=status,
+        recipient_provider=provider,
+        primary_dkim=primary_dkim,
     )
-    if provider is not None:
-        payload["recipient-provider"] = provider
-    return payload
+
+
+def _summary(d: Delivery, described: Mapping[str, Any]) -> MessageSummary:
+    """The `message` of a sent recipient's events, from what accept stored with the message
+    (a batch recipient has its own To)."""
+    headers = described.get("headers", {})
+    return MessageSummary(
+        headers=MessageHeaders(
+            to=d.to_header if d.to_header is not None else headers.get("to"),
+            message_id=headers.get("message-id", ""),
+            from_=headers.get("from"),
+            subject=headers.get("subject"),
+        ),
+        attachments=tuple(Attachment.from_payload(a) for a in described.get("attachments", ())),
+        size=d.size,
+    )
 
 
 async def sent_recipient(store: Store, recipient_id: int) -> Delivery | None:
@@ -373,14 +398,13 @@ async def sent_recipient(store: Store, recipient_id: int) -> Delivery | None:
     return _delivery(row, message, row["mime"])
 
 
-def dropped_event(d: Delivery) -> dict[str, Any]:
+def dropped_event(d: Delivery) -> Event:
     """The `failed` event of a recipient never sent because its sending domain was removed."""
-    status = {
-        "code": 0,
-        "message": "",
-        "description": f"Not delivering: the sending domain {d.message.domain} was removed",
-        "attempt-no": d.attempts + 1,
-    }
+    status = DeliveryStatus(
+        code=0,
+        description=f"Not delivering: the sending domain {d.message.domain} was removed",
+        attempt_no=d.attempts + 1,
+    )
     return delivery_event(d, "failed", status, mail_from=None, severity="permanent",
                           reason="generic")
 
