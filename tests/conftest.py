@@ -114,6 +114,15 @@ def store_url(request: pytest.FixtureRequest) -> str:
     return url_for(request, request.param)
 
 
+@pytest.fixture(params=ENGINES)
+def empty_store_url(request: pytest.FixtureRequest) -> str:
+    """store_url of a database with no schema yet (for tests of migrations)."""
+    if request.param == "sqlite":
+        return ""
+    cluster: postgres.Cluster = request.getfixturevalue("postgres_cluster")
+    return cluster.new_database()
+
+
 @pytest.fixture(scope="module", params=ENGINES)
 def module_engine(request: pytest.FixtureRequest) -> str:
     """The engine of servers shared by a module's tests (url_for gives each its database)."""

@@ -323,7 +323,9 @@ async def test_finished_jobs_are_purged_and_queued_ones_kept(
     assert [j["kind"] for j in await jobs.find(store)] == ["later"]
 
 
-async def test_schema_7_moves_inbound_jobs_into_the_outbox(store_url: str, tmp_path: Path) -> None:
+async def test_schema_7_moves_inbound_jobs_into_the_outbox(
+    empty_store_url: str, tmp_path: Path
+) -> None:
     """A database at schema 6 keeps its route actions' jobs: they become jobs of the outbox,
     owned by their message, in the shape mta.inbound reads (a 406 'rejected' is 'stopped')."""
     old_rows = (
@@ -332,6 +334,7 @@ async def test_schema_7_moves_inbound_jobs_into_the_outbox(store_url: str, tmp_p
         " ('k1', 'post', 'https://app.test/in', 'r1', 'queued', 1, 50, 50, 10),"
         " ('k2', 'notify', 'https://app.test/n', 'r2', 'rejected', 1, 60, 0, 20)"
     )
+    store_url = empty_store_url
     if store_url:
         conn = await asyncpg.connect(store_url)
         async with conn.transaction():
