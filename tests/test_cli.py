@@ -15,8 +15,8 @@ from pathlib import Path
 
 import aiohttp
 
-from tests import storeview
-from tests.conftest import Process, cli_env, run_cli
+from tests import postgres, storeview
+from tests.conftest import Process, cli_env, free_port, run_cli, store_env
 
 REPO = Path(__file__).resolve().parents[1]
 KEY_RE = re.compile(r"key-[0-9a-f]{32}")
@@ -266,6 +266,21 @@ async def test_an_unusable_store_file_is_one_line_naming_it_not_a_traceback(tmp_
         assert result.stderr.splitlines() == [
             f"mta: cannot open the store {tmp_path}: unable to open database file"
         ]
+
+
+async def test_an_unreachable_or_missing_postgresql_store_is_one_line_naming_it(
+    tmp_path: Path, postgres_cluster: postgres.Cluster
+):
+    refused = f"postgresql://mta@127.0.0.1:{free_port()}/mta"  # nothing listens there
+    missing = postgres_cluster.url("no_such_database")
+    for url, named in ((refused, refused.rsplit("@", 1)[1]), (missing, "no_such_database")):
+        env = cli_env(tmp_path) | store_env(url)
+        for command in (("serve",), ("key", "list")):
+            result = await cli(env, *command, check=False)
+            assert result.returncode != 0
+            lines = result.stderr.splitlines()
+            assert len(lines) == 1, result.stderr
+            assert lines[0].startswith("mta: cannot open the store") and named in lines[0], lines
 
 
 async def test_sigterm_stops_the_server_cleanly_and_keeps_what_was_accepted(
