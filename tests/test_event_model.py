@@ -24,7 +24,6 @@ from mta.events import (
     SearchColumns,
     Storage,
     event_statement,
-    new_event,
 )
 from mta.queue import Delivery, Message, delivery_event, dropped_event
 
@@ -267,28 +266,6 @@ def test_event_statement_writes_columns_and_the_payload_json():
     assert row[-1] == event.to_json()
 
 
-def test_a_new_event_dict_is_written_as_its_typed_event():
-    """mta.inbound still builds payload dicts: they become the same row as the typed event."""
-    legacy = new_event(
-        "failed",
-        recipient="R@mg.example.test",
-        recipient_domain="mg.example.test",
-        severity="permanent",
-        reason="old",
-        flags={"is-routed": True},
-        routes=[{"id": "r1", "match": {"recipient": "R@mg.example.test"}}],
-        delivery_status={"code": 500, "message": "p", "description": "d", "attempt-no": 3},
-        envelope={"sender": "x@y.test", "targets": "https://h.test/", "transport": "post"},
-    )
-    typed = Event.from_payload(legacy)
-    assert typed.routes == (MatchedRoute(id="r1", recipient="R@mg.example.test"),)
-    assert typed.delivery_status == DeliveryStatus(code=500, message="p", description="d",
-                                                   attempt_no=3)
-    (row,) = event_statement("mg.example.test", [legacy]).rows
-    assert row == event_statement("mg.example.test", [typed]).rows[0]
-    assert orjson.loads(row[-1]) == legacy
-
-
 # -- reading payloads back ------------------------------------------------------------------------
 
 
@@ -382,9 +359,6 @@ def test_delivery_event_repeats_what_accept_stored():
         size=42,
     )
     assert event.recipient_provider == "Other"
-    # the scheduler still reads outcomes as the payload (its log line)
-    assert event["delivery-status"]["code"] == 250
-    assert event.get("severity") is None
 
 
 def test_delivery_event_of_a_shared_copy_and_a_complaint():

@@ -9,7 +9,7 @@ columns the event derives from its typed fields.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 from mta.events.model import (
@@ -56,7 +56,6 @@ __all__ = [
     "Storage",
     "event_statement",
     "joined",
-    "new_event",
     "new_event_id",
     "new_event_ids",
     "purge_expired",
@@ -70,37 +69,16 @@ INSERT_EVENT = (
 )
 
 
-def new_event(event: str, **fields: Any) -> dict[str, Any]:
-    """A payload dict with the fields every event has; `fields` use Mailgun's (hyphenated)
-    names. Kept only for mta.inbound until it builds `Event`s: `event_statement` reads such a
-    dict into an Event (an unknown field is an error), so its row is the same as a typed one's.
-    """
-    payload: dict[str, Any] = {
-        "id": new_event_id(),
-        "event": event,
-        "timestamp": time.time(),
-        "log-level": LOG_LEVELS.get(event, "info"),
-    }
-    for name, value in fields.items():
-        payload[name.replace("_", "-")] = value
-    if event == "failed":
-        payload["log-level"] = "error" if payload.get("severity") == "permanent" else "warn"
-    return payload
-
-
 def _row(domain: str, event: Event) -> tuple[Any, ...]:
     return (event.id, domain, event.timestamp, event.kind, *event.columns(), event.to_json())
 
 
-def event_statement(domain: str, events: Iterable[Event | Mapping[str, Any]]) -> Statement:
+def event_statement(domain: str, events: Iterable[Event]) -> Statement:
     """The INSERT of `events` (for the transaction of the change they describe)."""
-    return Statement(
-        INSERT_EVENT,
-        [_row(domain, e if isinstance(e, Event) else Event.from_payload(e)) for e in events],
-    )
+    return Statement(INSERT_EVENT, [_row(domain, e) for e in events])
 
 
-async def record(store: Store, domain: str, events: Iterable[Event | Mapping[str, Any]]) -> None:
+async def record(store: Store, domain: str, events: Iterable[Event]) -> None:
     """Write events on their own (for events that accompany no other change)."""
     await store.write(event_statement(domain, events))
 

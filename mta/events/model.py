@@ -8,8 +8,7 @@ reader sees one shape, and its Mailgun field names live in one place: `payload()
 as Mailgun leaves it out (a `rejected` event has no `recipient`, a `complained` one no
 `delivery-status`).
 
-`from_payload` reads a payload back (stored rows, and producers that still build
-`mta.events.new_event` dicts); `Event.from_payload(e.payload()) == e`.
+`from_payload` reads a payload back (stored rows); `Event.from_payload(e.payload()) == e`.
 """
 
 from __future__ import annotations
@@ -596,20 +595,6 @@ class Event:
             name, read = reader
             values[name] = read(value)
         return cls(**values)
-
-    # -- a read-only view as the payload dict, for code written against those (the outbound
-    # -- scheduler's log line); new code reads the fields
-
-    @_once
-    def _view(self) -> dict[str, Any]:
-        return self.payload()
-
-    def __getitem__(self, key: str) -> Any:
-        """`event["delivery-status"]`: the payload's value (read only; prefer the fields)."""
-        return self._view[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self._view.get(key, default)
 
 
 _NO_HEADERS = MessageHeaders()

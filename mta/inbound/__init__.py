@@ -36,7 +36,17 @@ from mta.budget import off_loop_if
 from mta.config import Config
 from mta.dns import Resolver
 from mta.domains import Domain, Domains
-from mta.events import event_statement, new_event
+from mta.events import (
+    DeliveryStatus,
+    Envelope,
+    Event,
+    Flags,
+    MatchedRoute,
+    MessageHeaders,
+    MessageSummary,
+    Storage,
+    event_statement,
+)
 from mta.inbound.parsed import Parsed, decode_header_value, parse_message
 from mta.inbound.reports import Reports, report_type
 from mta.inbound.routes import MatchingTime, RouteMatch, Routes, RoutesOutOfTime
@@ -364,15 +374,12 @@ class Inbound:
                     if action.notify:
                         new_jobs.append(_Action.new_job("notify", key, action.notify,
                                                         match.route.id))
-        accepted = self._accepted_event(rcpt, sender, size + len(prefix), headers, matches)
+        storage = Storage(self.storage_url(domain.name, key), key) if stored_until else None
+        accepted = self._accepted_event(rcpt, sender, size + len(prefix), headers, matches,
+                                        storage)
         events = [accepted]
-        if stored_until:
-            storage = {"url": self.storage_url(domain.name, key), "key": key}
-            accepted["storage"] = storage
-            events.append(
-                new_event("stored", storage=storage, message=accepted["message"],
-                          flags={"is-test-mode": False})
-            )
+        if storage is not None:
+            events.append(_stored_event(accepted))
         log.info("routed mail for <%s> from <%s>: %d action(s)%s", rcpt, sender,
                  len(new_jobs), ", stored" if stored_until else "")
         statements = [event_statement(domain.name, events)]
@@ -392,39 +399,34 @@ class Inbound:
         size: int,
         headers: list[tuple[str, str]],
         matches: list[RouteMatch],
-    ) -> dict[str, Any]:
+        storage: Storage | None = None,
+    ) -> Event:
         first: dict[str, str] = {}
         for name, value in headers:
             first.setdefault(name.lower(), value)
-        return new_event(
+        return Event(
             "accepted",
             method="smtp",
             recipient=rcpt,
-            recipient_domain=rcpt.rpartition("@")[2].lower(),
-            tags=[],
+            tags=(),
             user_variables={},
-            flags={
-                "is-authenticated": False,
-                "is-routed": True,
-                "is-test-mode": False,
-                "is-system-test": False,
-            },
-            envelope={"sender": sender, "transport": "smtp", "targets": rcpt},
-            message={
-                "headers": {
-                    "to": first.get("to", ""),
-                    "message-id": first.get("message-id", "").strip().strip("<>"),
-                    "from": first.get("from", ""),
-                    "subject": first.get("subject", ""),
-                },
-                "attachments": [],
-                "recipients": [rcpt],
-                "size": size,
-            },
-            routes=[
-                {"expression": m.route.expression, "id": m.route.id, "match": {"recipient": rcpt}}
+            flags=_ACCEPTED_FLAGS,
+            envelope=Envelope(sender=sender, transport="smtp", targets=rcpt),
+            message=MessageSummary(
+                headers=MessageHeaders(
+                    to=first.get("to", ""),
+                    message_id=first.get("message-id", "").strip().strip("<>"),
+                    from_=first.get("from", ""),
+                    subject=first.get("subject", ""),
+                ),
+                recipients=(rcpt,),
+                size=size,
+            ),
+            routes=tuple(
+                MatchedRoute(id=m.route.id, recipient=rcpt, expression=m.route.expression)
                 for m in matches
-            ],
+            ),
+            storage=storage,
         )
 
     # -- stored messages ------------------------------------------------------------------------
@@ -609,22 +611,43 @@ class Inbound:
     ) -> Statement:
         """The `failed` event recorded when the action is given up."""
         target = webpost.redact(action.target)  # events are read by more people than routes are
-        return event_statement(message.domain, [new_event(
-            "failed",
-            recipient=message.recipient,
-            recipient_domain=message.recipient.rpartition("@")[2].lower(),
-            severity="permanent",
-            reason=reason,
-            flags={"is-routed": True},
-            routes=[{"id": action.route_id, "match": {"recipient": message.recipient}}],
-            delivery_status={
-                "code": status,
-                "message": problem,
-                "description": f"{action.kind} to {target} given up",
-                "attempt-no": action.attempts + 1,
-            },
-            envelope={"sender": message.sender, "targets": target, "transport": action.kind},
-        )])
+        return event_statement(
+            message.domain, [_failed_event(action, message, status, problem, reason, target)]
+        )
+
+
+_ACCEPTED_FLAGS = Flags(
+    is_authenticated=False, is_routed=True, is_test_mode=False, is_system_test=False
+)
+_STORED_FLAGS = Flags(is_test_mode=False)
+_GIVEN_UP_FLAGS = Flags(is_routed=True)
+
+
+def _stored_event(accepted: Event) -> Event:
+    """The `stored` event beside a routed recipient's `accepted` one (which has the storage)."""
+    return Event("stored", storage=accepted.storage, message=accepted.message,
+                 flags=_STORED_FLAGS)
+
+
+def _failed_event(
+    action: _Action, message: StoredMessage, status: int, problem: str, reason: str, target: str
+) -> Event:
+    """The `failed` event of a route action given up (`target` already redacted)."""
+    return Event(
+        "failed",
+        recipient=message.recipient,
+        severity="permanent",
+        reason=reason,
+        flags=_GIVEN_UP_FLAGS,
+        routes=(MatchedRoute(id=action.route_id, recipient=message.recipient),),
+        delivery_status=DeliveryStatus(
+            code=status,
+            message=problem,
+            description=f"{action.kind} to {target} given up",
+            attempt_no=action.attempts + 1,
+        ),
+        envelope=Envelope(sender=message.sender, transport=action.kind, targets=target),
+    )
 
 
 def attachments_json(message_url: str, parsed: Parsed) -> list[dict[str, Any]]:

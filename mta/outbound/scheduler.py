@@ -23,6 +23,7 @@ from typing import Any
 
 from mta.config import Config
 from mta.domains import Domains
+from mta.events import DeliveryStatus, Event, EventKind
 from mta.outbound.client import (
     NO_CONNECTION,
     Connector,
@@ -653,8 +654,8 @@ class Scheduler:
             "utf8": session.utf8 if session else False,
         }
 
-    def _event(self, d: Delivery, kind: str, status: dict[str, Any], sending_ip: str = "",
-               **fields: Any) -> dict:
+    def _event(self, d: Delivery, kind: EventKind, status: dict[str, Any], sending_ip: str = "",
+               **fields: Any) -> Event:
         site: Site | None = d.site
         provider = None
         if site is not None:
@@ -741,13 +742,13 @@ class Scheduler:
         event = self._event(d, "failed", status, severity="temporary", reason=reason)
         return self._retry(d, due, event)
 
-    async def _retry(self, d: Delivery, due: float, event: dict) -> None:
+    async def _retry(self, d: Delivery, due: float, event: Event) -> None:
         await self._record(d, event, self._queue.retry(d, due, event))
 
-    async def _finish(self, d: Delivery, state: str, event: dict, *extra: Any) -> None:
+    async def _finish(self, d: Delivery, state: str, event: Event, *extra: Any) -> None:
         await self._record(d, event, self._queue.finish(d, state, event, *extra))
 
-    async def _record(self, d: Delivery, event: dict, write: Write) -> None:
+    async def _record(self, d: Delivery, event: Event, write: Write) -> None:
         """Commit an outcome. If the store refuses it, the recipient keeps its lease and is
         tried again when the lease runs out (at-least-once); nothing is raised."""
         try:
@@ -764,23 +765,23 @@ class Scheduler:
             self._queue.forget(d)
 
 
-def _log_outcome(d: Delivery, event: dict[str, Any]) -> None:
+def _log_outcome(d: Delivery, event: Event) -> None:
     """One line per attempt, Postfix-style: what happened, to whom, where, and the reply."""
-    status = event["delivery-status"]
-    if event["event"] == "delivered":
+    status = event.delivery_status or DeliveryStatus(code=0)
+    if event.kind == "delivered":
         outcome = "delivered"
-    elif event.get("severity") == "permanent":
-        outcome = f"failed ({event.get('reason')})"
+    elif event.severity == "permanent":
+        outcome = f"failed ({event.reason})"
     else:
-        outcome = f"deferred {status.get('retry-seconds', 0)} s"
+        outcome = f"deferred {status.retry_seconds or 0} s"
     log.info(
         "%s <%s> to <%s> via %s, attempt %d, tls %s: %s %s",
         outcome,
-        event["message"]["headers"].get("message-id", ""),
+        event.message.headers.message_id if event.message else "",
         d.address,
-        status["mx-host"] or "-",
-        status["attempt-no"],
-        "yes" if status["tls"] else "no",
-        status["code"],
-        status["message"] or status["description"],
+        status.mx_host or "-",
+        status.attempt_no or 0,
+        "yes" if status.tls else "no",
+        status.code,
+        status.message or status.description,
     )
