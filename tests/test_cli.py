@@ -1,5 +1,7 @@
 """The `mta` command: admin commands working against a running server's store, and `mta serve`
-as a process (config errors, SIGTERM). Everything runs as real subprocesses."""
+as a process (config errors, SIGTERM). Everything runs as real subprocesses, on the SQLite
+default; the tests of admin changes reaching a running server and of SIGTERM run on PostgreSQL
+too (a store_url parameter)."""
 
 from __future__ import annotations
 
@@ -28,8 +30,9 @@ async def cli(
     return await asyncio.to_thread(run_cli, env, *args, check=check)
 
 
-async def start(server_process: Callable[[], Process]) -> Process:
-    return await asyncio.to_thread(server_process)
+async def start(server_process: Callable[..., Process], store_url: str = "") -> Process:
+    """`mta serve` on the SQLite default, or on `store_url`'s PostgreSQL database."""
+    return await asyncio.to_thread(server_process, **store_env(store_url))
 
 
 async def new_key(env: dict[str, str], *args: str) -> str:
@@ -103,9 +106,9 @@ async def test_domain_signing_key_prints_the_key_route_posts_are_signed_with(tmp
 
 
 async def test_domain_remove_while_server_runs_makes_sends_404(
-    server_process: Callable[[], Process],
+    server_process: Callable[[], Process], store_url: str
 ):
-    proc = await start(server_process)
+    proc = await start(server_process, store_url)
     await cli(proc.env, "domain", "add", "gone.example.test")
     key = await new_key(proc.env)
     assert (await send(proc, key, "gone.example.test", "alice@example.net"))[0] == 200
@@ -181,9 +184,9 @@ async def test_key_list_never_prints_secrets(tmp_path: Path):
 
 
 async def test_key_revoke_makes_the_key_fail_at_once_on_the_running_server(
-    server_process: Callable[[], Process],
+    server_process: Callable[[], Process], store_url: str
 ):
-    proc = await start(server_process)
+    proc = await start(server_process, store_url)
     kept, revoked = await asyncio.gather(
         new_key(proc.env, "--description", "kept"), new_key(proc.env, "--description", "revoked")
     )
@@ -284,9 +287,9 @@ async def test_an_unreachable_or_missing_postgresql_store_is_one_line_naming_it(
 
 
 async def test_sigterm_stops_the_server_cleanly_and_keeps_what_was_accepted(
-    tmp_path: Path, server_process: Callable[[], Process]
+    server_process: Callable[[], Process], store_url: str
 ):
-    proc = await start(server_process)
+    proc = await start(server_process, store_url)
     await cli(proc.env, "domain", "add", "mg.example.test")
     key = await new_key(proc.env)
     status, body = await send(proc, key, "mg.example.test", "alice@example.net")
