@@ -1,5 +1,8 @@
-"""Shared fixtures: a real server on an ephemeral loopback port, with a real SQLite file in a
-temporary directory, and a real HTTP client authenticated with a real API key."""
+"""Shared fixtures: a real server on an ephemeral loopback port, with a real store, and a real
+HTTP client authenticated with a real API key. Every test that uses a store runs on both
+engines (the `store_url` parameter): a SQLite file in a temporary directory, and a fresh
+database of a PostgreSQL cluster the session starts (tests/postgres.py). Tests read what was
+stored through the store's own readers (tests/storeview.py), so one assertion fits both."""
 
 from __future__ import annotations
 
