@@ -21,7 +21,7 @@ from mta.credentials import CredentialError, full_login
 from mta.dates import rfc2822
 from mta.domains import DomainError
 from mta.services import Services, open_services
-from mta.store import owner_only
+from mta.store import StoreUnavailable, owner_only
 
 
 async def _print_records(services: Services, name: str) -> None:
@@ -293,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         work = commands[args.command](args)
         return asyncio.run(_with_services(config, work))
+    except StoreUnavailable as exc:
+        return _fail(str(exc))
     except sqlite3.Error as exc:  # an unusable store file: one line, not a traceback
         return _fail(f"cannot open the store {config.db_path}: {exc}")
     except OSError as exc:

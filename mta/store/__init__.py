@@ -42,6 +42,10 @@ class StoreClosed(Exception):
     pass
 
 
+class StoreUnavailable(Exception):
+    """The configured store cannot be opened (no server there, no such database, refused)."""
+
+
 class NodeNameTaken(ConfigError):
     """Another running server already uses this node's name on the store."""
 
@@ -74,14 +78,21 @@ class Store(Protocol):
 async def open_store(config: Config) -> Store:
     """The engine `[store]` selects, migrated to the current schema."""
     if config.store.url:
+        import asyncpg
+
         from mta.store.postgres import PostgresStore
 
-        return await PostgresStore.open(
-            config.store.url,
-            node_id=config.node_id,
-            pool_size=config.store.pool_size,
-            statement_timeout_s=config.store.statement_timeout_s,
-        )
+        try:
+            return await PostgresStore.open(
+                config.store.url,
+                node_id=config.node_id,
+                pool_size=config.store.pool_size,
+                statement_timeout_s=config.store.statement_timeout_s,
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(
+                f"cannot open the store {config.store_name}: {exc or exc.__class__.__name__}"
+            ) from exc
     from mta.store.sqlite import SqliteStore
 
     return await SqliteStore.open(
