@@ -60,10 +60,9 @@ def _domain_command(args: argparse.Namespace) -> Callable[[Services], Awaitable[
                     return _fail(f"no such domain: {args.name}")
                 await _print_records(s, args.name)
             elif args.action == "signing-key":
-                domain = await s.domains.get(args.name)
-                if domain is None:
+                if await s.domains.get(args.name) is None:
                     return _fail(f"no such domain: {args.name}")
-                print(domain.signing_key)
+                print(await s.account.signing_key())
             elif args.action == "verify":
                 domain = await s.domains.verify(args.name)
                 for key, found in sorted(domain.dns_results.items()):

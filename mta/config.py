@@ -280,6 +280,53 @@ class InboundConfig:
 
 
 @dataclass
+class WebhooksConfig:
+    """Signed posts of events to users' applications (the manual's "Webhooks")."""
+
+    retry_intervals_s: list = setting(
+        [600, 600, 900, 1800, 3600, 7200, 14400],
+        "waits before each retry of a failed webhook post, then given up (delivery "
+        "notifications are posted once)",
+    )
+    timeout_s: float = setting(10.0, "time an application has to answer one webhook post")
+    concurrency: int = setting(64, "webhook posts in flight at once on this node")
+    posts_per_url: int = setting(
+        8, "posts in flight to one URL at most: a slow receiver waits its turn, not others'"
+    )
+    lease_s: float = setting(60.0, "a node's hold on a webhook job it is posting")
+    allow: list = setting([], "CIDRs webhooks may post to even if `deny` lists them")
+    deny: list = setting(
+        [
+            "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+            "172.16.0.0/12", "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/4",
+            "240.0.0.0/4", "::/128", "::1/128", "fc00::/7", "fe80::/10", "ff00::/8",
+        ],
+        "CIDRs webhooks never post to (private, loopback, link-local, metadata); checked on "
+        "the address connected to",
+    )
+
+
+@dataclass
+class TrackingConfig:
+    """Open pixel, click redirects and unsubscribe pages (the manual's "Tracking Messages")."""
+
+    public_url: str = setting(
+        "",
+        "base URL of tracking links in messages; empty: api.public_url, else "
+        "<web_scheme>://<web_prefix>.<domain> (the CNAME each domain publishes)",
+    )
+    link_lifetime_days: float = setting(
+        365.0, "tracking links older than this answer 404 and record nothing"
+    )
+    geoip_database: str = setting(
+        "", "MaxMind-format (.mmdb) city database for `geolocation`; empty: `unknown`"
+    )
+    scanner_window_s: float = setting(
+        10.0, "a click this soon after delivery is marked as a link scanner's (client-info.bot)"
+    )
+
+
+@dataclass
 class SpamConfig:
     """Verdicts added to inbound mail (X-Mailgun-Spf, -Dkim-Check-Result, -Sscore, -Sflag)."""
 
@@ -301,6 +348,8 @@ class Config:
     domains: DomainsConfig = field(default_factory=DomainsConfig)
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
     inbound: InboundConfig = field(default_factory=InboundConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     spam: SpamConfig = field(default_factory=SpamConfig)
 
     @property
@@ -506,12 +555,29 @@ def validate(config: Config) -> None:
             raise ConfigError(f'dns.answers: expected "name TYPE" = [records], got {key!r}')
     if config.sending.max_accepting_bytes < config.sending.max_message_bytes:
         raise ConfigError("sending.max_accepting_bytes: must be at least max_message_bytes")
-    for name in ("forward_allow", "forward_deny"):
-        for cidr in getattr(config.inbound, name):
-            try:
-                ipaddress.ip_network(str(cidr), strict=False)
-            except ValueError:
-                raise ConfigError(f"inbound.{name}: {cidr!r} is not a CIDR") from None
+    for where, section, names in (("inbound", config.inbound, ("forward_allow", "forward_deny")),
+                                  ("webhooks", config.webhooks, ("allow", "deny"))):
+        for name in names:
+            for cidr in getattr(section, name):
+                try:
+                    ipaddress.ip_network(str(cidr), strict=False)
+                except ValueError:
+                    raise ConfigError(f"{where}.{name}: {cidr!r} is not a CIDR") from None
+    hooks = config.webhooks
+    if not hooks.retry_intervals_s or not all(
+        isinstance(i, (int, float)) and i > 0 for i in hooks.retry_intervals_s
+    ):
+        raise ConfigError("webhooks.retry_intervals_s: expected a list of positive numbers")
+    for name in ("timeout_s", "concurrency", "posts_per_url", "lease_s"):
+        if getattr(hooks, name) <= 0:
+            raise ConfigError(f"webhooks.{name}: must be positive")
+    if hooks.timeout_s >= hooks.lease_s * 0.8:
+        raise ConfigError("webhooks.timeout_s: must be under 80 % of webhooks.lease_s")
+    tracking = config.tracking
+    if tracking.public_url and not tracking.public_url.startswith(("http://", "https://")):
+        raise ConfigError("tracking.public_url: expected an http:// or https:// URL, or empty")
+    if tracking.link_lifetime_days <= 0:
+        raise ConfigError("tracking.link_lifetime_days: must be positive")
     for name, limit in (
         ("sending.max_message_bytes", config.sending.max_message_bytes),
         ("sending.max_address_bytes", config.sending.max_address_bytes),

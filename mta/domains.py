@@ -25,12 +25,45 @@ from mta.store import Statement, Store
 DOMAIN_COLUMNS = (
     "name, id, created_at, type, state, spam_action, wildcard, require_tls, skip_verification, "
     "web_prefix, web_scheme, dkim_selector, dkim_private_key, dkim_public_key, dns_checked_at, "
-    "dns_results, signing_key"
+    "dns_results, track_opens, track_opens_top, track_clicks, track_unsubscribes, "
+    "unsubscribe_html_footer, unsubscribe_text_footer"
 )
+# Mailgun's default unsubscribe footers
+DEFAULT_HTML_FOOTER = '\n<br>\n<p><a href="%unsubscribe_url%">unsubscribe</a></p>\n'
+DEFAULT_TEXT_FOOTER = "\n\nTo unsubscribe click: <%unsubscribe_url%>\n\n"
+SPAM_ACTIONS = ("disabled", "block", "tag", "delete", "mark")  # the last two: aliases
 
 
 class DomainError(Exception):
     """A refused domain operation; the text is shown to the client as is."""
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    """The domain's tracking defaults (a message's o:tracking* options win over them)."""
+
+    opens: bool = False
+    opens_at_top: bool = False
+    clicks: bool | str = False  # True, False or "htmlonly"
+    unsubscribes: bool = False
+    html_footer: str = DEFAULT_HTML_FOOTER
+    text_footer: str = DEFAULT_TEXT_FOOTER
+
+    def render(self) -> dict[str, Any]:
+        """GET /v3/domains/<d>/tracking's `tracking` object."""
+        return {
+            "click": {"active": self.clicks},
+            "open": {"active": self.opens, "place_at_the_top": self.opens_at_top},
+            "unsubscribe": {
+                "active": self.unsubscribes,
+                "html_footer": self.html_footer,
+                "text_footer": self.text_footer,
+            },
+        }
+
+
+def _clicks_column(value: bool | str) -> str:
+    return "htmlonly" if value == "htmlonly" else ("yes" if value else "no")
 
 
 @dataclass(frozen=True)
@@ -51,8 +84,7 @@ class Domain:
     dkim_public_key: str
     dns_checked_at: float | None
     dns_results: dict[str, Any] = field(default_factory=dict)
-    # HMAC key of the signatures on what we POST (route forwards, store notifications)
-    signing_key: str = ""
+    tracking: TrackingSettings = field(default_factory=lambda: TrackingSettings())
     authorized_recipients: frozenset[str] = frozenset()
 
     @property
@@ -136,9 +168,33 @@ def _row_to_domain(row: sqlite3.Row, recipients: frozenset[str]) -> Domain:
         dkim_public_key=row["dkim_public_key"],
         dns_checked_at=row["dns_checked_at"],
         dns_results=orjson.loads(row["dns_results"]) if row["dns_results"] else {},
-        signing_key=row["signing_key"],
+        tracking=TrackingSettings(
+            opens=bool(row["track_opens"]),
+            opens_at_top=bool(row["track_opens_top"]),
+            clicks={"yes": True, "htmlonly": "htmlonly"}.get(row["track_clicks"], False),
+            unsubscribes=bool(row["track_unsubscribes"]),
+            html_footer=row["unsubscribe_html_footer"],
+            text_footer=row["unsubscribe_text_footer"],
+        ),
         authorized_recipients=recipients,
     )
+
+
+def _check_spam_action(value: str) -> None:
+    if value not in SPAM_ACTIONS:
+        raise DomainError("spam_action must be one of disabled, block or tag")
+
+
+def _check_web_scheme(value: str) -> None:
+    if value not in ("http", "https"):
+        raise DomainError("web_scheme must be http or https")
+
+
+def _checked_web_prefix(value: str) -> str:
+    value = value.lower()
+    if not valid_label(value):
+        raise DomainError("web_prefix must be one DNS label (letters, digits, '-', '_')")
+    return value
 
 
 def _dkim_tags(record: str) -> dict[str, str]:
@@ -206,16 +262,12 @@ class Domains:
         name = name.strip().lower().rstrip(".")
         if not valid_domain_name(name):
             raise DomainError(f"'{name}' is not a valid domain name")
-        if spam_action not in ("disabled", "block", "tag", "delete", "mark"):
-            raise DomainError("spam_action must be one of disabled, block or tag")
-        if web_scheme not in ("http", "https"):
-            raise DomainError("web_scheme must be http or https")
+        _check_spam_action(spam_action)
+        _check_web_scheme(web_scheme)
         selector = (dkim_selector or self._config.domains.dkim_selector).lower()
         if not valid_label(selector):
             raise DomainError("dkim_selector must be one DNS label (letters, digits, '-', '_')")
-        web_prefix = web_prefix.lower()
-        if not valid_label(web_prefix):
-            raise DomainError("web_prefix must be one DNS label (letters, digits, '-', '_')")
+        web_prefix = _checked_web_prefix(web_prefix)
         if await self.get(name) is not None:
             raise DomainError("This domain name is already taken")
         bits = dkim_key_bits or self._config.domains.dkim_key_bits
@@ -227,7 +279,8 @@ class Domains:
                 Statement(
                     "INSERT INTO domains (name, id, created_at, type, state, spam_action, wildcard,"
                     " web_prefix, web_scheme, dkim_selector, dkim_private_key, dkim_public_key,"
-                    " signing_key) VALUES (?, ?, ?, ?, 'unverified', ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " unsubscribe_html_footer, unsubscribe_text_footer)"
+                    " VALUES (?, ?, ?, ?, 'unverified', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
                         (
                             name,
@@ -241,7 +294,8 @@ class Domains:
                             selector,
                             private_pem,
                             public_b64,
-                            secrets.token_hex(16),
+                            DEFAULT_HTML_FOOTER,
+                            DEFAULT_TEXT_FOOTER,
                         )
                     ],
                 )
@@ -283,6 +337,72 @@ class Domains:
         if updated is None:
             raise DomainError(f"Domain not found: {name}")
         return updated
+
+    async def update(
+        self,
+        name: str,
+        *,
+        spam_action: str | None = None,
+        wildcard: bool | None = None,
+        web_scheme: str | None = None,
+        web_prefix: str | None = None,
+    ) -> Domain:
+        """PUT /v3|v4/domains/<d>: the settings that may change after creation."""
+        domain = await self._existing(name)
+        if spam_action is not None:
+            _check_spam_action(spam_action)
+        if web_scheme is not None:
+            _check_web_scheme(web_scheme)
+        if web_prefix is not None:
+            web_prefix = _checked_web_prefix(web_prefix)
+        return await self._set(
+            domain,
+            spam_action=domain.spam_action if spam_action is None else spam_action,
+            wildcard=int(domain.wildcard if wildcard is None else wildcard),
+            web_scheme=domain.web_scheme if web_scheme is None else web_scheme,
+            web_prefix=domain.web_prefix if web_prefix is None else web_prefix,
+        )
+
+    async def set_tracking(
+        self,
+        name: str,
+        *,
+        opens: bool | None = None,
+        opens_at_top: bool | None = None,
+        clicks: bool | str | None = None,
+        unsubscribes: bool | None = None,
+        html_footer: str | None = None,
+        text_footer: str | None = None,
+    ) -> Domain:
+        """PUT /v3/domains/<d>/tracking/open|click|unsubscribe (None: unchanged)."""
+        domain = await self._existing(name)
+        now = domain.tracking
+        return await self._set(
+            domain,
+            track_opens=int(now.opens if opens is None else opens),
+            track_opens_top=int(now.opens_at_top if opens_at_top is None else opens_at_top),
+            track_clicks=_clicks_column(now.clicks if clicks is None else clicks),
+            track_unsubscribes=int(now.unsubscribes if unsubscribes is None else unsubscribes),
+            unsubscribe_html_footer=now.html_footer if html_footer is None else html_footer,
+            unsubscribe_text_footer=now.text_footer if text_footer is None else text_footer,
+        )
+
+    async def _existing(self, name: str) -> Domain:
+        domain = await self.get(name)
+        if domain is None:
+            raise DomainError(f"Domain not found: {name}")
+        return domain
+
+    async def _set(self, domain: Domain, **columns: Any) -> Domain:
+        """One UPDATE of the named columns (names come from this module, never a request)."""
+        assignments = ", ".join(f"{column} = ?" for column in columns)
+        await self._store.write(
+            Statement(
+                f"UPDATE domains SET {assignments} WHERE name = ?",
+                [(*columns.values(), domain.name)],
+            )
+        )
+        return await self._existing(domain.name)
 
     async def authorize(self, name: str, address: str) -> None:
         """Add an authorised recipient to a sandbox domain (at most sandbox_max_recipients)."""

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 
 from mta.accept import Acceptor
+from mta.account import Account
 from mta.budget import ByteBudget
 from mta.config import Config
 from mta.credentials import Credentials, PasswordChecks
@@ -41,6 +42,7 @@ class Services:
     resolver: Resolver
     domains: Domains
     keys: ApiKeys
+    account: Account  # the HTTP signing key, the tracking secret
     credentials: Credentials
     acceptor: Acceptor
     routes: Routes
@@ -80,12 +82,14 @@ async def open_services(config: Config) -> Services:
         return_paths = ReturnPaths(await load_secret(store))
         classifier = load_classifier(config.outbound.bounce_rules_file)
         reports = Reports(store, return_paths, classifier)
+        account = Account(store)
         return Services(
             config=config,
             store=store,
             resolver=resolver,
             domains=domains,
             keys=ApiKeys(store),
+            account=account,
             credentials=Credentials(store, PasswordChecks(config.smtp)),
             acceptor=acceptor,
             routes=routes,
@@ -93,7 +97,7 @@ async def open_services(config: Config) -> Services:
             classifier=classifier,
             inbound=Inbound(
                 config, store, domains, routes, Verdicts(config, resolver), reports, acceptor,
-                resolver,
+                resolver, account,
             ),
             accepting=ByteBudget(config.sending.max_accepting_bytes),
         )

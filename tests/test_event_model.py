@@ -290,8 +290,8 @@ def test_a_payload_reads_back_to_its_event(event: Event):
 
 
 def test_a_payload_field_the_model_does_not_know_is_refused():
-    payload = accepted().payload() | {"geolocation": {"country": "US"}}
-    with pytest.raises(ValueError, match="geolocation"):
+    payload = accepted().payload() | {"weather": {"sky": "grey"}}
+    with pytest.raises(ValueError, match="weather"):
         Event.from_payload(payload)
     payload = accepted().payload()
     payload["delivery-status"] = {"code": 250, "color": "green"}

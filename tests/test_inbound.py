@@ -136,8 +136,7 @@ def signature_ok(key: str, fields: dict[str, Any]) -> bool:
 
 
 async def signing_key(running: Running) -> str:
-    domain = await running.services.domains.get(DOMAIN)
-    return domain.signing_key
+    return await running.services.account.signing_key()
 
 
 async def test_mail_for_a_domain_not_hosted_here_is_refused_as_relaying(start_server):

@@ -437,6 +437,52 @@ class MailingList:
         return _read(cls, data, "mailing-list")
 
 
+@_fills_dict_at_once
+@dataclass(frozen=True, kw_only=True)
+class Geolocation:
+    """Where a tracking hit came from (`unknown` when it cannot be told)."""
+
+    country: str = "unknown"  # ISO 3166 alpha-2
+    region: str = "unknown"
+    city: str = "unknown"
+
+    def render(self) -> dict[str, Any]:
+        return {"country": self.country, "region": self.region, "city": self.city}
+
+    @classmethod
+    def from_payload(cls, data: Mapping[str, Any]) -> Geolocation:
+        return _read(cls, data, "geolocation")
+
+
+@_fills_dict_at_once
+@dataclass(frozen=True, kw_only=True)
+class ClientInfo:
+    """What made a tracking hit (`client-info`). `bot` names a machine that fetched the pixel
+    or link on the recipient's behalf (Apple Mail Privacy Protection, Gmail's image proxy, a
+    link scanner): "" for a person, so stats can leave machine opens out."""
+
+    client_type: str = "unknown"  # browser, mobile browser, email client, library, robot, ...
+    client_os: str = "unknown"
+    device_type: str = "unknown"  # desktop, mobile, tablet, other, unknown
+    client_name: str = "unknown"
+    user_agent: str = ""
+    bot: str = ""
+
+    def render(self) -> dict[str, Any]:
+        return {
+            "client-type": self.client_type,
+            "client-os": self.client_os,
+            "device-type": self.device_type,
+            "client-name": self.client_name,
+            "user-agent": self.user_agent,
+            "bot": self.bot,
+        }
+
+    @classmethod
+    def from_payload(cls, data: Mapping[str, Any]) -> ClientInfo:
+        return _read(cls, data, "client-info")
+
+
 # -- the event ------------------------------------------------------------------------------------
 
 
@@ -488,6 +534,10 @@ class Event:
     originating_ip: str | None = None
     primary_dkim: str | None = None  # the domain the delivered message was signed for
     recipient_provider: str | None = None  # "Gmail", "Yahoo", ... "Other"
+    ip: str | None = None  # tracking hits: the address the request came from
+    geolocation: Geolocation | None = None
+    client_info: ClientInfo | None = None
+    url: str | None = None  # clicked: the original link
 
     @property
     def recipient_domain(self) -> str | None:
@@ -550,6 +600,14 @@ class Event:
             out["primary-dkim"] = primary_dkim
         if (provider := self.recipient_provider) is not None:
             out["recipient-provider"] = provider
+        if (ip := self.ip) is not None:
+            out["ip"] = ip
+        if (geolocation := self.geolocation) is not None:
+            out["geolocation"] = geolocation.render()
+        if (client_info := self.client_info) is not None:
+            out["client-info"] = client_info.render()
+        if (url := self.url) is not None:
+            out["url"] = url
         return out
 
     def to_json(self) -> bytes:
@@ -651,4 +709,8 @@ _READERS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "originating-ip": ("originating_ip", _same),
     "recipient-provider": ("recipient_provider", _same),
     "primary-dkim": ("primary_dkim", _same),
+    "ip": ("ip", _same),
+    "geolocation": ("geolocation", Geolocation.from_payload),
+    "client-info": ("client_info", ClientInfo.from_payload),
+    "url": ("url", _same),
 }

@@ -18,8 +18,6 @@ import email.parser
 import email.policy
 import email.utils
 import functools
-import hashlib
-import hmac
 import logging
 import time
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from mta import jobs, tokens, webpost
 from mta.accept import AcceptError, Acceptor, Submission
 from mta.accept.addresses import split_addresses
 from mta.accept.mime import HeadError, MessageHead
+from mta.account import Account, signed_fields
 from mta.budget import off_loop_if
 from mta.config import Config
 from mta.dns import Resolver
@@ -193,16 +192,6 @@ class _Action:
                            owner=_owner(inbound_key))
 
 
-def signed_fields(signing_key: str) -> dict[str, str]:
-    """timestamp, token and signature, as the manual's verify() checks them."""
-    timestamp = str(int(time.time()))
-    token = tokens.token_hex(25)  # 50 characters
-    signature = hmac.new(
-        signing_key.encode(), f"{timestamp}{token}".encode(), hashlib.sha256
-    ).hexdigest()
-    return {"timestamp": timestamp, "token": token, "signature": signature}
-
-
 class Inbound:
     def __init__(
         self,
@@ -214,8 +203,10 @@ class Inbound:
         reports: Reports,
         acceptor: Acceptor,
         resolver: Resolver,
+        account: Account,
     ) -> None:
         self._config = config
+        self._account = account
         self._resolver = resolver
         self._store = store
         self._domains = domains
@@ -579,7 +570,7 @@ class Inbound:
         form = aiohttp.FormData(default_to_multipart=True)
         if action.kind == "post" and action.target.rstrip("/").lower().endswith("mime"):
             fields = message.raw_fields()
-            for name, value in (fields | signed_fields(domain.signing_key)).items():
+            for name, value in (fields | signed_fields(await self._account.signing_key())).items():
                 form.add_field(name, value)
             return form
         parsed: Parsed = await asyncio.to_thread(parse_message, message.mime)
@@ -593,7 +584,7 @@ class Inbound:
             fields["message-url"] = url
             fields["attachments"] = orjson.dumps(attachments_json(url, parsed)).decode()
             fields.pop("attachment-count", None)
-        for name, value in (fields | signed_fields(domain.signing_key)).items():
+        for name, value in (fields | signed_fields(await self._account.signing_key())).items():
             form.add_field(name, value)
         if action.kind == "post":
             for number, attachment in enumerate(parsed.attachments, start=1):

@@ -15,7 +15,10 @@ Tables and the modules that own them (only the owner writes SQL against them):
 - routes: mta.inbound.routes
 - inbound, inbound_mime: mta.inbound (received messages: one copy of the content per SMTP
   transaction, a row per routed recipient with its own added headers)
-- jobs: mta.jobs (the durable outbox: route forwards and notifications, later webhooks)
+- jobs: mta.jobs (the durable outbox: route forwards, notifications, webhooks). Webhook jobs are
+  inserted by the events_webhooks trigger (migration 8) in the event's own transaction.
+- webhooks, webhook_triggers: mta.webhooks
+- account_settings: mta.account (the HTTP signing key, the tracking-link secret)
 - site_slots, site_pace: mta.outbound (connections open to a destination and its pace, counted
   across nodes)
 - auth_failures, auth_holds: mta.smtp.guard (AUTH throttles, across nodes)
@@ -325,6 +328,81 @@ _SQLITE: list[str] = [
                CASE state WHEN 'queued' THEN 0 ELSE due_at END
         FROM inbound_jobs ORDER BY id;
     DROP TABLE inbound_jobs;
+    """,    # 8: webhooks (mta.webhooks) and their fan-out, account-wide settings (mta.account: the
+    # HTTP signing key, the tracking-link secret), each domain's tracking settings. Every
+    # committed event becomes one 'webhook' job per configured URL of the hooks it fires
+    # (`webhook_triggers` is that mapping, as data) in the event's own transaction, by a
+    # trigger: whoever writes an event, its webhooks cannot be forgotten or lost. A job's
+    # owner is 'webhook:<webhooks.id>' and its payload the event id. Delivery notifications
+    # are posted once ('webhook.once'). Domains' per-domain signing keys give way to the
+    # account key (Mailgun signs every post with one key).
+    """
+    CREATE TABLE webhooks (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        domain TEXT NOT NULL,
+        name TEXT NOT NULL,
+        url TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        UNIQUE (domain, name, url)
+    );
+    CREATE TRIGGER webhooks_ins AFTER INSERT ON webhooks
+        BEGIN UPDATE admin_version SET version = version + 1; END;
+    CREATE TRIGGER webhooks_upd AFTER UPDATE ON webhooks
+        BEGIN UPDATE admin_version SET version = version + 1; END;
+    CREATE TRIGGER webhooks_del AFTER DELETE ON webhooks
+        BEGIN UPDATE admin_version SET version = version + 1; END;
+    CREATE TRIGGER domains_del_webhooks AFTER DELETE ON domains
+        BEGIN DELETE FROM webhooks WHERE domain = old.name; END;
+    CREATE TABLE webhook_triggers (
+        event TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        name TEXT NOT NULL,
+        PRIMARY KEY (event, severity, name)
+    );
+    INSERT INTO webhook_triggers (event, severity, name) VALUES
+        ('accepted', '', 'accepted'),
+        ('delivered', '', 'delivered'),
+        ('delivered', '', 'deliver'),
+        ('opened', '', 'opened'),
+        ('opened', '', 'open'),
+        ('clicked', '', 'clicked'),
+        ('clicked', '', 'click'),
+        ('unsubscribed', '', 'unsubscribed'),
+        ('unsubscribed', '', 'unsubscribe'),
+        ('complained', '', 'complained'),
+        ('complained', '', 'spam'),
+        ('failed', 'temporary', 'temporary_fail'),
+        ('failed', 'permanent', 'permanent_fail'),
+        ('failed', 'permanent', 'bounce'),
+        ('failed', 'permanent', 'drop');
+    CREATE TRIGGER events_webhooks AFTER INSERT ON events
+    BEGIN
+        INSERT INTO jobs (kind, owner, payload, state, due_at, created_at)
+            SELECT CASE WHEN w.name IN ('delivered', 'deliver') THEN 'webhook.once'
+                        ELSE 'webhook' END,
+                   'webhook:' || w.id, CAST('"' || new.id || '"' AS BLOB), 'queued',
+                   new.ts, new.ts
+            FROM webhook_triggers t JOIN webhooks w ON w.name = t.name
+            WHERE t.event = new.event AND t.severity = new.severity AND w.domain = new.domain;
+    END;
+    CREATE TABLE account_settings (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TRIGGER account_settings_ins AFTER INSERT ON account_settings
+        BEGIN UPDATE admin_version SET version = version + 1; END;
+    CREATE TRIGGER account_settings_upd AFTER UPDATE ON account_settings
+        BEGIN UPDATE admin_version SET version = version + 1; END;
+    ALTER TABLE domains ADD COLUMN track_opens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE domains ADD COLUMN track_opens_top INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE domains ADD COLUMN track_clicks TEXT NOT NULL DEFAULT 'no';
+    ALTER TABLE domains ADD COLUMN track_unsubscribes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE domains ADD COLUMN unsubscribe_html_footer TEXT NOT NULL DEFAULT '';
+    ALTER TABLE domains ADD COLUMN unsubscribe_text_footer TEXT NOT NULL DEFAULT '';
+    ALTER TABLE domains DROP COLUMN signing_key;
+    UPDATE domains SET
+        unsubscribe_html_footer = '\n<br>\n<p><a href="%unsubscribe_url%">unsubscribe</a></p>\n',
+        unsubscribe_text_footer = '\n\nTo unsubscribe click: <%unsubscribe_url%>\n\n';
     """,
 ]
 
@@ -609,7 +687,75 @@ _POSTGRESQL: list[str] = [
                CASE state WHEN 'queued' THEN 0 ELSE due_at END
         FROM inbound_jobs ORDER BY id;
     DROP TABLE inbound_jobs;
-    """,
+    """,    # 8: as SQLite's 8
+    """
+    CREATE TABLE webhooks (
+        id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+        domain TEXT NOT NULL,
+        name TEXT NOT NULL,
+        url TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        UNIQUE (domain, name, url)
+    );
+    CREATE FUNCTION mta_domain_webhooks_gone() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        DELETE FROM webhooks WHERE domain = OLD.name;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER domains_del_webhooks AFTER DELETE ON domains
+        FOR EACH ROW EXECUTE FUNCTION mta_domain_webhooks_gone();
+    CREATE TABLE webhook_triggers (
+        event TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        name TEXT NOT NULL,
+        PRIMARY KEY (event, severity, name)
+    );
+    INSERT INTO webhook_triggers (event, severity, name) VALUES
+        ('accepted', '', 'accepted'),
+        ('delivered', '', 'delivered'),
+        ('delivered', '', 'deliver'),
+        ('opened', '', 'opened'),
+        ('opened', '', 'open'),
+        ('clicked', '', 'clicked'),
+        ('clicked', '', 'click'),
+        ('unsubscribed', '', 'unsubscribed'),
+        ('unsubscribed', '', 'unsubscribe'),
+        ('complained', '', 'complained'),
+        ('complained', '', 'spam'),
+        ('failed', 'temporary', 'temporary_fail'),
+        ('failed', 'permanent', 'permanent_fail'),
+        ('failed', 'permanent', 'bounce'),
+        ('failed', 'permanent', 'drop');
+    CREATE FUNCTION mta_event_webhooks() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO jobs (kind, owner, payload, state, due_at, created_at)
+            SELECT CASE WHEN w.name IN ('delivered', 'deliver') THEN 'webhook.once'
+                        ELSE 'webhook' END,
+                   'webhook:' || w.id, convert_to('"' || NEW.id || '"', 'UTF8'), 'queued',
+                   NEW.ts, NEW.ts
+            FROM webhook_triggers t JOIN webhooks w ON w.name = t.name
+            WHERE t.event = NEW.event AND t.severity = NEW.severity AND w.domain = NEW.domain;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER events_webhooks AFTER INSERT ON events
+        FOR EACH ROW EXECUTE FUNCTION mta_event_webhooks();
+    CREATE TABLE account_settings (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    ALTER TABLE domains ADD COLUMN track_opens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE domains ADD COLUMN track_opens_top INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE domains ADD COLUMN track_clicks TEXT NOT NULL DEFAULT 'no';
+    ALTER TABLE domains ADD COLUMN track_unsubscribes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE domains ADD COLUMN unsubscribe_html_footer TEXT NOT NULL DEFAULT '';
+    ALTER TABLE domains ADD COLUMN unsubscribe_text_footer TEXT NOT NULL DEFAULT '';
+    ALTER TABLE domains DROP COLUMN signing_key;
+    UPDATE domains SET
+        unsubscribe_html_footer = '\n<br>\n<p><a href="%unsubscribe_url%">unsubscribe</a></p>\n',
+        unsubscribe_text_footer = '\n\nTo unsubscribe click: <%unsubscribe_url%>\n\n';
+    """
+    + _ADMIN_TRIGGER.format(table="webhooks")
+    + _ADMIN_TRIGGER.format(table="account_settings"),
 ]
 
 MIGRATIONS: list[Migration] = [
