@@ -31,6 +31,8 @@ from mta.smtp import SmtpListeners, SubmissionHandler
 from mta.smtp.guard import AuthThrottle, Guard
 from mta.smtp.mx import MxHandler
 from mta.store import Store, open_store
+from mta.tracking.copies import Tracker
+from mta.tracking.links import TrackingLinks
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class Services:
     domains: Domains
     keys: ApiKeys
     account: Account  # the HTTP signing key, the tracking secret
+    tracking_links: TrackingLinks  # signs and reads open, click and unsubscribe links
     credentials: Credentials
     acceptor: Acceptor
     routes: Routes
@@ -83,6 +86,9 @@ async def open_services(config: Config) -> Services:
         classifier = load_classifier(config.outbound.bounce_rules_file)
         reports = Reports(store, return_paths, classifier)
         account = Account(store)
+        tracking_links = TrackingLinks(
+            await account.tracking_secret(), config.tracking.link_lifetime_days * 86400
+        )
         return Services(
             config=config,
             store=store,
@@ -90,6 +96,7 @@ async def open_services(config: Config) -> Services:
             domains=domains,
             keys=ApiKeys(store),
             account=account,
+            tracking_links=tracking_links,
             credentials=Credentials(store, PasswordChecks(config.smtp)),
             acceptor=acceptor,
             routes=routes,
@@ -139,4 +146,5 @@ def build_outbound(services: Services) -> Outbound:
         services.resolver,
         services.classifier,
         services.return_paths,
+        Tracker(services.tracking_links, services.config),
     )

@@ -19,6 +19,7 @@ from mta.outbound.policy import Classifier, load_shaping
 from mta.outbound.returnpath import ReturnPaths
 from mta.outbound.scheduler import Scheduler
 from mta.store import Store, periodic
+from mta.tracking.copies import Tracker
 
 log = logging.getLogger("mta.outbound")
 
@@ -35,8 +36,10 @@ class Outbound:
         resolver: Resolver,
         classifier: Classifier,
         return_paths: ReturnPaths,
+        tracker: Tracker,
     ) -> None:
         self._config = config
+        self._tracker = tracker
         self._store = store
         self._domains = domains
         self._resolver = resolver
@@ -66,6 +69,7 @@ class Outbound:
             self._shaping,
             self._classifier,
             self._return_paths,
+            self._tracker,
         )
         await self.scheduler.start()
         self._purger = asyncio.create_task(self._purge_loop(), name="outbound-purge")

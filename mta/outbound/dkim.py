@@ -26,9 +26,11 @@ _POLICY = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
 _WSP_RUN = re.compile(rb"[ \t]+")
 _SPACE_AT_EOL = re.compile(rb" \r\n")
 _BODY_START = re.compile(rb"\r?\n\r?\n")
-_SIGNED = frozenset(dkim.DKIM.SHOULD)
+# RFC 8058: the one-click header must be signed too (Gmail and Yahoo check it)
+_SIGNED = frozenset(dkim.DKIM.SHOULD) | {b"list-unsubscribe-post"}
 # signed once more than they occur, so that none can be added after signing
-_OVERSIGNED = frozenset((b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"reply-to"))
+_OVERSIGNED = frozenset((b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"reply-to",
+                         b"list-unsubscribe", b"list-unsubscribe-post"))
 
 
 class SigningError(Exception):

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mta.config import Config
-from mta.domains import Domains
+from mta.domains import Domain, Domains
 from mta.events import DeliveryStatus, Event, EventKind
 from mta.outbound.client import (
     NO_CONNECTION,
@@ -40,6 +40,8 @@ from mta.outbound.returnpath import ReturnPaths
 from mta.queue import DOMAIN_REMOVED, Delivery, Queue, delivery_event, dropped_event
 from mta.store import Store
 from mta.suppressions import bounce_statement, suppressed
+from mta.tracking.copies import Tracker
+from mta.tracking.rewrite import Choice
 
 log = logging.getLogger("mta.outbound")
 
@@ -185,8 +187,10 @@ class Scheduler:
         shaping: Shaping,
         classifier: Classifier,
         return_paths: ReturnPaths,
+        tracker: Tracker,
     ) -> None:
         self._config = config.outbound
+        self._tracker = tracker
         self._store = store
         self._domains = domains
         self._resolver = resolver
@@ -583,17 +587,27 @@ class Scheduler:
     # -- one attempt -----------------------------------------------------------------------------
 
     async def _signed(self, d: Delivery) -> bytes:
+        """What is sent to `d`: its copy (rendered per recipient for a batch, with its own
+        tracking links when tracked), DKIM-signed unless the message says not to."""
         message = d.message
-        if d.size > RENDER_ON_LOOP_BYTES and not d.shared:
-            content = await asyncio.get_running_loop().run_in_executor(self._signer, d.content)
+        domain = await self._domains.get(message.domain)
+        choice = None
+        if domain is not None:
+            choice = self._tracker.choice(message.options, domain)
+            if message.tracked is None:
+                message.tracked = self._tracker.wanted(message.mime or b"", choice)
+        tracked = bool(message.tracked) and domain is not None and choice is not None
+        shared = d.shared and not tracked  # one copy (and signature) for every recipient
+        if d.size > RENDER_ON_LOOP_BYTES and not shared:
+            content = await asyncio.get_running_loop().run_in_executor(
+                self._signer, self._copy, d, domain, choice)
         else:
-            content = d.content()
+            content = self._copy(d, domain, choice)
         if message.options.get("dkim") is False:
             return content
-        if d.shared and message.dkim_header is not None:
+        if shared and message.dkim_header is not None:
             d.signed = True
             return message.dkim_header + content
-        domain = await self._domains.get(message.domain)
         if domain is None:
             raise DomainRemoved(message.domain)
         try:
@@ -605,10 +619,17 @@ class Scheduler:
         except SigningError as exc:
             log.warning("not DKIM-signing %s for %s: %s", message.key, d.address, exc)
             return content
-        if d.shared:
+        if shared:
             message.dkim_header = header
         d.signed = True
         return header + content
+
+    def _copy(self, d: Delivery, domain: Domain | None, choice: Choice | None) -> bytes:
+        content = d.content()
+        if not d.message.tracked or domain is None or choice is None:
+            return content
+        return self._tracker.copy(content, choice, domain, d.message.message_id, d.address,
+                                  d.message.tags)
 
     async def _attempt(self, site: Site, session: Session, d: Delivery) -> Write:
         """Send one message; returns the write of its outcome."""

@@ -101,6 +101,7 @@ class Message:
     mime: bytes | None
     pending: int = 0  # deliveries in memory that point here
     dkim_header: bytes | None = None  # signature of the shared content, made once
+    tracked: bool | None = None  # recipients get copies with their own links (None: not known)
     _template: Template | None = None
 
     @property
@@ -110,6 +111,10 @@ class Message:
         if self._template is None and self.options.get("template") and self.mime is not None:
             self._template = Template.load(self.mime)
         return self._template
+
+    @property
+    def message_id(self) -> str:
+        return str(self.options.get("message", {}).get("headers", {}).get("message-id", ""))
 
     @property
     def deliver_at(self) -> float | None:

@@ -1,0 +1,69 @@
+"""Recipients' tracked copies, for the delivery side: which messages need one and what goes in.
+
+The message's o:tracking, o:tracking-opens, o:tracking-clicks and o:tracking-pixel-location-top
+(or their X-Mailgun-Track* headers) win over the domain's settings; the domain's unsubscribe
+setting adds footers and List-Unsubscribe. A message with none of that and no unsubscribe
+variable goes out as one copy for everyone (signed once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from mta.config import Config
+from mta.domains import Domain
+from mta.tracking.links import LinkKind, TrackingLinks, link_base
+from mta.tracking.rewrite import UNSUBSCRIBE_VARIABLES, Choice, RecipientLinks, track
+
+
+def _first(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
+
+
+class Tracker:
+    def __init__(self, links: TrackingLinks, config: Config) -> None:
+        self._links = links
+        self._public_url = config.tracking.public_url
+        self._api_public_url = config.api.public_url
+        self._max_parts = config.inbound.max_mime_parts
+        self._max_depth = config.inbound.max_mime_depth
+
+    @staticmethod
+    def choice(options: Mapping[str, Any], domain: Domain) -> Choice:
+        settings = domain.tracking
+        everything = options.get("tracking")
+        clicks = _first(options.get("tracking_clicks"), everything, settings.clicks)
+        return Choice(
+            opens=bool(_first(options.get("tracking_opens"), everything, settings.opens)),
+            pixel_at_top=bool(_first(options.get("tracking_pixel_top"), settings.opens_at_top)),
+            clicks="htmlonly" if clicks == "htmlonly" else bool(clicks),
+            footer=settings.unsubscribes,
+            html_footer=settings.html_footer,
+            text_footer=settings.text_footer,
+        )
+
+    @staticmethod
+    def wanted(stored: bytes, choice: Choice) -> bool:
+        """Whether recipients get copies of their own (`stored`: the message or its template)."""
+        return choice.anything or any(v in stored for v in UNSUBSCRIBE_VARIABLES)
+
+    def copy(self, content: bytes, choice: Choice, domain: Domain, message_id: str,
+             recipient: str, tags: list[str]) -> bytes:
+        """`content` with this recipient's links (CPU only: big ones run in a thread)."""
+        base = link_base(self._public_url, self._api_public_url, domain.web_scheme,
+                         domain.web_prefix, domain.name)
+        token = self._links.token
+
+        def url(kind: LinkKind, extra: Any = None) -> str:
+            return f"{base}/{kind}/{token(kind, domain.name, message_id, recipient, extra=extra)}"
+
+        links = RecipientLinks(
+            base,
+            open_url=lambda: url("o"),
+            click_url=lambda target: url("c", target),
+            unsubscribe_url=lambda scope: url("u", scope),
+            recipient=recipient,
+            tags=tags,
+        )
+        return track(content, choice, links, max_parts=self._max_parts, max_depth=self._max_depth)
