@@ -156,6 +156,98 @@ async def update_connection(request: web.Request) -> web.Response:
     )
 
 
+async def update_domain(request: web.Request) -> web.Response:
+    """PUT /v3|v4/domains/<d>: spam_action, wildcard, web_scheme, web_prefix."""
+    domain = await path_domain(request, "name", name_in_message=False)
+    form = await read_form(request)
+    spam_action = form.text("spam_action")
+    if spam_action is not None:
+        spam_action = spam_action.strip().lower()
+        spam_action = _SPAM_ALIASES.get(spam_action, spam_action)
+    web_scheme = form.text("web_scheme")
+    wildcard = parse_bool("wildcard", form.text("wildcard"))
+    try:
+        updated = await services(request).domains.update(
+            domain.name,
+            spam_action=spam_action,
+            wildcard=None if wildcard is None else bool(wildcard),
+            web_scheme=web_scheme.strip().lower() if web_scheme is not None else None,
+            web_prefix=form.text("web_prefix") or request.query.get("web_prefix"),
+        )
+    except DomainError as exc:
+        raise ApiError(400, str(exc)) from None
+    return json_response(_full(request, updated, message="Domain has been updated"))
+
+
+async def update_web_prefix(request: web.Request) -> web.Response:
+    domain = await path_domain(request, "name", name_in_message=False)
+    form = await read_form(request)
+    prefix = form.text("web_prefix") or request.query.get("web_prefix")
+    if not prefix:
+        raise ApiError(400, "web_prefix is required")
+    try:
+        await services(request).domains.update(domain.name, web_prefix=prefix)
+    except DomainError as exc:
+        raise ApiError(400, str(exc)) from None
+    return json_response({"message": "Domain web prefix updated"})
+
+
+_TRACKING_UPDATED = "Domain tracking settings have been updated"
+
+
+async def get_tracking(request: web.Request) -> web.Response:
+    domain = await path_domain(request, "name", name_in_message=False)
+    return json_response({"tracking": domain.tracking.render()})
+
+
+async def update_open_tracking(request: web.Request) -> web.Response:
+    domain = await path_domain(request, "name", name_in_message=False)
+    form = await read_form(request)
+    active = parse_bool("active", form.text("active"))
+    top = parse_bool("place_at_the_top", form.text("place_at_the_top"))
+    updated = await services(request).domains.set_tracking(
+        domain.name,
+        opens=None if active is None else bool(active),
+        opens_at_top=None if top is None else bool(top),
+    )
+    return json_response(
+        {"message": _TRACKING_UPDATED, "open": {"active": updated.tracking.opens}}
+    )
+
+
+async def update_click_tracking(request: web.Request) -> web.Response:
+    domain = await path_domain(request, "name", name_in_message=False)
+    form = await read_form(request)
+    active = parse_bool("active", form.text("active"), extra=("htmlonly",))
+    updated = await services(request).domains.set_tracking(domain.name, clicks=active)
+    return json_response(
+        {"message": _TRACKING_UPDATED, "click": {"active": updated.tracking.clicks}}
+    )
+
+
+async def update_unsubscribe_tracking(request: web.Request) -> web.Response:
+    domain = await path_domain(request, "name", name_in_message=False)
+    form = await read_form(request)
+    active = parse_bool("active", form.text("active"))
+    updated = await services(request).domains.set_tracking(
+        domain.name,
+        unsubscribes=None if active is None else bool(active),
+        html_footer=form.text("html_footer"),
+        text_footer=form.text("text_footer"),
+    )
+    settings = updated.tracking
+    return json_response(
+        {
+            "message": _TRACKING_UPDATED,
+            "unsubscribe": {
+                "active": settings.unsubscribes,
+                "html_footer": settings.html_footer,
+                "text_footer": settings.text_footer,
+            },
+        }
+    )
+
+
 ROUTES = [
     route
     for version in ("v3", "v4")
@@ -167,5 +259,11 @@ ROUTES = [
         ("PUT", f"/{version}/domains/{{name}}/verify", verify_domain),
         ("GET", f"/{version}/domains/{{name}}/connection", get_connection),
         ("PUT", f"/{version}/domains/{{name}}/connection", update_connection),
+        ("PUT", f"/{version}/domains/{{name}}", update_domain),
+        ("PUT", f"/{version}/domains/{{name}}/web_prefix", update_web_prefix),
+        ("GET", f"/{version}/domains/{{name}}/tracking", get_tracking),
+        ("PUT", f"/{version}/domains/{{name}}/tracking/open", update_open_tracking),
+        ("PUT", f"/{version}/domains/{{name}}/tracking/click", update_click_tracking),
+        ("PUT", f"/{version}/domains/{{name}}/tracking/unsubscribe", update_unsubscribe_tracking),
     )
 ]

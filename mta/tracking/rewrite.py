@@ -41,6 +41,7 @@ _HTML_LINK = re.compile(
 )
 _TEXT_LINK = re.compile(r"https?://[^\s<>\"]+", re.IGNORECASE)
 _TRAILING = ".,;:!?)]}'"  # punctuation that ends a sentence, not a URL written in text
+_NEWLINES = re.compile(r"\r\n|\r|\n")
 _BODY_OPEN = re.compile(r"<body\b[^>]*>", re.IGNORECASE)
 _BODY_CLOSE = re.compile(r"</body\s*>", re.IGNORECASE)
 _PARAM = re.compile(r';\s*([\w.-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)')
@@ -269,7 +270,7 @@ class _Walk:
             text = _TEXT_LINK.sub(self._text_link, text)
         if self.footer and not self.text_footer_done:
             self.text_footer_done = True
-            text = text + self.choice.text_footer.replace("\r\n", "\n").replace("\n", CRLF)
+            text = text + self.choice.text_footer
         return _VARIABLE.sub(lambda m: self.links.variable(m.group(1)), text)
 
     def _trackable(self, url: str) -> bool:
@@ -295,7 +296,9 @@ class _Walk:
 
 def _encode(text: str, charset: str, was: str, content_type: str) -> _Recoded:
     """The text in its charset (UTF-8 when that cannot hold it) and a transfer encoding that
-    can carry it: the one it had when that still works, else quoted-printable (base64 stays)."""
+    can carry it: the one it had when that still works, else quoted-printable (base64 stays).
+    Line ends become CRLF (a footer's bare LFs would reach the wire as they are)."""
+    text = _NEWLINES.sub(CRLF, text)
     try:
         raw = text.encode(charset)
     except (UnicodeEncodeError, LookupError):
