@@ -324,6 +324,11 @@ class TrackingConfig:
     scanner_window_s: float = setting(
         10.0, "a click this soon after delivery is marked as a link scanner's (client-info.bot)"
     )
+    trusted_proxies: list = setting(
+        [],
+        "CIDRs of reverse proxies in front of the tracking endpoints: from them, a hit's `ip` "
+        "is the last X-Forwarded-For address that is not one of them (else: the peer address)",
+    )
 
 
 @dataclass
@@ -556,7 +561,8 @@ def validate(config: Config) -> None:
     if config.sending.max_accepting_bytes < config.sending.max_message_bytes:
         raise ConfigError("sending.max_accepting_bytes: must be at least max_message_bytes")
     for where, section, names in (("inbound", config.inbound, ("forward_allow", "forward_deny")),
-                                  ("webhooks", config.webhooks, ("allow", "deny"))):
+                                  ("webhooks", config.webhooks, ("allow", "deny")),
+                                  ("tracking", config.tracking, ("trusted_proxies",))):
         for name in names:
             for cidr in getattr(section, name):
                 try:
