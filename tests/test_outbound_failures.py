@@ -171,6 +171,7 @@ async def test_soft_4xx_is_a_temporary_failure_then_delivered_on_retry_exactly_o
     assert status["attempt-no"] == 1
     assert isinstance(status["retry-seconds"], int) and status["retry-seconds"] >= 0
     assert status["mx-host"] == "127.0.0.1"
+    assert status["bounce-type"] == "soft"
 
     assert delivered["delivery-status"]["attempt-no"] == 2
     assert delivered["delivery-status"]["code"] == 250
@@ -199,6 +200,7 @@ async def test_hard_bounce_550_5_1_1_is_permanent_and_added_to_bounces(
     assert status["enhanced-code"] == "5.1.1"
     assert "does not exist" in status["message"]
     assert "retry-seconds" not in status
+    assert status["bounce-type"] == "hard"
     assert await state_of(running, message_id, rcpt) == "failed"
 
     code, entry = await bounce_entry(running, rcpt)
@@ -225,6 +227,7 @@ async def test_message_to_a_bounced_address_fails_suppress_bounce_without_contac
     status = suppressed["delivery-status"]
     assert status["code"] == 605
     assert status["description"] == "Not delivering to previously bounced address"
+    assert "bounce-type" not in status  # never tried: not a bounce
     assert mx.attempts[rcpt] == 1  # no second RCPT for the bounced address
     assert await state_of(running, second, rcpt) == "failed"
 

@@ -307,6 +307,7 @@ class DeliveryStatus:
     mx_host: str | None = None
     utf8: bool | None = None
     retry_seconds: int | None = None  # temporary failures: until the next attempt
+    bounce_type: str | None = None  # failed deliveries: "hard" (permanent) or "soft"
 
     def render(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -332,6 +333,8 @@ class DeliveryStatus:
             out["utf8"] = self.utf8
         if self.retry_seconds is not None:
             out["retry-seconds"] = self.retry_seconds
+        if self.bounce_type is not None:
+            out["bounce-type"] = self.bounce_type
         return out
 
     @classmethod

@@ -37,7 +37,14 @@ from mta.outbound.limits import site_limits
 from mta.outbound.mx import MxResolver, Route, Unroutable
 from mta.outbound.policy import Classifier, Profile, Shaping, Verdict
 from mta.outbound.returnpath import ReturnPaths
-from mta.queue import DOMAIN_REMOVED, Delivery, Queue, delivery_event, dropped_event
+from mta.queue import (
+    DOMAIN_REMOVED,
+    SUPPRESSION_CODES,
+    Delivery,
+    Queue,
+    delivery_event,
+    dropped_event,
+)
 from mta.store import Store
 from mta.suppressions import bounce_statement, suppressed
 from mta.tracking.copies import Tracker
@@ -683,7 +690,7 @@ class Scheduler:
             provider = "Other" if site.profile.name == "default" else site.profile.name.title()
         return delivery_event(
             d, kind, status,
-            mail_from=None if status.get("code") in (605, 606, 607) else self._return_path(d),
+            mail_from=None if status.get("code") in SUPPRESSION_CODES else self._return_path(d),
             sending_ip=sending_ip, provider=provider, **fields,
         )
 

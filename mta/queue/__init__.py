@@ -11,6 +11,7 @@ PostgreSQL, nodes claiming together skip each other's locked rows (FOR UPDATE SK
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -311,6 +312,9 @@ class Queue:
             )
 
 
+SUPPRESSION_CODES = (605, 606, 607)  # not sent: the address is on a suppression list
+
+
 def delivery_event(
     d: Delivery,
     kind: EventKind,
@@ -335,6 +339,12 @@ def delivery_event(
         variables = opts.get("user-variables", {})
     if status is not None and not isinstance(status, DeliveryStatus):
         status = DeliveryStatus.from_payload(status) if status else None
+    if kind == "failed" and status is not None and 400 <= status.code < 600:
+        # a refused attempt, hard or soft as Mailgun tells it (suppressed addresses, 6xx, and
+        # messages of removed domains, 0, were never tried)
+        status = dataclasses.replace(
+            status, bounce_type="hard" if severity == "permanent" else "soft"
+        )
     return Event(
         kind,
         recipient=d.address,
