@@ -14,6 +14,7 @@ from email.message import EmailMessage
 from typing import Any
 
 import dkim
+import orjson
 import pytest
 
 from mta.tracking.rewrite import Choice, RecipientLinks, track
@@ -204,6 +205,27 @@ async def test_every_recipient_gets_links_of_their_own(
         token = re.search(r'src="[^"]*/o/([^"]+)"', html).group(1)
         tokens[delivery.rcpt_to] = running.services.tracking_links.read("o", token).recipient
     assert tokens == {f"alice@{DEST}": f"alice@{DEST}", f"bob@{DEST}": f"bob@{DEST}"}
+
+
+async def test_a_batch_send_is_personalised_then_tracked_per_recipient(
+    start_server: Callable[..., Any], mx: Capture
+):
+    running = await tracking_server(start_server, mx)
+    variables = orjson.dumps({f"alice@{DEST}": {"name": "Alice"},
+                              f"bob@{DEST}": {"name": "Bob"}}).decode()
+    await send(running, to=f"alice@{DEST}, bob@{DEST}",
+               text="Hi %recipient.name%: %unsubscribe_url%",
+               html='<p>Hi <a href="https://x.example/%recipient.name%">go</a></p>',
+               **{"recipient-variables": variables, "o:tracking": "yes"})
+    for delivery in await mx.wait_for(2):
+        assert await signature_verifies(running, delivery.data)
+        message = parsed(delivery.data)
+        name = "Alice" if delivery.rcpt_to.startswith("alice") else "Bob"
+        text = part(message, "text/plain")
+        token = re.search(rf"Hi {name}: {re.escape(LINK_BASE)}/u/(\S+)", text).group(1)
+        assert running.services.tracking_links.read("u", token).recipient == delivery.rcpt_to
+        click = re.search(r'href="[^"]*/c/([^"]+)"', part(message, "text/html")).group(1)
+        assert running.services.tracking_links.read("c", click).url == f"https://x.example/{name}"
 
 
 async def test_the_domains_settings_apply_and_the_message_wins(
