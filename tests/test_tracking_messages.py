@@ -259,7 +259,9 @@ async def test_unsubscribe_variables_become_links_and_list_unsubscribe_is_signed
     assert f"you are alice@{DEST}" in text
     tag_link = re.search(r'href="[^"]*/u/([^"]+)"', part(message, "text/html")).group(1)
     assert running.services.tracking_links.read("u", tag_link).scope == ["news"]
-    assert message["List-Unsubscribe"].startswith(f"<{LINK_BASE}/u/")
+    https, mailto = message["List-Unsubscribe"].split(", ")
+    assert https.startswith(f"<{LINK_BASE}/u/")
+    assert mailto.startswith(f"<mailto:unsubscribe@{DOMAIN}?subject=unsubscribe%20")
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     signature = message["DKIM-Signature"].replace(" ", "").replace("\r\n", "")
     signed = re.search(r"h=([^;]+)", signature).group(1).lower().split(":")
@@ -320,6 +322,7 @@ def links() -> RecipientLinks:
         open_url=lambda: "http://t.example/o/OPEN",
         click_url=lambda url: "http://t.example/c/CLICK",
         unsubscribe_url=lambda scope: "http://t.example/u/UNSUB",
+        unsubscribe_mailto=lambda: "mailto:unsubscribe@example.com?subject=x",
         recipient="bob@example.net",
         tags=[],
     )

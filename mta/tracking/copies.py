@@ -10,11 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 from mta.config import Config
 from mta.domains import Domain
 from mta.tracking.links import LinkKind, TrackingLinks, link_base
 from mta.tracking.rewrite import UNSUBSCRIBE_VARIABLES, Choice, RecipientLinks, track
+
+# List-Unsubscribe's mailto: unsubscribe@<domain> with the signed token as the subject (a
+# token is too long for a local part); the MX honours it when the domain's MX points here
+UNSUBSCRIBE_MAILBOX = "unsubscribe"
+UNSUBSCRIBE_SUBJECT = "unsubscribe "
 
 
 def _first(*values: Any) -> Any:
@@ -63,6 +69,11 @@ class Tracker:
             open_url=lambda: url("o"),
             click_url=lambda target: url("c", target),
             unsubscribe_url=lambda scope: url("u", scope),
+            unsubscribe_mailto=lambda: (
+                f"mailto:{UNSUBSCRIBE_MAILBOX}@{domain.name}?subject="
+                + quote(UNSUBSCRIBE_SUBJECT + token("u", domain.name, message_id, recipient,
+                                                    extra="*"))
+            ),
             recipient=recipient,
             tags=tags,
         )

@@ -73,6 +73,7 @@ class RecipientLinks:
         open_url: Callable[[], str],
         click_url: Callable[[str], str],
         unsubscribe_url: Callable[[str | list[str]], str],
+        unsubscribe_mailto: Callable[[], str],
         recipient: str,
         tags: list[str],
     ) -> None:
@@ -80,6 +81,7 @@ class RecipientLinks:
         self.open_url = open_url
         self.click_url = click_url
         self.unsubscribe_url = unsubscribe_url
+        self.unsubscribe_mailto = unsubscribe_mailto
         self.recipient = recipient
         self.tags = tags
 
@@ -114,8 +116,8 @@ def track(
     fields = _with_encoding(fields, names, tracked)
     added: list[bytes] = []
     if (choice.footer or uses_variable) and "list-unsubscribe" not in names:
-        url = links.unsubscribe_url("*")
-        added.append(header_line(f"List-Unsubscribe: <{url}>"))
+        url, mailto = links.unsubscribe_url("*"), links.unsubscribe_mailto()
+        added.append(header_line(f"List-Unsubscribe: <{url}>,\r\n <{mailto}>"))
         if "list-unsubscribe-post" not in names:
             added.append(header_line("List-Unsubscribe-Post: List-Unsubscribe=One-Click"))
     return b"".join([*added, b"\r\n".join(fields), separator, _bytes(tracked)])
