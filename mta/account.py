@@ -4,7 +4,7 @@ One signing key signs everything we POST to users' applications (webhooks, route
 store notifications), as Mailgun's account "HTTP webhook signing key" does: a receiver
 configures one key. It is made on first use, shown with `GET /v5/accounts/http_signing_key`
 or `mta signing-key`, and rotated with POST / `--rotate` (every node picks the new one up
-through the admin version). The tracking secret keys the HMAC on open, click and unsubscribe
+through the admin version). The tracking secret keys the MAC on open, click and unsubscribe
 links; it never leaves the store.
 """
 

@@ -64,10 +64,18 @@ class Tracker:
         def url(kind: LinkKind, extra: Any = None) -> str:
             return f"{base}/{kind}/{token(kind, domain.name, message_id, recipient, extra=extra)}"
 
+        clicks: dict[str, str] = {}  # a link in both the text and the HTML part: one token
+
+        def click_url(target: str) -> str:
+            found = clicks.get(target)
+            if found is None:
+                found = clicks[target] = url("c", target)
+            return found
+
         links = RecipientLinks(
             base,
             open_url=lambda: url("o"),
-            click_url=lambda target: url("c", target),
+            click_url=click_url,
             unsubscribe_url=lambda scope: url("u", scope),
             unsubscribe_mailto=lambda: (
                 f"mailto:{UNSUBSCRIBE_MAILBOX}@{domain.name}?subject="

@@ -4,7 +4,8 @@ the message it came from (it still redirects), and nobody can forge one: the cli
 can never be used as an open redirect, and an unsubscribe link unsubscribes only whom it was
 made for.
 
-A token is base64url(JSON + 16-byte HMAC-SHA256). The JSON is
+A token is base64url(JSON + a 16-byte keyed BLAKE2b MAC: one C call, a few µs less than
+HMAC-SHA256 for each of the dozens of links in a message). The JSON is
 [version, kind, domain, message-id, recipient, issued (epoch s), extra], extra being the URL of
 a click link, or the scope of an unsubscribe link ("*": the domain, ["tag", ...]: those tags,
 "list:<address>": a mailing list).
@@ -49,7 +50,7 @@ class TrackingLinks:
         self._lifetime_s = lifetime_s
 
     def _mac(self, payload: bytes) -> bytes:
-        return hmac.new(self._secret, payload, hashlib.sha256).digest()[:_MAC_BYTES]
+        return hashlib.blake2b(payload, key=self._secret, digest_size=_MAC_BYTES).digest()
 
     def token(
         self,
