@@ -3,7 +3,8 @@
 Owns the `bounces`, `unsubscribes` and `complaints` tables. Addresses are stored lower-cased,
 so a list entry matches a recipient in any case. The outbound scheduler asks `suppressed()`
 before delivering and records hard bounces with `bounce_statement()` in its own transaction;
-inbound feedback loops record complaints with `complaint_statement()`.
+inbound feedback loops record complaints with `complaint_statement()`, and the tracking
+endpoints' unsubscribe links their unsubscribes with `unsubscribe_statement()`.
 """
 
 from __future__ import annotations
@@ -123,6 +124,15 @@ def complaint_statement(domain: str, address: str, created_at: float) -> Stateme
     return Statement(_COMPLAINT_UPSERT, [(domain, address.lower(), created_at)])
 
 
+def unsubscribe_statement(
+    dialect: str, domain: str, address: str, tags: Sequence[str], created_at: float
+) -> Statement:
+    """Unsubscribe the address from `tags` ("*": all mail from the domain), adding them to
+    the tags it is already unsubscribed from, inside the caller's write (a tracking hit's)."""
+    rows = _unsubscribe_rows(domain, address, tags, created_at)
+    return Statement(_UNSUBSCRIBE_UPSERT[dialect], rows)
+
+
 async def suppressed(
     store: Store, domain: str, addresses: list[str], tags: list[str]
 ) -> dict[str, str]:
@@ -173,8 +183,7 @@ async def add(store: Store, domain: str, entries: Sequence[Suppression]) -> None
                 )
             case Unsubscribe():
                 rows.setdefault(_UNSUBSCRIBE_UPSERT[store.dialect], []).extend(
-                    (domain, address, orjson.dumps([tag]), entry.created_at, tag)
-                    for tag in entry.tags
+                    _unsubscribe_rows(domain, address, entry.tags, entry.created_at)
                 )
             case Complaint():
                 rows.setdefault(_COMPLAINT_UPSERT, []).append((domain, address, entry.created_at))
@@ -254,6 +263,13 @@ async def remove_tag(store: Store, domain: str, address: str, tag: str) -> bool:
 
 async def delete_all(store: Store, kind: Kind, domain: str) -> None:
     await store.write(Statement(f"DELETE FROM {kind} WHERE domain = ?", [(domain,)]))
+
+
+def _unsubscribe_rows(
+    domain: str, address: str, tags: Sequence[str], created_at: float
+) -> list[tuple[object, ...]]:
+    """One upsert row per tag (the SQL appends a tag the address does not have yet)."""
+    return [(domain, address.lower(), orjson.dumps([tag]), created_at, tag) for tag in tags]
 
 
 def _entry(kind: Kind, row: Row) -> Suppression:
