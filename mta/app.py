@@ -63,6 +63,7 @@ class Server:
         self.smtp = smtp_listeners(services)
         await self.smtp.start()
         await services.inbound.start()
+        await services.webhooks.start()
         if self.outbound is not None:
             await self.outbound.start()
         self._periodic = asyncio.create_task(self._periodic_loop(), name="periodic")
@@ -109,6 +110,7 @@ class Server:
                 await smtp.stop()
             if self.services is not None:
                 await self.services.inbound.stop()
+                await self.services.webhooks.stop()
         finally:
             try:
                 if self.outbound is not None:

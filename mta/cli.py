@@ -59,10 +59,6 @@ def _domain_command(args: argparse.Namespace) -> Callable[[Services], Awaitable[
                 if await s.domains.get(args.name) is None:
                     return _fail(f"no such domain: {args.name}")
                 await _print_records(s, args.name)
-            elif args.action == "signing-key":
-                if await s.domains.get(args.name) is None:
-                    return _fail(f"no such domain: {args.name}")
-                print(await s.account.signing_key())
             elif args.action == "verify":
                 domain = await s.domains.verify(args.name)
                 for key, found in sorted(domain.dns_results.items()):
@@ -116,6 +112,14 @@ def _read_password(args: argparse.Namespace) -> str:
     if sys.stdin.isatty():
         return getpass.getpass("Password: ")
     return sys.stdin.readline().rstrip("\r\n")
+
+
+def _signing_key_command(args: argparse.Namespace) -> Callable[[Services], Awaitable[int]]:
+    async def run(s: Services) -> int:
+        print(await (s.account.rotate_signing_key() if args.rotate else s.account.signing_key()))
+        return 0
+
+    return run
 
 
 def _credential_command(args: argparse.Namespace) -> Callable[[Services], Awaitable[int]]:
@@ -211,7 +215,6 @@ def build_parser() -> argparse.ArgumentParser:
         ("remove", "delete a domain"),
         ("records", "show DNS records to publish"),
         ("verify", "check the DNS records now"),
-        ("signing-key", "print the key that signs what is POSTed to your application"),
     ):
         p = dsub.add_parser(action, parents=[common], help=text)
         p.add_argument("name")
@@ -248,6 +251,15 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("login", help="local part or full address on the domain")
         if action in ("add", "passwd"):
             p.add_argument("--password", help="visible to other local users in `ps`; prefer stdin")
+
+    signing = sub.add_parser(
+        "signing-key", parents=[common],
+        help="print the account key that signs webhooks, route forwards and notifications",
+    )
+    signing.add_argument(
+        "--rotate", action="store_true",
+        help="make a new key and print it (posts are signed with it from now on)",
+    )
 
     store = sub.add_parser("store", help="the store's engine")
     ssub = store.add_subparsers(dest="action", required=True)
@@ -289,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             "domain": _domain_command,
             "key": _key_command,
             "credential": _credential_command,
+            "signing-key": _signing_key_command,
         }
         work = commands[args.command](args)
         return asyncio.run(_with_services(config, work))

@@ -33,6 +33,7 @@ from mta.smtp.mx import MxHandler
 from mta.store import Store, open_store
 from mta.tracking.copies import Tracker
 from mta.tracking.links import TrackingLinks
+from mta.webhooks import Webhooks
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Services:
     return_paths: ReturnPaths
     classifier: Classifier
     inbound: Inbound
+    webhooks: Webhooks  # the webhooks table; its runner posts events to users' URLs
     accepting: ByteBudget  # message bytes being accepted at once, HTTP and SMTP together
 
     async def delete_domain(self, name: str) -> bool:
@@ -106,6 +108,7 @@ async def open_services(config: Config) -> Services:
                 config, store, domains, routes, Verdicts(config, resolver), reports, acceptor,
                 resolver, account,
             ),
+            webhooks=Webhooks(config, store, resolver, account),
             accepting=ByteBudget(config.sending.max_accepting_bytes),
         )
     except BaseException:

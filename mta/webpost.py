@@ -1,4 +1,4 @@
-"""HTTP posts to users' applications (route forwards and store notifications; webhooks later).
+"""HTTP posts to users' applications (route forwards, store notifications, webhooks).
 
 The URL is the user's, so without a policy anyone who can create a route could make the server
 post to itself, to the LAN or to a cloud metadata endpoint (169.254.169.254). Every address a
@@ -117,9 +117,12 @@ def session(resolver: Resolver, policy: Policy, timeout_s: float) -> aiohttp.Cli
     )
 
 
-async def post(client: aiohttp.ClientSession, url: str, form: aiohttp.FormData) -> int:
-    """POST `form` to `url` and return the status. A 3xx raises: following it would turn the
-    POST into a GET and send it wherever the reply points."""
+async def post(
+    client: aiohttp.ClientSession, url: str, form: aiohttp.FormData | aiohttp.payload.Payload
+) -> int:
+    """POST `form` (a form, or a body with its content type such as a webhook's JSON) to
+    `url` and return the status. A 3xx raises: following it would turn the POST into a GET
+    and send it wherever the reply points."""
     try:
         target = URL(url)
     except ValueError:

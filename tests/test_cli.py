@@ -94,15 +94,14 @@ async def test_domain_add_prints_spf_dkim_tracking_and_mx_records(
     assert again.stderr.strip() == "mta: This domain name is already taken"
 
 
-async def test_domain_signing_key_prints_the_key_route_posts_are_signed_with(tmp_path: Path):
+async def test_signing_key_prints_the_account_key_and_rotate_replaces_it(tmp_path: Path):
     env = cli_env(tmp_path)
-    await cli(env, "domain", "add", "keys.example.test")
-    first = (await cli(env, "domain", "signing-key", "keys.example.test")).stdout.strip()
+    first = (await cli(env, "signing-key")).stdout.strip()
     assert re.fullmatch(r"[0-9a-f]{32}", first)
-    again = (await cli(env, "domain", "signing-key", "keys.example.test")).stdout.strip()
-    assert again == first
-    missing = await cli(env, "domain", "signing-key", "nope.example.test", check=False)
-    assert missing.returncode != 0
+    assert (await cli(env, "signing-key")).stdout.strip() == first
+    rotated = (await cli(env, "signing-key", "--rotate")).stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{32}", rotated) and rotated != first
+    assert (await cli(env, "signing-key")).stdout.strip() == rotated
 
 
 async def test_domain_remove_while_server_runs_makes_sends_404(

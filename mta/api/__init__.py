@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from mta.api import credentials, domains, events, messages, stored, suppressions
+from mta.api import account, credentials, domains, events, messages, stored, suppressions, webhooks
 from mta.api import routes as route_api
 from mta.api.context import API_KEY, SERVICES
 from mta.api.errors import ApiError, error, forbidden
@@ -98,6 +98,8 @@ def build_app(services: Services) -> web.Application:
         *suppressions.ROUTES,
         *route_api.ROUTES,
         *stored.ROUTES,
+        *webhooks.ROUTES,
+        *account.ROUTES,
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)

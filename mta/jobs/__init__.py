@@ -9,7 +9,9 @@ does the work afterwards, from the store, with the kind's retry schedule.
 - A kind ("inbound.post", "webhook", ...) is registered on a runner with its handler and its
   `Schedule`: retry policy is data, not code in each caller. A handler returns an `Outcome`:
   done, retry (given up when the schedule runs out), stop (Mailgun's 406: the application
-  refused, never retried) or fail (nothing to retry, e.g. the message is gone).
+  refused, never retried), fail (nothing to retry, e.g. the message is gone) or later (not
+  tried now, e.g. its receiver already has its share of posts in flight: due again after a
+  wait, without counting an attempt).
 - Leases are as in the delivery queue (mta.queue): a leased job has `due_at = lease_until`, so
   the due-jobs index skips it, and names the node holding it (`lease_node`). A node killed with
   kill -9 loses nothing: its jobs become due again when the lease runs out and any runner takes
@@ -72,6 +74,7 @@ _RETRY = (
     "UPDATE jobs SET attempts = attempts + 1, due_at = ?, lease_until = 0, last_error = ?"
     + _HELD
 )
+_LATER = "UPDATE jobs SET due_at = ?, lease_until = 0" + _HELD
 
 
 @dataclass(frozen=True)
@@ -151,9 +154,10 @@ class Outcome:
     """What a handler made of one attempt. `record` statements (events, say) are written in
     the transaction that records the outcome; for a retry, only if it is given up."""
 
-    action: Literal["done", "retry", "stop", "fail"]
+    action: Literal["done", "retry", "stop", "fail", "later"]
     error: str = ""
     record: tuple[Statement, ...] = ()
+    wait_s: float = 0.0  # later: how long until it is due again
 
     @classmethod
     def done(cls, *record: Statement) -> Outcome:
@@ -173,6 +177,12 @@ class Outcome:
     def fail(cls, error: str, *record: Statement) -> Outcome:
         """Nothing left to retry (the cause is gone, the work is refused here): 'failed'."""
         return cls("fail", error, record)
+
+    @classmethod
+    def later(cls, wait_s: float) -> Outcome:
+        """Not attempted: due again in `wait_s`, no attempt counted (a busy receiver's turn
+        comes later, and the runner's slots go to other work meanwhile)."""
+        return cls("later", wait_s=wait_s)
 
 
 Handler = Callable[[Job], Awaitable[Outcome]]
@@ -338,6 +348,9 @@ class Runner:
         now = time.time()
         held = (job.id, self.store.node_id, job.lease_until)
         error = outcome.error[:ERROR_CHARS]
+        if outcome.action == "later":
+            await self.store.write(Statement(_LATER, [(now + outcome.wait_s, *held)]))
+            return
         if outcome.action == "retry":
             wait = schedule.next_wait(job.attempt_no, job.created_at, now)
             if wait is not None:

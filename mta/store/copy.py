@@ -1,7 +1,8 @@
 """`mta store copy`: move an embedded SQLite store into an empty PostgreSQL database.
 
 Everything a user keeps moves: domains and their DKIM keys, API keys, SMTP credentials,
-routes, suppressions, stored and queued mail, events, jobs. Work that only describes a
+routes, suppressions, stored and queued mail, events, jobs, webhooks, account settings (the
+signing key). Work that only describes a
 running node (connection slots, pace, AUTH throttles, periodic runs) starts afresh, and
 leases held when the copy was taken are dropped so the new nodes deliver that mail at once.
 The source server must be stopped (its node lock is taken for the copy), so nothing changes
@@ -24,9 +25,14 @@ CHUNK_ROWS = 2000
 TRANSIENT = frozenset(
     {"site_slots", "site_pace", "auth_failures", "auth_holds", "periodic_runs", "admin_version"}
 )
+# made by the migrations themselves, so the target has them already
+SCHEMA_DATA = frozenset({"webhook_triggers"})
 # parents before children, then the rest in name order (no foreign keys: order is courtesy)
 FIRST = ("domains", "authorized_recipients", "api_keys", "credentials", "routes",
          "messages", "recipients", "inbound_mime", "inbound")
+# after events and jobs: the target's events trigger queues a webhook job for each event copied
+# while a matching webhook exists, and the copied history was posted (or is queued) already
+LAST = ("webhooks",)
 
 
 @dataclass
@@ -92,5 +98,6 @@ async def _tables(source: SqliteStore) -> list[str]:
     rows = await source.fetchall(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
     )
-    names = {r["name"] for r in rows} - TRANSIENT
-    return [t for t in FIRST if t in names] + sorted(names - set(FIRST))
+    names = {r["name"] for r in rows} - TRANSIENT - SCHEMA_DATA
+    middle = sorted(names - set(FIRST) - set(LAST))
+    return [t for t in FIRST if t in names] + middle + [t for t in LAST if t in names]
