@@ -209,6 +209,7 @@ class Runner:
     name: str = "jobs"
     _kinds: dict[str, Kind] = field(default_factory=dict, init=False)
     _running: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    _handling: int = field(default=0, init=False)  # started jobs whose handler has not returned
     _loop: asyncio.Task[None] | None = field(default=None, init=False)
     _room: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
@@ -268,8 +269,9 @@ class Runner:
                     purge_checked = now
                     if await periodic.claim(self.store, f"{self.name}-purge", PURGE_EVERY_S):
                         await purge_finished(self.store, now - self.keep_finished_s)
-                room = self.concurrency - len(self._running)
-                if room <= 0:
+                # a busy runner leases in batches (one lease is one commit), not a job at a time
+                room = self.concurrency - self._handling
+                if room < (self._least_lease() if self._handling else 1):
                     self._room.clear()
                     await self._room.wait()
                     continue
@@ -307,11 +309,16 @@ class Runner:
         )
         return row is not None
 
+    def _least_lease(self) -> int:
+        return max(1, min(self.batch, self.concurrency) // 4)
+
     async def start_due(self, now: float, limit: int) -> int:
         """Lease due jobs and start running them; how many were started."""
         leased = await self.lease(now, limit)
+        self._handling += len(leased)
         for job in leased:
-            task = asyncio.create_task(self.run(job), name=f"{self.name}-{job.id}")
+            task = asyncio.create_task(self.run(job, holds_slot=True),
+                                       name=f"{self.name}-{job.id}")
             self._running.add(task)
             task.add_done_callback(self._finished)
         return len(leased)
@@ -326,8 +333,11 @@ class Runner:
         await asyncio.gather(*(self.run(job) for job in leased))
         return len(leased)
 
-    async def run(self, job: Job) -> None:
-        """One attempt of a leased job, and its outcome recorded."""
+    async def run(self, job: Job, *, holds_slot: bool = False) -> None:
+        """One attempt of a leased job, and its outcome recorded. A job started by the loop
+        `holds_slot` of `concurrency` while its handler runs, not while its outcome waits for
+        its commit: the commit is the writer's work, and slots are for the handlers' (posts in
+        flight)."""
         kind = self._kinds[job.kind]
         try:
             async with asyncio.timeout(self.lease_s * RUN_SHARE):
@@ -338,6 +348,10 @@ class Runner:
             log.exception("%s: job %d (%s) failed; it is tried again", self.name, job.id,
                           job.kind)
             outcome = Outcome.retry(f"local error: {type(exc).__name__}")
+        finally:
+            if holds_slot:
+                self._handling -= 1
+                self._room.set()
         try:
             await self._record(job, kind.schedule, outcome)
         except Exception:  # the lease runs out and the job runs again (at-least-once)

@@ -53,6 +53,7 @@ KINDS = ("webhook", "webhook.once")  # as the events_webhooks trigger names them
 MAX_URLS = 3  # per current name (Mailgun's limit); legacy names take one
 TURN_WAIT_S = 0.25  # a job waits this long for a busy URL's turn before it is put back
 MIN_LATER_S = 0.05
+READ_CHUNK = 200  # events read in one query
 
 
 class WebhookError(Exception):
@@ -108,11 +109,12 @@ class _Turns:
     freed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def take(self, within_s: float) -> float | None:
-        """A turn (its start, to hand back to `give_back`); None if none came in time, or so
-        many already wait that this one would only hold a runner slot."""
+        """A turn (its start, to hand back to `give_back`); None if none came in time, or the
+        receiver is slow (its oldest post is older than `within_s`), or so many already wait
+        that this one would only hold a runner slot."""
         if len(self.started) >= self.limit:
-            if self.waiting >= self.limit:
-                return None
+            if self.waiting >= self.limit or self._oldest_s() > within_s:
+                return None  # a stuck receiver's turn will not come soon: no slot is held
             self.waiting += 1
             try:
                 async with asyncio.timeout(within_s):
@@ -131,12 +133,70 @@ class _Turns:
         self.started.remove(started)
         self.freed.set()
 
+    def _oldest_s(self) -> float:
+        now = time.monotonic()
+        return now - min(self.started, default=now)
+
     def later_s(self, timeout_s: float) -> float:
         """How long a job put back waits: about as long as the oldest post in flight has
         taken so far (a fast receiver frees turns in milliseconds, a stuck one not before its
         timeout), spread so that the put-back jobs do not all return at once."""
-        oldest = time.monotonic() - min(self.started, default=time.monotonic())
-        return min(timeout_s, max(MIN_LATER_S, oldest)) * random.uniform(1.0, 1.5)
+        return min(timeout_s, max(MIN_LATER_S, self._oldest_s())) * random.uniform(1.0, 1.5)
+
+
+class _EventReads:
+    """Stored event payloads, read together: the jobs of one lease start at once, and one
+    query for all of them costs a reader about what one costs (under load, reads queue for the
+    reader threads, and a read per job was half a post's time)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._wanted: dict[tuple[str, float, str], asyncio.Future[bytes | None]] = {}
+        self._reading: set[asyncio.Task[None]] = set()
+
+    async def payload(self, domain: str, ts: float, event_id: str) -> bytes | None:
+        """The event's payload; None if it is gone. The events trigger made the job at the
+        event's time, so (domain, ts) finds it by the events index."""
+        key = (domain, ts, event_id)
+        future = self._wanted.get(key)
+        if future is None:
+            loop = asyncio.get_running_loop()
+            if not self._wanted:  # after the jobs started with this one have asked too
+                loop.call_soon(self._read_wanted)
+            future = self._wanted[key] = loop.create_future()
+        return await asyncio.shield(future)
+
+    def _read_wanted(self) -> None:
+        wanted, self._wanted = self._wanted, {}
+        task = asyncio.create_task(self._read(wanted))
+        self._reading.add(task)
+        task.add_done_callback(self._reading.discard)
+
+    async def _read(self, wanted: dict[tuple[str, float, str], asyncio.Future[bytes | None]]
+                    ) -> None:
+        try:
+            found: dict[tuple[str, float, str], bytes] = {}
+            keys = list(wanted)
+            for domain in {k[0] for k in keys}:
+                mine = [k for k in keys if k[0] == domain]
+                for start in range(0, len(mine), READ_CHUNK):
+                    chunk = mine[start : start + READ_CHUNK]
+                    marks = ",".join("?" * len(chunk))
+                    rows = await self._store.fetchall(
+                        f"SELECT id, ts, payload FROM events WHERE domain = ? AND ts IN ({marks})"
+                        f" AND id IN ({marks})",
+                        [domain, *(k[1] for k in chunk), *(k[2] for k in chunk)],
+                    )
+                    for row in rows:
+                        found[(domain, row["ts"], row["id"])] = bytes(row["payload"])
+        except Exception as exc:
+            for future in wanted.values():
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for key, future in wanted.items():
+            if not future.done():
+                future.set_result(found.get(key))
 
 
 class Webhooks:
@@ -148,6 +208,7 @@ class Webhooks:
         self._hooks: dict[int, Hook] = {}
         self._hooks_version = -1
         self._turns: dict[str, _Turns] = {}
+        self._events = _EventReads(store)
         self._http: aiohttp.ClientSession | None = None
         settings = config.webhooks
         self._jobs = jobs.Runner(store, lease_s=settings.lease_s,
@@ -287,13 +348,8 @@ class Webhooks:
         hook = await self._hook(job.owner)
         if hook is None:
             return jobs.Outcome.fail("the webhook was removed")
-        event_id = job.payload
-        # the trigger made the job at the event's time: (domain, ts) finds it by index
-        row = await self._store.fetchone(
-            "SELECT payload FROM events WHERE domain = ? AND ts = ? AND id = ?",
-            (hook.domain, job.created_at, event_id),
-        )
-        if row is None:
+        event_json = await self._events.payload(hook.domain, job.created_at, job.payload)
+        if event_json is None:
             return jobs.Outcome.fail("the event is gone (past its retention)")
         turns = self._turns.get(hook.url)
         if turns is None:
@@ -302,7 +358,7 @@ class Webhooks:
         if started is None:
             return jobs.Outcome.later(turns.later_s(self._config.webhooks.timeout_s))
         try:
-            status = await self._post(hook.name, hook.url, hook.domain, bytes(row["payload"]))
+            status = await self._post(hook.name, hook.url, hook.domain, event_json)
         except webpost.PostError as exc:
             return jobs.Outcome.retry(f"{hook.name} to {webpost.redact(hook.url)}: {exc}")
         finally:
