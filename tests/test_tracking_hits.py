@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 from mmdb_writer import MMDBWriter
@@ -401,3 +402,32 @@ async def test_a_hit_through_a_trusted_proxy_is_placed_by_the_configured_databas
     [event] = await tracked.events("opened")
     assert event["ip"] == "81.2.69.160"
     assert event["geolocation"] == {"country": "GB", "region": "ENG", "city": "London"}
+
+
+async def test_opens_arriving_together_each_carry_their_own_recipients_variables(
+    tracked: Tracked,
+):
+    running = tracked.running
+    readers = [f"reader{n}@{DEST}" for n in range(20)]
+    variables = {address: {"id": str(n)} for n, address in enumerate(readers)}
+    form = [("from", f"news@{DOMAIN}"), ("subject", "Batch"), ("html", "<p>Hi</p>"),
+            ("v:customer", "%recipient.id%"), ("recipient-variables", orjson.dumps(variables).decode()),
+            *(("to", address) for address in readers)]
+    async with running.session() as api, api.post(f"/v3/{DOMAIN}/messages", data=form) as resp:
+        assert resp.status == 200, await resp.text()
+        batch_id = (await resp.json())["id"].strip("<>")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while len(await storeview.events(running.services.store, "delivered")) < 1 + len(readers):
+        assert loop.time() < deadline, "the batch was not delivered"
+        await asyncio.sleep(0.05)
+    urls = [
+        f"{tracked.url}/o/{tracked.token('o', message_id=batch_id, recipient=address)}"
+        for address in readers
+    ]
+    statuses = await asyncio.gather(*(fetch("GET", url) for url in urls))
+    assert [status for status, _, _ in statuses] == [200] * len(readers)
+    opened = await storeview.events(running.services.store, "opened")
+    assert sorted((e["recipient"], e["user-variables"]["customer"]) for e in opened) == sorted(
+        (address, str(n)) for n, address in enumerate(readers)
+    )

@@ -14,16 +14,15 @@ Opens and clicks are recorded every time; stats count unique ones apart.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from mta.domains import Domains
 from mta.events import (
-    Campaign,
     Event,
     EventKind,
     MailingList,
@@ -31,7 +30,7 @@ from mta.events import (
     MessageSummary,
     event_statement,
 )
-from mta.events.lookup import sent_event
+from mta.events.lookup import Sent, SentKey, sent_copies
 from mta.store import Statement, Store
 from mta.suppressions import ALL_TAGS, unsubscribe_statement
 from mta.tracking.clients import ClientDescriber
@@ -39,23 +38,9 @@ from mta.tracking.links import Link, LinkKind, TrackingLinks
 
 log = logging.getLogger("mta.tracking")
 
-SENT_CACHE_SIZE = 10_000  # delivered copies whose attribution is remembered
+SENT_CACHE_SIZE = 10_000  # sent copies whose attribution is remembered (~1 KB each)
 LIST_SCOPE = "list:"
-
-
-@dataclass(frozen=True)
-class Sent:
-    """What a hit's event copies from the message it is about."""
-
-    tags: tuple[str, ...] = ()
-    campaigns: tuple[Campaign, ...] = ()
-    user_variables: Mapping[str, Any] = field(default_factory=dict)
-    mailing_list: MailingList | None = None
-    # when it was delivered (or, not delivered yet, accepted: later than that, never sooner)
-    at: float | None = None
-
-
-_UNKNOWN = Sent()
+_UNKNOWN = Sent()  # an unsubscribe whose message the history no longer knows
 
 
 class Hits:
@@ -68,8 +53,12 @@ class Hits:
         self._domains = domains
         self._links = links
         self._clients = clients
-        # delivered copies only: what their event says never changes, so an entry stays true
-        self._sent: OrderedDict[tuple[str, str, str], Sent] = OrderedDict()
+        # what a sent copy's event says never changes, so an entry stays true (but for `at`
+        # of a copy looked up before its delivery was recorded: earlier than the delivery, so
+        # clicks may escape the scanner mark, never get it wrongly)
+        self._sent: OrderedDict[SentKey, Sent] = OrderedDict()
+        self._waiting: dict[SentKey, asyncio.Future[Sent | None]] = {}  # for the next read
+        self._looking: asyncio.Task[None] | None = None
 
     async def opened(self, token: str, ip: str, headers: Mapping[str, str]) -> bool:
         """False when the token is not a valid open link (answered 404)."""
@@ -167,18 +156,32 @@ class Hits:
         if sent is not None:
             self._sent.move_to_end(key)
             return sent
-        event = await sent_event(self._store, *key)
-        if event is None:
-            return None
-        sent = Sent(
-            tags=event.tags or (),
-            campaigns=event.campaigns or (),
-            user_variables=event.user_variables or {},
-            mailing_list=event.mailing_list,
-            at=event.timestamp,
-        )
-        if event.kind == "delivered":
-            self._sent[key] = sent
-            if len(self._sent) > SENT_CACHE_SIZE:
-                self._sent.popitem(last=False)
-        return sent
+        found = self._waiting.get(key)
+        if found is None:
+            found = self._waiting[key] = asyncio.get_running_loop().create_future()
+            if self._looking is None:
+                self._looking = asyncio.create_task(self._look_up())
+        # shielded: a waiter that goes away must not cancel the answer others wait for
+        return await asyncio.shield(found)
+
+    async def _look_up(self) -> None:
+        """Looks up every copy asked about meanwhile in one query, until none is waiting (as
+        the store's writer groups commits): a burst of hits makes a few reads, not one each."""
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, {}
+                try:
+                    found = await sent_copies(self._store, batch.keys())
+                except Exception as exc:
+                    for future in batch.values():
+                        future.set_exception(exc)
+                    continue
+                for key, future in batch.items():
+                    sent = found.get(key)
+                    if sent is not None:
+                        self._sent[key] = sent
+                        if len(self._sent) > SENT_CACHE_SIZE:
+                            self._sent.popitem(last=False)
+                    future.set_result(sent)
+        finally:
+            self._looking = None
