@@ -209,11 +209,13 @@ class Queue:
         )
         if not rows:
             return []
-        await self._load_messages({r["message_key"] for r in rows})
+        messages = await self._load_messages({r["message_key"] for r in rows})
         copies = await self._copies([r["id"] for r in rows if r["has_copy"]])
         deliveries = []
         for row in rows:
-            message = self._messages[row["message_key"]]
+            # while this claim awaited its reads, the last delivery of a cached message may have
+            # left memory and dropped it from the cache: put it back
+            message = self._messages.setdefault(row["message_key"], messages[row["message_key"]])
             message.pending += 1
             deliveries.append(_delivery(row, message, copies.get(row["id"])))
         return deliveries
@@ -238,8 +240,10 @@ class Queue:
         if message.pending <= 0:
             self._messages.pop(message.key, None)
 
-    async def _load_messages(self, keys: set[str]) -> None:
-        missing = [k for k in keys if k not in self._messages]
+    async def _load_messages(self, keys: set[str]) -> dict[str, Message]:
+        """The messages of `keys`: cached, or read and cached."""
+        found = {k: self._messages[k] for k in keys if k in self._messages}
+        missing = [k for k in keys if k not in found]
         for start in range(0, len(missing), _CHUNK):
             chunk = missing[start : start + _CHUNK]
             marks = ",".join("?" * len(chunk))
@@ -248,14 +252,15 @@ class Queue:
                 f" WHERE key IN ({marks})",
                 chunk,
             ):
-                self._messages[row["key"]] = Message(
+                found[row["key"]] = self._messages.setdefault(row["key"], Message(
                     key=row["key"],
                     domain=row["domain"],
                     sender=row["sender"],
                     created_at=row["created_at"],
                     options=orjson.loads(row["options"]),
                     mime=row["mime"],
-                )
+                ))
+        return found
 
     async def _copies(self, ids: list[int]) -> dict[int, bytes]:
         found: dict[int, bytes] = {}
