@@ -31,7 +31,9 @@ from mta.smtp import SmtpListeners, SubmissionHandler
 from mta.smtp.guard import AuthThrottle, Guard
 from mta.smtp.mx import MxHandler
 from mta.store import Store, open_store
+from mta.tracking.clients import ClientDescriber
 from mta.tracking.copies import Tracker
+from mta.tracking.hits import Hits
 from mta.tracking.links import TrackingLinks
 from mta.webhooks import Webhooks
 
@@ -47,6 +49,8 @@ class Services:
     keys: ApiKeys
     account: Account  # the HTTP signing key, the tracking secret
     tracking_links: TrackingLinks  # signs and reads open, click and unsubscribe links
+    clients: ClientDescriber  # client-info and geolocation of tracking hits
+    hits: Hits  # records opens, clicks and unsubscribes
     credentials: Credentials
     acceptor: Acceptor
     routes: Routes
@@ -72,6 +76,7 @@ class Services:
         keep the process alive)."""
         try:
             self.credentials.checks.close()
+            self.clients.close()
         finally:
             await self.store.close()
 
@@ -91,6 +96,9 @@ async def open_services(config: Config) -> Services:
         tracking_links = TrackingLinks(
             await account.tracking_secret(), config.tracking.link_lifetime_days * 86400
         )
+        clients = ClientDescriber(
+            config.tracking.geoip_database, config.tracking.scanner_window_s
+        )
         return Services(
             config=config,
             store=store,
@@ -99,6 +107,8 @@ async def open_services(config: Config) -> Services:
             keys=ApiKeys(store),
             account=account,
             tracking_links=tracking_links,
+            clients=clients,
+            hits=Hits(store, domains, tracking_links, clients),
             credentials=Credentials(store, PasswordChecks(config.smtp)),
             acceptor=acceptor,
             routes=routes,

@@ -5,17 +5,22 @@ server stands in for the recipients' MX."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import email
 import email.policy
+import hashlib
+import hmac
 import re
 from collections.abc import AsyncIterator, Callable
 from email.message import EmailMessage
 from typing import Any
 
+import aiohttp
 import dkim
 import orjson
 import pytest
+from aiohttp import web
 
 from mta.tracking.rewrite import Choice, RecipientLinks, track
 from tests.capture import Capture, start_capture
@@ -354,3 +359,77 @@ def test_nesting_deeper_than_the_limit_is_left_alone():
     message = b"From: a@example.com\r\n" + inner
     out = track(message, Choice(clicks=True), links(), max_parts=100, max_depth=3)
     assert b'<a href="https://x.example/">x</a>' in out
+
+
+# -- end to end: the recipient's mail client follows the links --------------------------------
+
+BROWSER = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko)"
+           " Chrome/131.0.0.0 Safari/537.36")
+
+
+async def test_a_recipient_opening_clicking_and_unsubscribing_is_recorded_and_posted(
+    start_server: Callable[..., Any], mx: Capture
+):
+    posts: list[dict[str, Any]] = []
+
+    async def receive(request: web.Request) -> web.Response:
+        posts.append(await request.json())
+        return web.Response(text="ok")
+
+    receiver = web.Application()
+    receiver.router.add_post("/hooks", receive)
+    runner = web.AppRunner(receiver)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        running = await start_server(outbound__enabled=True, dns__static_mx={DEST: [mx.address]},
+                                     webhooks__allow=["127.0.0.0/8"])
+        async with running.session() as api:
+            for hook in ("opened", "clicked", "unsubscribed"):
+                async with api.post(f"/v3/domains/{DOMAIN}/webhooks",
+                                    data={"id": hook, "url": f"http://127.0.0.1:{port}/hooks"}
+                                    ) as resp:
+                    assert resp.status == 200, await resp.text()
+        await send(running, text="Leave: %unsubscribe_url%", **{"o:tracking": "yes",
+                                                                 "o:tag": "sale"})
+        [got] = await mx.wait_for(1)
+        message = parsed(got.data)
+        html = part(message, "text/html")
+        pixel = re.search(r'src="' + re.escape(LINK_BASE) + r'([^"]+)"', html).group(1)
+        click = re.search(r'href="' + re.escape(LINK_BASE) + r'(/c/[^"]+)"', html).group(1)
+        leave = re.search(re.escape(LINK_BASE) + r"(/u/\S+)", part(message, "text/plain")).group(1)
+        headers = {"User-Agent": BROWSER}
+        async with aiohttp.ClientSession(running.url, headers=headers) as browser:
+            async with browser.get(pixel) as resp:  # the CNAME would lead here
+                assert resp.status == 200 and resp.content_type == "image/gif"
+            async with browser.get(click, allow_redirects=False) as resp:
+                assert resp.status == 302
+                assert resp.headers["Location"] == "https://shop.example.com/sale?a=1&b=%20x#top"
+            async with browser.post(leave, data={"List-Unsubscribe": "One-Click"}) as resp:
+                assert resp.status == 200
+        async with running.session() as api:
+            async with api.get(f"/v3/{DOMAIN}/events", params={"event": "opened"}) as resp:
+                [opened] = (await resp.json())["items"]
+            async with api.get(f"/v3/{DOMAIN}/unsubscribes/alice@{DEST}") as resp:
+                assert resp.status == 200
+        assert opened["recipient"] == f"alice@{DEST}" and opened["tags"] == ["sale"]
+        assert opened["client-info"]["client-name"] == "Chrome"
+        assert opened["client-info"]["bot"] == ""
+        for _ in range(200):
+            if len(posts) >= 3:
+                break
+            await asyncio.sleep(0.05)
+        kinds = sorted(p["event-data"]["event"] for p in posts)
+        assert kinds == ["clicked", "opened", "unsubscribed"]
+        clicked = next(p for p in posts if p["event-data"]["event"] == "clicked")
+        assert clicked["event-data"]["url"] == "https://shop.example.com/sale?a=1&b=%20x#top"
+        key = await running.services.account.signing_key()
+        for post in posts:
+            signature = post["signature"]
+            expected = hmac.new(key.encode(), (signature["timestamp"] + signature["token"])
+                                .encode(), hashlib.sha256).hexdigest()
+            assert hmac.compare_digest(expected, signature["signature"])
+    finally:
+        await runner.cleanup()

@@ -9,7 +9,17 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from mta.api import account, credentials, domains, events, messages, stored, suppressions, webhooks
+from mta.api import (
+    account,
+    credentials,
+    domains,
+    events,
+    messages,
+    stored,
+    suppressions,
+    tracking,
+    webhooks,
+)
 from mta.api import routes as route_api
 from mta.api.context import API_KEY, SERVICES
 from mta.api.errors import ApiError, error, forbidden
@@ -36,7 +46,10 @@ def _credentials(request: web.Request) -> str | None:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """HTTP basic `api:KEY`. A domain sending key may only send for its own domain."""
+    """HTTP basic `api:KEY`. A domain sending key may only send for its own domain. Tracking
+    links (pixel, clicks, unsubscribe pages) are for recipients' mail clients: no key."""
+    if tracking.is_public(request):
+        return await handler(request)
     services = request.app[SERVICES]
     secret = _credentials(request)
     key = await services.keys.authenticate(secret) if secret else None
@@ -104,4 +117,5 @@ def build_app(services: Services) -> web.Application:
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)
         app.router.add_route(method, path + "/", handler)  # tolerate a trailing slash
+    tracking.mount(app, services.hits, services.config.tracking.trusted_proxies)
     return app
