@@ -99,6 +99,7 @@ async def open_services(config: Config) -> Services:
         clients = ClientDescriber(
             config.tracking.geoip_database, config.tracking.scanner_window_s
         )
+        hits = Hits(store, domains, tracking_links, clients)
         return Services(
             config=config,
             store=store,
@@ -108,7 +109,7 @@ async def open_services(config: Config) -> Services:
             account=account,
             tracking_links=tracking_links,
             clients=clients,
-            hits=Hits(store, domains, tracking_links, clients),
+            hits=hits,
             credentials=Credentials(store, PasswordChecks(config.smtp)),
             acceptor=acceptor,
             routes=routes,
@@ -116,7 +117,7 @@ async def open_services(config: Config) -> Services:
             classifier=classifier,
             inbound=Inbound(
                 config, store, domains, routes, Verdicts(config, resolver), reports, acceptor,
-                resolver, account,
+                resolver, account, hits.unsubscribe_by_mail,
             ),
             webhooks=Webhooks(config, store, resolver, account),
             accepting=ByteBudget(config.sending.max_accepting_bytes),

@@ -15,8 +15,10 @@ import re
 from collections.abc import AsyncIterator, Callable
 from email.message import EmailMessage
 from typing import Any
+from urllib.parse import unquote
 
 import aiohttp
+import aiosmtplib
 import dkim
 import orjson
 import pytest
@@ -433,3 +435,31 @@ async def test_a_recipient_opening_clicking_and_unsubscribing_is_recorded_and_po
             assert hmac.compare_digest(expected, signature["signature"])
     finally:
         await runner.cleanup()
+
+
+async def test_a_list_unsubscribe_mailto_arriving_on_the_mx_unsubscribes_the_recipient(
+    start_server: Callable[..., Any], mx: Capture
+):
+    running = await tracking_server(start_server, mx)
+    await send(running, text="Leave: %unsubscribe_url%")
+    [got] = await mx.wait_for(1)
+    mailto = re.search(r"<mailto:([^?]+)\?subject=([^>]+)>",
+                       parsed(got.data)["List-Unsubscribe"]).groups()
+    address, subject = mailto[0], unquote(mailto[1])
+    assert address == f"unsubscribe@{DOMAIN}"
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=running.server.smtp.port("mx"),
+                             start_tls=False)
+    await client.connect()
+    try:
+        stranger = f"From: x@{DEST}\r\nTo: {address}\r\nSubject: unsubscribe forged\r\n\r\nx\r\n"
+        with pytest.raises(aiosmtplib.SMTPResponseException):  # no token: not ours, no route
+            await client.sendmail(f"alice@{DEST}", [address], stranger.encode())
+        mail = f"From: alice@{DEST}\r\nTo: {address}\r\nSubject: {subject}\r\n\r\n\r\n"
+        await client.sendmail(f"alice@{DEST}", [address], mail.encode())
+    finally:
+        client.close()
+    async with running.session() as api, api.get(
+        f"/v3/{DOMAIN}/unsubscribes/alice@{DEST}"
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["tags"] == ["*"]

@@ -20,6 +20,7 @@ import email.utils
 import functools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,7 @@ from mta.inbound.routes import MatchingTime, RouteMatch, Routes, RoutesOutOfTime
 from mta.inbound.structure import TooComplex, check_structure
 from mta.inbound.verdicts import Verdict, Verdicts
 from mta.store import Statement, Store, periodic
+from mta.tracking.copies import UNSUBSCRIBE_MAILBOX
 
 log = logging.getLogger("mta.inbound")
 _HEADERS = email.parser.BytesHeaderParser(policy=email.policy.compat32)
@@ -119,6 +121,10 @@ def _aligned(from_domain: str, authenticated: frozenset[str]) -> bool:
         for d in authenticated
         if d
     )
+
+
+def _first_header(headers: list[tuple[str, str]], name: str) -> str:
+    return next((v for n, v in headers if n.lower() == name), "")
 
 
 def _received(peer_ip: str, helo: str, hostname: str, now: float) -> str:
@@ -204,9 +210,12 @@ class Inbound:
         acceptor: Acceptor,
         resolver: Resolver,
         account: Account,
+        unsubscribe: Callable[[str, str, str], Awaitable[bool]],
     ) -> None:
         self._config = config
         self._account = account
+        # honours a List-Unsubscribe mailto: (recipient, subject, peer ip) -> whether it was one
+        self._unsubscribe = unsubscribe
         self._resolver = resolver
         self._store = store
         self._domains = domains
@@ -265,6 +274,12 @@ class Inbound:
                     taken += 1
                     report = None  # one report takes effect once, whatever the recipients
                     continue
+            if rcpt.partition("@")[0].lower() == UNSUBSCRIBE_MAILBOX and await self._unsubscribe(
+                rcpt, _first_header(headers, "subject"), peer_ip
+            ):
+                log.info("unsubscribe by mail for <%s> from <%s>", rcpt, sender)
+                taken += 1
+                continue
             if domain.spam_action == "block" and verdict.spam:
                 log.info("dropped spam for <%s> from <%s> (score %s)", rcpt, sender, verdict.score)
                 taken += 1

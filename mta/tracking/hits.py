@@ -34,6 +34,7 @@ from mta.events.lookup import Sent, SentKey, sent_copies
 from mta.store import Statement, Store
 from mta.suppressions import ALL_TAGS, unsubscribe_statement
 from mta.tracking.clients import ClientDescriber
+from mta.tracking.copies import UNSUBSCRIBE_SUBJECT
 from mta.tracking.links import Link, LinkKind, TrackingLinks
 
 log = logging.getLogger("mta.tracking")
@@ -97,6 +98,17 @@ class Hits:
         # a tag link of a message without tags still asks to hear no more: the whole domain
         await self._record("unsubscribed", link, ip, headers, tags=tags or [ALL_TAGS])
         return link
+
+    async def unsubscribe_by_mail(self, recipient: str, subject: str, ip: str) -> bool:
+        """A List-Unsubscribe mailto arriving on the MX: `subject` holds the signed token
+        (mta.tracking.copies); a mail without a valid token for the recipient's domain is not
+        one and goes on to the routes."""
+        token = subject.strip().removeprefix(UNSUBSCRIBE_SUBJECT.strip()).strip()
+        link = self._links.read("u", token)
+        if link is None or link.domain != recipient.rpartition("@")[2].lower():
+            return False
+        await self.unsubscribe(token, ip, {}, confirm=True)
+        return True
 
     async def _record_or_log(
         self, kind: EventKind, link: Link, ip: str, headers: Mapping[str, str], **extra: Any
