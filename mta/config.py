@@ -29,6 +29,15 @@ def setting(default: Any, doc: str) -> Any:
     return field(default=default, metadata={"doc": doc})
 
 
+# where posts to users' URLs must not go unless allowed: private, loopback, link-local and
+# metadata (169.254.169.254), CGNAT, benchmarking, multicast and reserved ranges
+NOT_THE_INTERNET = [
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+    "172.16.0.0/12", "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/4",
+    "240.0.0.0/4", "::/128", "::1/128", "fc00::/7", "fe80::/10", "ff00::/8",
+]
+
+
 @dataclass
 class ServerConfig:
     """Process-wide settings."""
@@ -269,11 +278,7 @@ class InboundConfig:
         [], "CIDRs forward() and store(notify=) may post to even if forward_deny lists them"
     )
     forward_deny: list = setting(
-        [
-            "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
-            "172.16.0.0/12", "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/4",
-            "240.0.0.0/4", "::/128", "::1/128", "fc00::/7", "fe80::/10", "ff00::/8",
-        ],
+        NOT_THE_INTERNET,
         "CIDRs forward() and store(notify=) never post to (private, loopback, link-local, "
         "metadata); checked on the address connected to",
     )
@@ -297,11 +302,7 @@ class WebhooksConfig:
     lease_s: float = setting(60.0, "a node's hold on a webhook job it is posting")
     allow: list = setting([], "CIDRs webhooks may post to even if `deny` lists them")
     deny: list = setting(
-        [
-            "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
-            "172.16.0.0/12", "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/4",
-            "240.0.0.0/4", "::/128", "::1/128", "fc00::/7", "fe80::/10", "ff00::/8",
-        ],
+        NOT_THE_INTERNET,
         "CIDRs webhooks never post to (private, loopback, link-local, metadata); checked on "
         "the address connected to",
     )
