@@ -5,7 +5,7 @@ a server with delivery off (`MTA_OUTBOUND_ENABLED=false`) accepts the messages o
 each, one recipient each, from 50 connections, so each has its `messages` row, its queued
 `recipients` row and its `accepted` event, as accept writes them; the server stops, and the rest
 of the events are written into the file through `mta.store.sqlite.SqliteStore` with
-`mta.events.event_statement` (copies of the stored `accepted` payloads with new ids, as
+`mta.events.event_statements` (copies of the stored `accepted` payloads with new ids, as
 `delivered`, `opened` and `clicked` events). Then it starts a PostgreSQL (tests/postgres.py),
 times `python -m mta store copy --to <a fresh database>` (with `MTA_SERVER_DATA_DIR` at the
 store's data directory) and compares every table's row count, and the bytes of the stored
@@ -81,7 +81,7 @@ async def add_events(db_path: Path, count: int) -> None:
     """`count` more events, copies of stored `accepted` payloads, through the store's writer."""
     import orjson
 
-    from mta.events import event_statement, new_event_id
+    from mta.events import Event, event_statements, new_event_id
     from mta.store.sqlite import SqliteStore
 
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
@@ -105,7 +105,9 @@ async def add_events(db_path: Path, count: int) -> None:
                 payload["event"] = EXTRA_KINDS[(written + i) % len(EXTRA_KINDS)]
                 payload["timestamp"] = now + (written + i) / 1000
                 payloads.append(payload)
-            await store.write(event_statement(DOMAIN, payloads))
+            await store.write(
+                *event_statements(DOMAIN, [Event.from_payload(p) for p in payloads])
+            )
             written += len(payloads)
     finally:
         await store.close()

@@ -154,7 +154,7 @@ def pct(values: list[float], p: float) -> float:
 
 
 def fanout(args: argparse.Namespace, work: Path) -> dict[str, str]:
-    from mta.events import DeliveryStatus, Event, MessageHeaders, MessageSummary, event_statement
+    from mta.events import DeliveryStatus, Event, MessageHeaders, MessageSummary, event_statements
 
     fig: dict[str, str] = {}
     env = hook_env() | {"MTA_SMTP_SUBMISSION": "", "MTA_SMTP_SUBMISSION_TLS": "",
@@ -189,10 +189,11 @@ def fanout(args: argparse.Namespace, work: Path) -> dict[str, str]:
                 events = [Event("delivered", recipient=f"user{written + i}@d1.bench.test",
                                 message=summary, delivery_status=status, tags=("bench",),
                                 user_variables={"n": str(written + i)}) for i in range(count)]
-                statement = event_statement(DOMAIN, events)
+                statements = event_statements(DOMAIN, events)
                 began = time.perf_counter()
                 conn.execute("BEGIN IMMEDIATE")
-                conn.executemany(statement.sql, statement.rows)
+                for statement in statements:
+                    conn.executemany(statement.sql, statement.rows)
                 conn.execute("COMMIT")
                 write_s.append(time.perf_counter() - began)
                 written += count

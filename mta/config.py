@@ -186,6 +186,28 @@ class EventsConfig:
 
 
 @dataclass
+class StatsConfig:
+    """Counters by event, tag and campaign (the Stats, Tags and Campaigns APIs)."""
+
+    hourly_retention_days: float = setting(
+        190.0, "hour counters (and first-open/click marks) older than this are purged"
+    )
+    daily_retention_days: float = setting(
+        732.0, "day counters older than this are purged; month counters are kept"
+    )
+    campaign_retention_days: float = setting(
+        190.0, "campaign report rows (sends, opens, clicks, ...) older than this are purged"
+    )
+    campaign_delivered_retention_days: float = setting(
+        14.0, "campaign report rows of deliveries are purged sooner (the older manual's 2 weeks)"
+    )
+    tag_limit: int = setting(
+        4000, "tags a domain may have; new tags of a send beyond it are carried, not counted"
+    )
+    campaign_limit: int = setting(1000, "campaigns a domain may have")
+
+
+@dataclass
 class DnsConfig:
     """DNS resolution for domain verification and delivery."""
 
@@ -351,6 +373,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     sending: SendingConfig = field(default_factory=SendingConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     domains: DomainsConfig = field(default_factory=DomainsConfig)
     outbound: OutboundConfig = field(default_factory=OutboundConfig)

@@ -23,7 +23,7 @@ from mta.events import (
     Reject,
     SearchColumns,
     Storage,
-    event_statement,
+    event_statements,
 )
 from mta.queue import Delivery, Message, delivery_event, dropped_event
 
@@ -256,9 +256,9 @@ def test_columns_of_an_event_without_message_or_recipient_are_empty():
     )
 
 
-def test_event_statement_writes_columns_and_the_payload_json():
+def test_event_statements_write_columns_and_the_payload_json():
     event = accepted()
-    statement = event_statement("mg.example.test", [event])
+    statement = event_statements("mg.example.test", [event])[0]
     (row,) = statement.rows
     assert row[:4] == (event.id, "mg.example.test", event.timestamp, "accepted")
     assert row[4:-1] == tuple(event.columns())

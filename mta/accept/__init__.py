@@ -54,10 +54,11 @@ from mta.events import (
     MessageHeaders,
     MessageSummary,
     Reject,
-    event_statement,
+    event_statements,
     new_event_ids,
     record,
 )
+from mta.stats import tags as stats_tags
 from mta.store import Statement, Store
 
 __all__ = ["AcceptError", "Acceptor", "Address", "Options", "Submission", "valid_addr_spec"]
@@ -592,7 +593,8 @@ class Acceptor:
                                  orjson.dumps(options), built.content),
                 recipient_rows,
             ),
-            event_statement(domain.name, _accepted_events(sub, sender, built)),
+            *stats_tags.seen_statements(domain.name, opts.tags, now, self._config.stats.tag_limit),
+            *event_statements(domain.name, _accepted_events(sub, sender, built)),
         ]
 
     async def _record_rejection(self, domain: Domain, sub: Submission, exc: AcceptError) -> None:

@@ -11,12 +11,15 @@ from aiohttp import web
 
 from mta.api import (
     account,
+    campaigns,
     credentials,
     domains,
     events,
     messages,
+    stats,
     stored,
     suppressions,
+    tags,
     tracking,
     webhooks,
 )
@@ -113,6 +116,9 @@ def build_app(services: Services) -> web.Application:
         *stored.ROUTES,
         *webhooks.ROUTES,
         *account.ROUTES,
+        *stats.ROUTES,
+        *tags.ROUTES,
+        *campaigns.ROUTES,
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)

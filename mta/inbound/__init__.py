@@ -45,7 +45,7 @@ from mta.events import (
     MessageHeaders,
     MessageSummary,
     Storage,
-    event_statement,
+    event_statements,
 )
 from mta.inbound.parsed import Parsed, decode_header_value, parse_message
 from mta.inbound.reports import Reports, report_type
@@ -388,7 +388,7 @@ class Inbound:
             events.append(_stored_event(accepted))
         log.info("routed mail for <%s> from <%s>: %d action(s)%s", rcpt, sender,
                  len(new_jobs), ", stored" if stored_until else "")
-        statements = [event_statement(domain.name, events)]
+        statements = event_statements(domain.name, events)
         if new_jobs or stored_until:
             statements.append(
                 Statement(_INSERT_MESSAGE, [(key, domain.name, now, sender, rcpt, mime_key,
@@ -551,7 +551,7 @@ class Inbound:
                 exc.message,
             )
             return jobs.Outcome.fail(
-                exc.message, self._given_up(action, message, 0, exc.message, reason="generic")
+                exc.message, *self._given_up(action, message, 0, exc.message, reason="generic")
             )
         return jobs.Outcome.done()
 
@@ -566,7 +566,7 @@ class Inbound:
         except webpost.PostError as exc:
             problem = str(exc)
             return jobs.Outcome.retry(f"{action.kind} to {where}: {problem}",
-                                      self._given_up(action, message, exc.status, problem))
+                                      *self._given_up(action, message, exc.status, problem))
         if status == 200:
             log.info("posted mail for <%s> to %s", message.recipient, where)
             return jobs.Outcome.done()
@@ -575,7 +575,7 @@ class Inbound:
             return jobs.Outcome.stop(f"{action.kind} to {where}: 406, not retried")
         problem = webpost.status_line(status)
         return jobs.Outcome.retry(f"{action.kind} to {where}: {problem}",
-                                  self._given_up(action, message, status, problem))
+                                  *self._given_up(action, message, status, problem))
 
     async def _form(
         self, action: _Action, domain: Domain, message: StoredMessage
@@ -614,10 +614,10 @@ class Inbound:
     def _given_up(
         self, action: _Action, message: StoredMessage, status: int, problem: str,
         reason: str = "old",
-    ) -> Statement:
+    ) -> list[Statement]:
         """The `failed` event recorded when the action is given up."""
         target = webpost.redact(action.target)  # events are read by more people than routes are
-        return event_statement(
+        return event_statements(
             message.domain, [_failed_event(action, message, status, problem, reason, target)]
         )
 

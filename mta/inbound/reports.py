@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from email.message import Message as EmailMessage
 
-from mta.events import DeliveryStatus, event_statement
+from mta.events import DeliveryStatus, event_statements
 from mta.inbound.parsed import TooManyParts, parse_bounded
 from mta.outbound.policy import Classifier
 from mta.outbound.returnpath import ReturnPaths
@@ -149,7 +149,7 @@ class Reports:
             severity="permanent" if permanent else "temporary",
             reason="bounce" if permanent else "generic",
         )
-        statements = [event_statement(sent.message.domain, [event])]
+        statements = event_statements(sent.message.domain, [event])
         if permanent and verdict.suppress:
             statements.append(
                 bounce_statement(sent.message.domain, sent.address, str(code), diagnostic,
@@ -166,7 +166,7 @@ class Reports:
                 event = delivery_event(sent, "complained", None, mail_from=None)
                 log.info("complaint about <%s> for %s", sent.address, sent.message.domain)
                 return [
-                    event_statement(sent.message.domain, [event]),
+                    *event_statements(sent.message.domain, [event]),
                     complaint_statement(sent.message.domain, sent.address, time.time()),
                 ]
         if summary.message_id and summary.original_recipient:
@@ -180,7 +180,7 @@ class Reports:
                 log.info("unverified complaint about <%s>: recorded, not suppressed",
                          sent.address)
                 event = delivery_event(sent, "complained", None, mail_from=None)
-                return [event_statement(sent.message.domain, [event])]
+                return event_statements(sent.message.domain, [event])
         return None
 
 

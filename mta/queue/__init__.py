@@ -30,7 +30,7 @@ from mta.events import (
     MessageHeaders,
     MessageSummary,
     Severity,
-    event_statement,
+    event_statements,
 )
 from mta.store import Statement, Store
 
@@ -281,14 +281,14 @@ class Queue:
         """Delivered or permanently failed."""
         await self._store.write(
             Statement(_DONE, [(state, delivery.id)]),
-            event_statement(delivery.message.domain, [event]),
+            *event_statements(delivery.message.domain, [event]),
             *extra,
         )
 
     async def retry(self, delivery: Delivery, due_at: float, event: Event) -> None:
         await self._store.write(
             Statement(_RETRY, [(due_at, delivery.id)]),
-            event_statement(delivery.message.domain, [event]),
+            *event_statements(delivery.message.domain, [event]),
         )
 
     async def defer(self, deliveries: Iterable[Delivery], due_at: float) -> None:

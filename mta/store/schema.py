@@ -19,6 +19,8 @@ Tables and the modules that own them (only the owner writes SQL against them):
   inserted by the events_webhooks trigger (migration 8) in the event's own transaction.
 - webhooks, webhook_triggers: mta.webhooks
 - account_settings: mta.account (the HTTP signing key, the tracking-link secret)
+- stats_counters, stats_uniques, tags, tag_aggregates, campaigns, campaign_events: mta.stats
+  (counters written beside every event by the statements mta.events adds from mta.stats)
 - site_slots, site_pace: mta.outbound (connections open to a destination and its pace, counted
   across nodes)
 - auth_failures, auth_holds: mta.smtp.guard (AUTH throttles, across nodes)
@@ -411,6 +413,110 @@ _SQLITE: list[str] = [
     CREATE INDEX events_message_recipient ON events (message_id, recipient);
     DROP INDEX events_message;
     """,
+    # 10: stats (mta.stats). Counters per domain, tag ('t:<tag>') and campaign ('c:<id>')
+    # scope, per hour, day and month, one column per Mailgun sub-total; written by the
+    # statements mta.stats.counting adds to every event's INSERT, in the same transaction (so
+    # a crash can neither lose nor double a count). `stats_uniques` marks the first open and
+    # click of each (message, recipient): only the transaction whose event placed the mark
+    # counts it unique. Tags (created by sends, within the per-domain limit), their all-time
+    # aggregates by country, provider and device, campaigns and the per-event rows their
+    # reports group (kept for the campaign retention).
+    """
+    CREATE TABLE stats_counters (
+        domain TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        resolution TEXT NOT NULL,
+        bucket INTEGER NOT NULL,
+        accepted_incoming INTEGER NOT NULL DEFAULT 0,
+        accepted_outgoing INTEGER NOT NULL DEFAULT 0,
+        delivered_smtp INTEGER NOT NULL DEFAULT 0,
+        delivered_http INTEGER NOT NULL DEFAULT 0,
+        failed_temporary INTEGER NOT NULL DEFAULT 0,
+        failed_temporary_espblock INTEGER NOT NULL DEFAULT 0,
+        failed_permanent INTEGER NOT NULL DEFAULT 0,
+        failed_permanent_bounce INTEGER NOT NULL DEFAULT 0,
+        failed_permanent_delayed_bounce INTEGER NOT NULL DEFAULT 0,
+        failed_permanent_suppress_bounce INTEGER NOT NULL DEFAULT 0,
+        failed_permanent_suppress_unsubscribe INTEGER NOT NULL DEFAULT 0,
+        failed_permanent_suppress_complaint INTEGER NOT NULL DEFAULT 0,
+        failed_permanent_old INTEGER NOT NULL DEFAULT 0,
+        opened INTEGER NOT NULL DEFAULT 0,
+        opened_unique INTEGER NOT NULL DEFAULT 0,
+        clicked INTEGER NOT NULL DEFAULT 0,
+        clicked_unique INTEGER NOT NULL DEFAULT 0,
+        unsubscribed INTEGER NOT NULL DEFAULT 0,
+        complained INTEGER NOT NULL DEFAULT 0,
+        stored INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (domain, scope, resolution, bucket)
+    );
+    CREATE INDEX stats_counters_account ON stats_counters (scope, resolution, bucket);
+    CREATE TABLE stats_uniques (
+        domain TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        ts REAL NOT NULL,
+        PRIMARY KEY (domain, message_id, recipient, kind)
+    );
+    CREATE INDEX stats_uniques_ts ON stats_uniques (ts);
+    CREATE TABLE tags (
+        domain TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        description TEXT NOT NULL DEFAULT '',
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        PRIMARY KEY (domain, tag)
+    );
+    CREATE TABLE tag_aggregates (
+        domain TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        dimension TEXT NOT NULL,
+        key TEXT NOT NULL,
+        accepted INTEGER NOT NULL DEFAULT 0,
+        delivered INTEGER NOT NULL DEFAULT 0,
+        opened INTEGER NOT NULL DEFAULT 0,
+        opened_unique INTEGER NOT NULL DEFAULT 0,
+        clicked INTEGER NOT NULL DEFAULT 0,
+        clicked_unique INTEGER NOT NULL DEFAULT 0,
+        unsubscribed INTEGER NOT NULL DEFAULT 0,
+        complained INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (domain, tag, dimension, key)
+    );
+    CREATE TABLE campaigns (
+        domain TEXT NOT NULL,
+        id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (domain, id)
+    );
+    CREATE TABLE campaign_events (
+        seq INTEGER PRIMARY KEY,
+        domain TEXT NOT NULL,
+        campaign TEXT NOT NULL,
+        ts REAL NOT NULL,
+        event TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        recipient_domain TEXT NOT NULL,
+        link TEXT NOT NULL DEFAULT '',
+        country TEXT NOT NULL DEFAULT '',
+        region TEXT NOT NULL DEFAULT '',
+        city TEXT NOT NULL DEFAULT '',
+        tags TEXT NOT NULL DEFAULT '[]',
+        user_vars TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX campaign_events_campaign ON campaign_events (domain, campaign, ts);
+    CREATE INDEX campaign_events_ts ON campaign_events (ts);
+    CREATE TRIGGER domains_del_stats AFTER DELETE ON domains
+        BEGIN
+            DELETE FROM stats_counters WHERE domain = old.name;
+            DELETE FROM stats_uniques WHERE domain = old.name;
+            DELETE FROM tags WHERE domain = old.name;
+            DELETE FROM tag_aggregates WHERE domain = old.name;
+            DELETE FROM campaigns WHERE domain = old.name;
+            DELETE FROM campaign_events WHERE domain = old.name;
+        END;
+    """,
 ]
 
 _ADMIN_TRIGGER = """
@@ -767,6 +873,106 @@ _POSTGRESQL: list[str] = [
     """
     CREATE INDEX events_message_recipient ON events (message_id, recipient);
     DROP INDEX events_message;
+    """,
+    # 10: as SQLite's 10
+    """
+    CREATE TABLE stats_counters (
+        domain TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        resolution TEXT NOT NULL,
+        bucket BIGINT NOT NULL,
+        accepted_incoming BIGINT NOT NULL DEFAULT 0,
+        accepted_outgoing BIGINT NOT NULL DEFAULT 0,
+        delivered_smtp BIGINT NOT NULL DEFAULT 0,
+        delivered_http BIGINT NOT NULL DEFAULT 0,
+        failed_temporary BIGINT NOT NULL DEFAULT 0,
+        failed_temporary_espblock BIGINT NOT NULL DEFAULT 0,
+        failed_permanent BIGINT NOT NULL DEFAULT 0,
+        failed_permanent_bounce BIGINT NOT NULL DEFAULT 0,
+        failed_permanent_delayed_bounce BIGINT NOT NULL DEFAULT 0,
+        failed_permanent_suppress_bounce BIGINT NOT NULL DEFAULT 0,
+        failed_permanent_suppress_unsubscribe BIGINT NOT NULL DEFAULT 0,
+        failed_permanent_suppress_complaint BIGINT NOT NULL DEFAULT 0,
+        failed_permanent_old BIGINT NOT NULL DEFAULT 0,
+        opened BIGINT NOT NULL DEFAULT 0,
+        opened_unique BIGINT NOT NULL DEFAULT 0,
+        clicked BIGINT NOT NULL DEFAULT 0,
+        clicked_unique BIGINT NOT NULL DEFAULT 0,
+        unsubscribed BIGINT NOT NULL DEFAULT 0,
+        complained BIGINT NOT NULL DEFAULT 0,
+        stored BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (domain, scope, resolution, bucket)
+    );
+    CREATE INDEX stats_counters_account ON stats_counters (scope, resolution, bucket);
+    CREATE TABLE stats_uniques (
+        domain TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        ts DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (domain, message_id, recipient, kind)
+    );
+    CREATE INDEX stats_uniques_ts ON stats_uniques (ts);
+    CREATE TABLE tags (
+        domain TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        description TEXT NOT NULL DEFAULT '',
+        first_seen DOUBLE PRECISION NOT NULL,
+        last_seen DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (domain, tag)
+    );
+    CREATE TABLE tag_aggregates (
+        domain TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        dimension TEXT NOT NULL,
+        key TEXT NOT NULL,
+        accepted BIGINT NOT NULL DEFAULT 0,
+        delivered BIGINT NOT NULL DEFAULT 0,
+        opened BIGINT NOT NULL DEFAULT 0,
+        opened_unique BIGINT NOT NULL DEFAULT 0,
+        clicked BIGINT NOT NULL DEFAULT 0,
+        clicked_unique BIGINT NOT NULL DEFAULT 0,
+        unsubscribed BIGINT NOT NULL DEFAULT 0,
+        complained BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (domain, tag, dimension, key)
+    );
+    CREATE TABLE campaigns (
+        domain TEXT NOT NULL,
+        id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (domain, id)
+    );
+    CREATE TABLE campaign_events (
+        seq BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+        domain TEXT NOT NULL,
+        campaign TEXT NOT NULL,
+        ts DOUBLE PRECISION NOT NULL,
+        event TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        recipient_domain TEXT NOT NULL,
+        link TEXT NOT NULL DEFAULT '',
+        country TEXT NOT NULL DEFAULT '',
+        region TEXT NOT NULL DEFAULT '',
+        city TEXT NOT NULL DEFAULT '',
+        tags TEXT NOT NULL DEFAULT '[]',
+        user_vars TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX campaign_events_campaign ON campaign_events (domain, campaign, ts);
+    CREATE INDEX campaign_events_ts ON campaign_events (ts);
+    CREATE FUNCTION mta_domain_stats_gone() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        DELETE FROM stats_counters WHERE domain = OLD.name;
+        DELETE FROM stats_uniques WHERE domain = OLD.name;
+        DELETE FROM tags WHERE domain = OLD.name;
+        DELETE FROM tag_aggregates WHERE domain = OLD.name;
+        DELETE FROM campaigns WHERE domain = OLD.name;
+        DELETE FROM campaign_events WHERE domain = OLD.name;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER domains_del_stats AFTER DELETE ON domains
+        FOR EACH ROW EXECUTE FUNCTION mta_domain_stats_gone();
     """,
 ]
 

@@ -28,7 +28,7 @@ from mta.events import (
     MailingList,
     MessageHeaders,
     MessageSummary,
-    event_statement,
+    event_statements,
 )
 from mta.events.lookup import Sent, SentKey, sent_copies
 from mta.store import Statement, Store
@@ -155,7 +155,7 @@ class Hits:
             client_info=self._clients.client_info(headers.get("User-Agent", ""), since),
             url=url,
         )
-        statements: list[Statement] = [event_statement(domain.name, [event])]
+        statements: list[Statement] = event_statements(domain.name, [event])
         if tags:
             statements.append(
                 unsubscribe_statement(self._store.dialect, domain.name, link.recipient, tags, now)

@@ -1,0 +1,7 @@
+"""The stats API (mailgun-api.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ROUTES: list[tuple[str, str, Any]] = []

@@ -1,0 +1,189 @@
+"""Reading the counters: one period of buckets, rendered in Mailgun's stats shape (§9.1).
+
+A query reads only counter rows (at most one per bucket of the period and scope, by the
+primary key), never events: a month at hour resolution is 720 rows, however many events
+they count.
+"""
+
+from __future__ import annotations
+
+import calendar
+import email.utils
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mta.stats.counting import COUNTERS, DOMAIN_SCOPE, day_start, hour_start, month_start
+from mta.store import Store
+
+EVENTS = (
+    "accepted", "delivered", "failed", "opened", "clicked", "unsubscribed", "complained", "stored",
+)
+DEFAULT_SPAN_S = 7 * 86400
+_DURATION = re.compile(r"^([0-9]{1,6})([hdm])$")
+_UNITS = {"h": "hour", "d": "day", "m": "month"}
+
+
+class PeriodError(ValueError):
+    """A period a client asked for that cannot be read (its text is the API's message)."""
+
+
+@dataclass(frozen=True)
+class Period:
+    """Whole buckets from the one holding `start` to the one holding `end`, inclusive."""
+
+    start: int
+    end: int
+    resolution: str
+
+    @classmethod
+    def of(
+        cls, *, start: float | None, end: float | None, resolution: str | None,
+        duration: str | None, now: float | None = None,
+    ) -> Period:
+        """Mailgun's rules: `duration` (e.g. 7d) overrides `start` and sets the resolution to
+        its unit; start defaults to 7 days before end, end to now, resolution to day."""
+        end = time.time() if end is None and now is None else (end if end is not None else now)
+        assert end is not None
+        if resolution is not None and resolution not in RESOLUTION_STARTS:
+            raise PeriodError(f"Invalid resolution: {resolution!r} (expected hour, day or month)")
+        if duration:
+            match = _DURATION.match(duration.strip())
+            if match is None:
+                raise PeriodError(f"Invalid duration: {duration!r} (expected e.g. 24h, 7d, 1m)")
+            count, unit = int(match.group(1)), match.group(2)
+            resolution = _UNITS[unit]
+            start = _months_before(end, count) if unit == "m" else (
+                end - count * (3600 if unit == "h" else 86400)
+            )
+        resolution = resolution or "day"
+        start = end - DEFAULT_SPAN_S if start is None else start
+        if start > end:
+            raise PeriodError("'start' must be before 'end'")
+        floor = RESOLUTION_STARTS[resolution]
+        return cls(floor(start), floor(end), resolution)
+
+    def buckets(self) -> list[int]:
+        if self.resolution == "month":
+            out, bucket = [], self.start
+            while bucket <= self.end:
+                out.append(bucket)
+                bucket = _next_month(bucket)
+            return out
+        step = 3600 if self.resolution == "hour" else 86400
+        return list(range(self.start, self.end + 1, step))
+
+
+RESOLUTION_STARTS = {"hour": hour_start, "day": day_start, "month": month_start}
+MAX_BUCKETS = 24 * 400  # a period longer than this many buckets is refused (bounded work)
+
+
+def _next_month(bucket: int) -> int:
+    year, month = time.gmtime(bucket)[:2]
+    return calendar.timegm((year + month // 12, month % 12 + 1, 1, 0, 0, 0))
+
+
+def _months_before(ts: float, count: int) -> float:
+    year, month, *rest = time.gmtime(ts)[:6]
+    index = year * 12 + (month - 1) - count
+    day = min(rest[0], calendar.monthrange(index // 12, index % 12 + 1)[1])
+    return float(calendar.timegm((index // 12, index % 12 + 1, day, *rest[1:4])))
+
+
+def stats_time(ts: float) -> str:
+    """'Tue, 14 Feb 2012 00:00:00 UTC' (stats use UTC where objects say GMT)."""
+    return email.utils.formatdate(ts, usegmt=True)[:-3] + "UTC"
+
+
+_COLUMNS = ", ".join(COUNTERS)
+_SUMS = ", ".join(f"sum({c})" for c in COUNTERS)
+_DOMAIN_ROWS = (
+    f"SELECT bucket, {_COLUMNS} FROM stats_counters WHERE domain = ? AND scope = ?"
+    " AND resolution = ? AND bucket >= ? AND bucket <= ?"
+)
+_ACCOUNT_ROWS = (
+    f"SELECT bucket, {_SUMS} FROM stats_counters WHERE scope = ? AND resolution = ?"
+    " AND bucket >= ? AND bucket <= ? GROUP BY bucket"
+)
+
+
+async def series(
+    store: Store, period: Period, *, domain: str | None, scope: str = DOMAIN_SCOPE
+) -> dict[int, tuple[int, ...]]:
+    """Counters (in COUNTERS order) by bucket start, for buckets that have any. `domain`
+    None: the whole account (every domain summed)."""
+    if len(period.buckets()) > MAX_BUCKETS:
+        raise PeriodError(
+            f"Too many {period.resolution}s in the period (max {MAX_BUCKETS}): use a coarser"
+            " resolution"
+        )
+    if domain is None:
+        rows = await store.fetchall(
+            _ACCOUNT_ROWS, (scope, period.resolution, period.start, period.end)
+        )
+    else:
+        rows = await store.fetchall(
+            _DOMAIN_ROWS, (domain, scope, period.resolution, period.start, period.end)
+        )
+    return {int(row[0]): tuple(int(v) for v in row[1:]) for row in rows}
+
+
+_ZERO = (0,) * len(COUNTERS)
+_I = {name: n for n, name in enumerate(COUNTERS)}
+
+
+def render_bucket(counts: Sequence[int], events: Iterable[str]) -> dict[str, Any]:
+    """One bucket's requested events in Mailgun's shape (§9.1)."""
+    c = {name: counts[n] for name, n in _I.items()}
+    out: dict[str, Any] = {}
+    for event in events:
+        if event == "accepted":
+            out[event] = {
+                "incoming": c["accepted_incoming"],
+                "outgoing": c["accepted_outgoing"],
+                "total": c["accepted_incoming"] + c["accepted_outgoing"],
+            }
+        elif event == "delivered":
+            out[event] = {
+                "smtp": c["delivered_smtp"],
+                "http": c["delivered_http"],
+                "total": c["delivered_smtp"] + c["delivered_http"],
+            }
+        elif event == "failed":
+            out[event] = {
+                "permanent": {
+                    "bounce": c["failed_permanent_bounce"],
+                    "delayed-bounce": c["failed_permanent_delayed_bounce"],
+                    "suppress-bounce": c["failed_permanent_suppress_bounce"],
+                    "suppress-unsubscribe": c["failed_permanent_suppress_unsubscribe"],
+                    "suppress-complaint": c["failed_permanent_suppress_complaint"],
+                    "old": c["failed_permanent_old"],
+                    "total": c["failed_permanent"],
+                },
+                "temporary": {
+                    "espblock": c["failed_temporary_espblock"],
+                    "total": c["failed_temporary"],
+                },
+            }
+        elif event in ("opened", "clicked"):
+            out[event] = {"total": c[event], "unique": c[f"{event}_unique"]}
+        else:
+            out[event] = {"total": c[event]}
+    return out
+
+
+def render(
+    period: Period, counts: dict[int, tuple[int, ...]], events: Sequence[str]
+) -> dict[str, Any]:
+    """The body of GET …/stats/total: every bucket of the period, zeros included."""
+    return {
+        "start": stats_time(period.start),
+        "end": stats_time(period.end),
+        "resolution": period.resolution,
+        "stats": [
+            {"time": stats_time(bucket), **render_bucket(counts.get(bucket, _ZERO), events)}
+            for bucket in period.buckets()
+        ],
+    }
