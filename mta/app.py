@@ -21,6 +21,7 @@ from mta.events import purge_expired
 from mta.outbound import Outbound
 from mta.services import Services, build_outbound, open_services, smtp_listeners
 from mta.smtp import SmtpListeners, guard
+from mta.stats import retention as stats_retention
 from mta.store import periodic
 
 log = logging.getLogger("mta")
@@ -80,6 +81,7 @@ class Server:
         return [
             ("events-purge", lambda: purge_expired(store, config.events.retention_days)),
             ("auth-purge", lambda: guard.purge(store, config.smtp)),
+            ("stats-purge", lambda: stats_retention.purge_expired(store, config.stats)),
         ]
 
     async def _periodic_loop(self) -> None:

@@ -25,6 +25,7 @@ from mta.store.schema import MIGRATIONS
 log = logging.getLogger("mta.store")
 
 ADMIN_CHANNEL = "mta_admin"
+DEADLOCK_ATTEMPTS = 3  # a transaction PostgreSQL aborted to break a deadlock is run again
 MIGRATION_LOCK = 0x6D7461  # pg_advisory_xact_lock key: nodes starting together migrate once
 NODE_LOCKS = 0x6D7462  # pg_try_advisory_lock(NODE_LOCKS, hashtext(node id)): one live node each
 LISTENER_RETRY_S = 1.0
@@ -218,6 +219,23 @@ class PostgresStore:
                 self._idle.set()
 
     async def write(self, *statements: Statement) -> None:
+        """Retried when PostgreSQL breaks a deadlock by aborting this transaction: counter
+        rows are shared by every node's writes, and two transactions can meet on them in
+        either order (each statement takes its rows in one order, but a transaction may hold
+        several groups of events)."""
+        statements = tuple(s for s in statements if s.rows)
+        for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
+            try:
+                await self._write_once(statements)
+                break
+            except asyncpg.exceptions.DeadlockDetectedError:
+                if attempt == DEADLOCK_ATTEMPTS:
+                    raise
+                log.warning("deadlock broken by PostgreSQL; running the transaction again")
+        if _changes_admin(statements):
+            self._version += 1
+
+    async def _write_once(self, statements: tuple[Statement, ...]) -> None:
         async with self._connection() as conn:
             if len(statements) == 1 and len(statements[0].rows) == 1:
                 # one statement is a transaction of its own: no BEGIN/COMMIT round trips
@@ -228,10 +246,8 @@ class PostgresStore:
                         sql = adapt(statement.sql)
                         if len(statement.rows) == 1:
                             await conn.execute(sql, *statement.rows[0])
-                        elif statement.rows:
+                        else:
                             await conn.executemany(sql, statement.rows)
-        if _changes_admin(statements):
-            self._version += 1
 
     async def write_returning(self, sql: str, params: Params = ()) -> list[Any]:
         async with self._connection() as conn:
