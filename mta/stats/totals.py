@@ -187,3 +187,79 @@ def render(
             for bucket in period.buckets()
         ],
     }
+
+
+# -- the legacy GET /v3/<domain>/stats (mailgun-api.md §9.2) ----------------------------------
+
+# the older manual's event names, in the order a day's items are listed
+LEGACY_EVENTS = (
+    "sent", "delivered", "opened", "clicked", "bounced", "dropped", "complained", "unsubscribed",
+)
+
+
+def legacy_count(counts: Sequence[int], event: str) -> int:
+    """One legacy event's count from a counter row: `sent` is outgoing mail accepted, `bounced`
+    the permanent failures that bounced (delayed bounces too), `dropped` every other
+    permanent failure (suppressed, too old, refused without a bounce)."""
+    c = {name: counts[n] for name, n in _I.items()}
+    bounced = c["failed_permanent_bounce"] + c["failed_permanent_delayed_bounce"]
+    if event == "sent":
+        return c["accepted_outgoing"]
+    if event == "delivered":
+        return c["delivered_smtp"] + c["delivered_http"]
+    if event == "bounced":
+        return bounced
+    if event == "dropped":
+        return c["failed_permanent"] - bounced
+    return c[event]
+
+
+@dataclass(frozen=True)
+class DayCount:
+    """One item of the legacy stats: an event's count on one day, and its tags' counts."""
+
+    event: str
+    day: int
+    total: int
+    tags: dict[str, int]
+
+
+_DAYS = (
+    f"SELECT bucket, {_COLUMNS} FROM stats_counters WHERE domain = ? AND scope = ?"
+    " AND resolution = 'day' AND bucket >= ? ORDER BY bucket DESC"
+)
+# the domain's current tags only: a deleted tag leaves the legacy stats, as it did at Mailgun
+_TAG_DAYS = (
+    f"SELECT scope, bucket, {_COLUMNS} FROM stats_counters WHERE domain = ?"
+    " AND scope IN (SELECT 't:' || tag FROM tags WHERE domain = ?)"
+    " AND resolution = 'day' AND bucket >= ? AND bucket <= ?"
+)
+
+
+async def day_counts(
+    store: Store, domain: str, *, events: Sequence[str], since: int, skip: int, limit: int
+) -> tuple[int, list[DayCount]]:
+    """(how many non-zero items there are, the page of them), newest day first. The domain's
+    day rows are bounded by the day retention; tag rows are read for the page's days only."""
+    rows = await store.fetchall(_DAYS, (domain, DOMAIN_SCOPE, since))
+    items = [
+        (int(row[0]), event, count)
+        for row in rows
+        for event in events
+        if (count := legacy_count(row[1:], event))
+    ]
+    page = items[skip : skip + limit]
+    by_day: dict[int, dict[str, Sequence[int]]] = {}
+    if page:
+        days = [day for day, _, _ in page]
+        tag_rows = await store.fetchall(_TAG_DAYS, (domain, domain, min(days), max(days)))
+        for row in sorted(tag_rows, key=lambda row: str(row[0])):
+            by_day.setdefault(int(row[1]), {})[str(row[0])[2:]] = row[2:]
+    return len(items), [
+        DayCount(event, day, count, {
+            tag: n
+            for tag, counts in by_day.get(day, {}).items()
+            if (n := legacy_count(counts, event))
+        })
+        for day, event, count in page
+    ]
