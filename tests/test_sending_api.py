@@ -183,6 +183,9 @@ async def test_options_tags_variables_and_custom_headers_are_kept(running: Runni
         ("v:order-id", "12345"),
         ("v:my-json", '{"a": 1}'),
     ]
+    campaign = {"id": "camp1", "name": "First campaign"}
+    async with api.post(f"/v3/{DOMAIN}/campaigns", data=campaign) as resp:
+        assert resp.status == 200, await resp.text()
     status, body = await send(api, data)
     assert status == 200, body
     message_id = message_id_of(body)
@@ -207,7 +210,7 @@ async def test_options_tags_variables_and_custom_headers_are_kept(running: Runni
     assert row["due_at"] == pytest.approx(int(when), abs=1)
     (event,) = await storeview.events(store, "accepted")
     assert event["tags"] == ["newsletter", "september"]
-    assert event["campaigns"] == [{"id": "camp1", "name": "camp1"}]
+    assert event["campaigns"] == [campaign]
     assert event["flags"]["is-test-mode"] is True
     assert event["user-variables"] == {"via": "header", "order-id": "12345", "my-json": '{"a": 1}'}
 
@@ -503,6 +506,8 @@ async def test_mime_send_honours_and_removes_x_mailgun_control_headers(running: 
         "X-Mailgun-Sending-Ip: 192.0.2.1\r\n"
         f"From: me@{DOMAIN}\r\nTo: alice@example.net\r\nSubject: opts\r\n\r\nbody\r\n"
     ).encode()
+    async with api.post(f"/v3/{DOMAIN}/campaigns", data={"id": "c1", "name": "C1"}) as resp:
+        assert resp.status == 200, await resp.text()
     form = aiohttp.FormData()
     form.add_field("to", "alice@example.net")
     form.add_field("message", mime, filename="message")

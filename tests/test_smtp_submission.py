@@ -267,6 +267,9 @@ async def test_x_mailgun_headers_become_options_and_only_variables_stay(mail: Ru
         "X-Custom: kept",
         subject="Hi %recipient.first%",
     )
+    campaign = {"id": "camp1", "name": "First campaign"}
+    async with mail.session() as api, api.post(f"/v3/{DOMAIN}/campaigns", data=campaign) as resp:
+        assert resp.status == 200, await resp.text()
     client = await clients.smtp(mail)
     message_id = queued_id(await submit(client, mime))
     store = store_of(mail)
@@ -299,7 +302,7 @@ async def test_x_mailgun_headers_become_options_and_only_variables_stay(mail: Ru
     assert stored["Subject"] == "Hi Bob"
     event = (await storeview.events(store, "accepted"))[0]
     assert event["tags"] == ["newsletter", "september"]
-    assert event["campaigns"] == [{"id": "camp1", "name": "camp1"}]
+    assert event["campaigns"] == [campaign]
     assert event["flags"]["is-test-mode"] is True
     assert event["user-variables"] == {"order": "123", "n": 2, "shop": "north"}
     assert event["delivery-time"] == deliver_at

@@ -58,6 +58,7 @@ from mta.events import (
     new_event_ids,
     record,
 )
+from mta.stats import campaigns as stats_campaigns
 from mta.stats import tags as stats_tags
 from mta.store import Statement, Store
 
@@ -141,6 +142,8 @@ class Submission:
     # obey X-Mailgun-* control headers inside a pre-built message: not for mail that a route
     # forwards on a stranger's behalf
     control_headers: bool = True
+    # the names of the campaigns the options name, by id, as the store has them
+    campaign_names: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -260,6 +263,8 @@ class Acceptor:
                     smtp="550 5.7.1",
                 )
         self._check_options(sub, now)
+        if sub.options.campaigns:
+            await self._check_campaigns(domain, sub)
         _check_headers(sub)
         budget = sum(len(n) + len(str(v)) for n, v in sub.headers)
         budget += sum(len(k) + len(str(v)) for k, v in sub.user_variables.items())
@@ -417,14 +422,29 @@ class Acceptor:
         for tag in opts.tags:
             if len(tag) > 128:
                 raise AcceptError(f"Tag is too long (max 128 characters): {tag[:32]}...")
+        opts.campaigns = list(dict.fromkeys(c.strip() for c in opts.campaigns if c.strip()))
         if len(opts.campaigns) > 3:
             raise AcceptError("Too many campaigns, max is 3 per message")
+        for campaign in opts.campaigns:
+            if len(campaign) > stats_campaigns.MAX_ID:
+                raise AcceptError(
+                    f"Campaign id is too long (max {stats_campaigns.MAX_ID} characters)"
+                )
         if opts.deliver_at is not None:
             if opts.deliver_at <= now:  # a time already past: send now, as Mailgun does
                 opts.deliver_at = None
             elif opts.deliver_at > now + self._config.sending.max_schedule_days * 86400:
                 days = self._config.sending.max_schedule_days
                 raise AcceptError(f"invalid delivery time: at most {days:g} days in the future")
+
+    async def _check_campaigns(self, domain: Domain, sub: Submission) -> None:
+        """A send joins campaigns made beforehand (Campaigns API): its events carry their
+        names, and an id the domain has no campaign for is refused (one store read)."""
+        campaigns = sub.options.campaigns
+        sub.campaign_names = await stats_campaigns.names(self._store, domain.name, campaigns)
+        for campaign in campaigns:
+            if campaign not in sub.campaign_names:
+                raise AcceptError(f"Campaign {campaign!r} not found")
 
     # -- building ------------------------------------------------------------------------------
 
@@ -615,7 +635,9 @@ class Acceptor:
             "rejected",
             reject=Reject("invalid" if exc.status < 500 else "error", exc.message),
             tags=tuple(sub.options.tags),
-            campaigns=tuple(Campaign(c, c) for c in sub.options.campaigns),
+            campaigns=tuple(
+                Campaign(c, sub.campaign_names.get(c, c)) for c in sub.options.campaigns
+            ),
             user_variables=sub.user_variables,
             flags=Flags(
                 is_authenticated=sub.authenticated, is_test_mode=bool(sub.options.test_mode)
@@ -647,7 +669,7 @@ def _accepted_events(sub: Submission, sender: str, built: _Built) -> list[Event]
     opts = sub.options
     summary = built.summary
     tags = tuple(opts.tags)
-    campaigns = tuple(Campaign(c, c) for c in opts.campaigns)
+    campaigns = tuple(Campaign(c, sub.campaign_names[c]) for c in opts.campaigns)
     attachments = tuple(
         Attachment(a["filename"], a["content-type"], a["size"]) for a in summary["attachments"]
     )
