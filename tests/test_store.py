@@ -188,6 +188,28 @@ async def test_sqlite_groups_concurrent_writes_into_fewer_commits(tmp_path: Path
         await store.close()
 
 
+async def test_additive_upserts_of_writes_committed_together_add_up(open_engine: Opener):
+    """Counter rows of grouped writes may be summed per key before they run: the total is
+    what every write added, on both engines."""
+    store = await open_engine()
+    upsert = (
+        "INSERT INTO stats_counters (domain, scope, resolution, bucket, opened, clicked)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (domain, scope, resolution, bucket) DO UPDATE"
+        " SET opened = stats_counters.opened + excluded.opened,"
+        " clicked = stats_counters.clicked + excluded.clicked"
+    )
+
+    def write(n: int) -> Statement:
+        rows = [("d.test", "", "hour", 0, 1, n), ("d.test", "", "day", 0, 2, 0)]
+        return Statement(upsert, rows, summed_keys=4)
+
+    await asyncio.gather(*(store.write(write(n)) for n in range(200)))
+    rows = await store.fetchall(
+        "SELECT resolution, opened, clicked FROM stats_counters ORDER BY resolution"
+    )
+    assert [tuple(r) for r in rows] == [("day", 400, 0), ("hour", 200, sum(range(200)))]
+
+
 @pytest.mark.skipif("sqlite" not in ENGINES, reason="MTA_TEST_ENGINES leaves SQLite out")
 async def test_sqlite_file_is_in_wal_mode_with_the_schema_version_recorded(tmp_path: Path):
     store = await SqliteStore.open(tmp_path / "a.db")

@@ -167,18 +167,17 @@ def campaign_event_name(event: Event) -> str | None:
 
 def _upsert(table: str, keys: Sequence[str], columns: Sequence[str], guard: str = "") -> str:
     """An INSERT adding each row's counts to the row of its keys. With a `guard` (SQL over
-    ?1, ?2 and ?K, K the parameter after the columns, which is not stored) a row is written
-    only where it holds: then the values come from a SELECT, where PostgreSQL cannot infer a
-    parameter's type from the column, hence the casts."""
+    the row's own parameters, ?1 the first key) a row is written only where it holds: then
+    the values come from a SELECT, where PostgreSQL cannot infer a parameter's type from the
+    column, hence the casts."""
     names = ", ".join((*keys, *columns))
     adds = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in columns)
     if guard:
-        width = len(keys) + len(columns)
         typed = [
             f"CAST(?{n} AS {'TEXT' if name in _TEXT_KEYS else 'BIGINT'})"
             for n, name in enumerate((*keys, *columns), start=1)
         ]
-        source = f"SELECT {', '.join(typed)} WHERE " + guard.replace("?K", f"?{width + 1}")
+        source = f"SELECT {', '.join(typed)} WHERE {guard}"
     else:
         source = f"VALUES ({', '.join('?' * (len(keys) + len(columns)))})"
     return (
@@ -193,8 +192,10 @@ _COUNTED = tuple(c for c in COUNTERS if not c.endswith("_unique"))
 _COUNTED_INDEX = [_INDEX[c] for c in _COUNTED]
 UPSERT_COUNTERS = _upsert("stats_counters", _COUNTER_KEYS, _COUNTED)
 # a tag counts only while it is one of the domain's tags (within the tag limit; see tags.py)
-_TAG_EXISTS = "EXISTS (SELECT 1 FROM tags WHERE tags.domain = ?1 AND tags.tag = ?K)"
-UPSERT_TAG_COUNTERS = _upsert("stats_counters", _COUNTER_KEYS, _COUNTED, guard=_TAG_EXISTS)
+_TAG_EXISTS = "EXISTS (SELECT 1 FROM tags WHERE tags.domain = ?1 AND tags.tag = {tag})"
+UPSERT_TAG_COUNTERS = _upsert(
+    "stats_counters", _COUNTER_KEYS, _COUNTED, guard=_TAG_EXISTS.format(tag="substr(?2, 3)")
+)
 MARK_UNIQUE = (
     "INSERT INTO stats_uniques (domain, message_id, recipient, kind, event_id, ts)"
     " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (domain, message_id, recipient, kind) DO NOTHING"
@@ -211,7 +212,9 @@ COUNT_UNIQUE = (
 _AGGREGATE_KEYS = ("domain", "tag", "dimension", "key")
 _AGGREGATED = tuple(c for c in AGGREGATES if not c.endswith("_unique"))
 _AGGREGATED_INDEX = [_AGGREGATE_INDEX[c] for c in _AGGREGATED]
-UPSERT_AGGREGATES = _upsert("tag_aggregates", _AGGREGATE_KEYS, _AGGREGATED, guard=_TAG_EXISTS)
+UPSERT_AGGREGATES = _upsert(
+    "tag_aggregates", _AGGREGATE_KEYS, _AGGREGATED, guard=_TAG_EXISTS.format(tag="?2")
+)
 COUNT_UNIQUE_AGGREGATE = (
     "UPDATE tag_aggregates SET opened_unique = opened_unique + ?1,"
     " clicked_unique = clicked_unique + ?2"
@@ -300,14 +303,12 @@ def statements(domain: str, events: Iterable[Event]) -> list[Statement]:
             for campaign in event.campaigns or ():
                 campaign_rows.append((domain, campaign.id, *shared))
     return [
-        Statement(UPSERT_COUNTERS, _rows(domain, counters, _COUNTED_INDEX)),
+        Statement(UPSERT_COUNTERS, _rows(domain, counters, _COUNTED_INDEX), summed_keys=4),
         Statement(
-            UPSERT_TAG_COUNTERS,
-            [(*row, row[1][2:]) for row in _rows(domain, tag_counters, _COUNTED_INDEX)],
+            UPSERT_TAG_COUNTERS, _rows(domain, tag_counters, _COUNTED_INDEX), summed_keys=4
         ),
         Statement(
-            UPSERT_AGGREGATES,
-            [(*row, row[1]) for row in _rows(domain, aggregates, _AGGREGATED_INDEX)],
+            UPSERT_AGGREGATES, _rows(domain, aggregates, _AGGREGATED_INDEX), summed_keys=4
         ),
         Statement(MARK_UNIQUE, sorted(marks)),
         Statement(COUNT_UNIQUE, sorted(uniques, key=_unique_order)),

@@ -32,10 +32,15 @@ Params = Sequence[Any]
 
 @dataclass(frozen=True)
 class Statement:
-    """One SQL statement run once per row of parameters (executemany)."""
+    """One SQL statement run once per row of parameters (executemany).
+
+    `summed_keys` N > 0 marks an additive upsert (counters): rows whose first N values are
+    equal may be run as one row holding the sum of the other values, so an engine that
+    groups several writes into one transaction runs one row per key, not one per write."""
 
     sql: str
     rows: Sequence[Params] = ((),)
+    summed_keys: int = 0
 
 
 class StoreClosed(Exception):
