@@ -311,6 +311,9 @@ async def test_a_delivered_opened_and_clicked_campaign_send_makes_the_reports(
     start_server: Callable[..., Any], mx: Capture, tmp_path: Path
 ):
     running = await campaign_send(start_server, mx, tmp_path)
+    for kind in ("delivered", "opened", "clicked"):
+        for event in await storeview.events(running.services.store, kind):
+            assert event["campaigns"] == [{"id": "spring", "name": "Spring sale"}], kind
     async with running.session() as api:
         status, campaign = await call(api, "GET", "/spring")
         assert status == 200

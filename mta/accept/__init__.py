@@ -607,6 +607,8 @@ class Acceptor:
         }
         if built.is_template:
             options["template"] = True
+        if sub.campaign_names:  # later events (delivered, failed, hits) carry the names too
+            options["campaign-names"] = sub.campaign_names
         return [
             *queue.enqueue(
                 queue.NewMessage(key, built.message_id, domain.name, now, sender,

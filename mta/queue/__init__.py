@@ -339,6 +339,7 @@ def delivery_event(
     message = d.message
     opts = message.options
     described = opts.get("message", {})
+    names = opts.get("campaign-names", {})  # messages accepted before names were kept: ids
     variables = d.user_variables
     if variables is None:
         variables = opts.get("user-variables", {})
@@ -357,7 +358,7 @@ def delivery_event(
         severity=severity,
         reason=reason,
         tags=tuple(opts.get("tags", ())),
-        campaigns=tuple(Campaign(c, c) for c in opts.get("campaigns", ())),
+        campaigns=tuple(Campaign(c, names.get(c, c)) for c in opts.get("campaigns", ())),
         user_variables=variables,
         flags=Flags(
             is_authenticated=described.get("is-authenticated", True),
