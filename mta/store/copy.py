@@ -2,7 +2,7 @@
 
 Everything a user keeps moves: domains and their DKIM keys, API keys, SMTP credentials,
 routes, suppressions, stored and queued mail, events, jobs, webhooks, account settings (the
-signing key). Work that only describes a
+signing key), stats counters, tags and campaigns. Work that only describes a
 running node (connection slots, pace, AUTH throttles, periodic runs) starts afresh, and
 leases held when the copy was taken are dropped so the new nodes deliver that mail at once.
 The source server must be stopped (its node lock is taken for the copy), so nothing changes
