@@ -278,6 +278,7 @@ async def test_x_mailgun_headers_become_options_and_only_variables_stay(mail: Ru
     assert options == {
         "tags": ["newsletter", "september"],
         "campaigns": ["camp1"],
+        "campaign-names": {"camp1": "First campaign"},
         "dkim": False,
         "deliver_at": float(deliver_at),
         "test_mode": True,
