@@ -261,6 +261,9 @@ async def test_an_unknown_domain_is_404(sent: Sent):
          "'end' is not a valid date: '14/02/2012' (RFC 2822 or epoch seconds)"),
         ([("event", "accepted"), ("resolution", "hour"), ("start", "0")],
          "Too many hours in the period (max 9600): use a coarser resolution"),
+
+        ([("event", "accepted"), ("duration", "999999m")],
+         "Too many months in the period (max 9600): use a coarser resolution"),
     ],
 )
 async def test_bad_parameters_are_refused_with_a_message(

@@ -44,9 +44,10 @@ class Period:
         duration: str | None, now: float | None = None,
     ) -> Period:
         """Mailgun's rules: `duration` (e.g. 7d) overrides `start` and sets the resolution to
-        its unit; start defaults to 7 days before end, end to now, resolution to day."""
-        end = time.time() if end is None and now is None else (end if end is not None else now)
-        assert end is not None
+        its unit; start defaults to 7 days before end, end to now, resolution to day. A
+        period of more than MAX_BUCKETS buckets is refused before anything is read."""
+        if end is None:
+            end = time.time() if now is None else now
         if resolution is not None and resolution not in RESOLUTION_STARTS:
             raise PeriodError(f"Invalid resolution: {resolution!r} (expected hour, day or month)")
         if duration:
@@ -55,6 +56,8 @@ class Period:
                 raise PeriodError(f"Invalid duration: {duration!r} (expected e.g. 24h, 7d, 1m)")
             count, unit = int(match.group(1)), match.group(2)
             resolution = _UNITS[unit]
+            if count >= MAX_BUCKETS:
+                raise _too_many(resolution)
             start = _months_before(end, count) if unit == "m" else (
                 end - count * (3600 if unit == "h" else 86400)
             )
@@ -63,7 +66,17 @@ class Period:
         if start > end:
             raise PeriodError("'start' must be before 'end'")
         floor = RESOLUTION_STARTS[resolution]
-        return cls(floor(start), floor(end), resolution)
+        period = cls(floor(start), floor(end), resolution)
+        if period.size() > MAX_BUCKETS:
+            raise _too_many(resolution)
+        return period
+
+    def size(self) -> int:
+        """How many buckets the period has (without listing them)."""
+        if self.resolution == "month":
+            first, last = time.gmtime(self.start), time.gmtime(self.end)
+            return (last.tm_year - first.tm_year) * 12 + last.tm_mon - first.tm_mon + 1
+        return (self.end - self.start) // (3600 if self.resolution == "hour" else 86400) + 1
 
     def buckets(self) -> list[int]:
         if self.resolution == "month":
@@ -78,6 +91,12 @@ class Period:
 
 RESOLUTION_STARTS = {"hour": hour_start, "day": day_start, "month": month_start}
 MAX_BUCKETS = 24 * 400  # a period longer than this many buckets is refused (bounded work)
+
+
+def _too_many(resolution: str) -> PeriodError:
+    return PeriodError(
+        f"Too many {resolution}s in the period (max {MAX_BUCKETS}): use a coarser resolution"
+    )
 
 
 def _next_month(bucket: int) -> int:
@@ -114,11 +133,6 @@ async def series(
 ) -> dict[int, tuple[int, ...]]:
     """Counters (in COUNTERS order) by bucket start, for buckets that have any. `domain`
     None: the whole account (every domain summed)."""
-    if len(period.buckets()) > MAX_BUCKETS:
-        raise PeriodError(
-            f"Too many {period.resolution}s in the period (max {MAX_BUCKETS}): use a coarser"
-            " resolution"
-        )
     if domain is None:
         rows = await store.fetchall(
             _ACCOUNT_ROWS, (scope, period.resolution, period.start, period.end)
