@@ -11,28 +11,21 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
-from urllib.parse import urlencode
 
 import orjson
 from aiohttp import web
 
 from mta import suppressions
 from mta.accept import valid_addr_spec
+from mta.api import paging
 from mta.api.context import base_url, path_domain, query_int, services
 from mta.api.errors import ApiError, json_response
 from mta.api.forms import read_form, read_json_body
 from mta.dates import parse_date, rfc2822
-from mta.suppressions import Bounce, Complaint, Kind, Page, Suppression, Unsubscribe
+from mta.suppressions import Bounce, Complaint, Kind, Suppression, Unsubscribe
 
 MAX_LIMIT = 1000
 MAX_BATCH = 1000
-_PAGES: dict[str, Page] = {
-    "first": "first",
-    "last": "last",
-    "next": "next",
-    "prev": "previous",
-    "previous": "previous",
-}
 
 
 @dataclass(frozen=True)
@@ -199,33 +192,15 @@ async def list_suppressions(request: web.Request) -> web.Response:
         skip = query_int(request, "skip", 0, 10**9)
         total, entries = await suppressions.skip_page(store, kind, domain.name, skip, limit)
         return json_response({"total_count": total, "items": [item_json(e) for e in entries]})
-    which = _PAGES.get(request.query.get("page") or "first")
-    if which is None:
-        raise ApiError(400, "'page' must be one of first, last, next, prev, previous")
+    which = paging.requested_page(request)
     pivot = request.query.get("address", "")
     entries = await suppressions.page(store, kind, domain.name, which, pivot, limit)
+    ends = (entries[0].address, entries[-1].address) if entries else None
     url = f"{base_url(request)}/v3/{domain.name}/{kind}"
-
-    def link(page: str, address: str | None = None) -> str:
-        query = {"page": page} | ({} if address is None else {"address": address})
-        return f"{url}?{urlencode(query | {'limit': limit})}"
-
-    if entries:
-        next_link = link("next", entries[-1].address)
-        previous_link = link("previous", entries[0].address)
-    elif which == "previous":  # ran off the start: onwards is the first page
-        next_link, previous_link = link("first"), link("previous", pivot)
-    else:  # ran off the end (the pivot itself is not on this page): back is the last page
-        next_link, previous_link = link("next", pivot), link("last")
     return json_response(
         {
             "items": [item_json(e) for e in entries],
-            "paging": {
-                "first": link("first"),
-                "last": link("last"),
-                "next": next_link,
-                "previous": previous_link,
-            },
+            "paging": paging.links(url, "address", limit, which, pivot, ends),
         }
     )
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlencode
 
 from aiohttp import web
 
+from mta.api import paging
 from mta.api.context import base_url, path_domain, query_int, services
 from mta.api.errors import ApiError, json_response
 from mta.api.forms import read_form
@@ -23,13 +23,6 @@ from mta.stats.counting import tag_scope
 
 MAX_LIMIT = 1000
 NOT_FOUND = "tag not found"
-_PAGES: dict[str, tags.Page] = {
-    "first": "first",
-    "last": "last",
-    "next": "next",
-    "prev": "previous",
-    "previous": "previous",
-}
 # Mailgun's counter names for each aggregate, and ours (mta.stats.counting.AGGREGATES)
 _HIT_COUNTERS = {
     "clicked": "clicked",
@@ -71,32 +64,15 @@ async def _existing(request: web.Request) -> tuple[str, tags.Tag]:
 async def list_tags(request: web.Request) -> web.Response:
     domain = await path_domain(request)
     limit = query_int(request, "limit", 100, MAX_LIMIT, 1)
-    which = _PAGES.get(request.query.get("page") or "first")
-    if which is None:
-        raise ApiError(400, "'page' must be one of first, last, next, prev, previous")
+    which = paging.requested_page(request)
     pivot = request.query.get("tag", "")
     found = await tags.page(services(request).store, domain.name, which, pivot, limit)
+    ends = (found[0].tag, found[-1].tag) if found else None
     url = f"{base_url(request)}/v3/{domain.name}/tags"
-
-    def link(page: str, tag: str | None = None) -> str:
-        query = {"page": page} | ({} if tag is None else {"tag": tag})
-        return f"{url}?{urlencode(query | {'limit': limit})}"
-
-    if found:
-        next_link, previous_link = link("next", found[-1].tag), link("previous", found[0].tag)
-    elif which == "previous":  # ran off the start: onwards is the first page
-        next_link, previous_link = link("first"), link("previous", pivot)
-    else:  # ran off the end: back is the last page
-        next_link, previous_link = link("next", pivot), link("last")
     return json_response(
         {
             "items": [tag_json(tag) for tag in found],
-            "paging": {
-                "first": link("first"),
-                "last": link("last"),
-                "next": next_link,
-                "previous": previous_link,
-            },
+            "paging": paging.links(url, "tag", limit, which, pivot, ends),
         }
     )
 
