@@ -6,7 +6,6 @@ carries the data with it and a delete removes it."""
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import re
 import time
@@ -16,8 +15,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from mmdb_writer import MMDBWriter
-from netaddr import IPSet
 
 from mta.dates import rfc2822
 from mta.events import Campaign, Event, Geolocation, record
@@ -25,6 +22,7 @@ from tests import storeview
 from tests.capture import Capture, start_capture
 from tests.conftest import DOMAIN, Running
 from tests.smtp_clients import message, queued_id, submit
+from tests.tracked import CHROME, LONDON, city_database, hit, wait_for
 
 pytestmark = pytest.mark.asyncio
 
@@ -33,11 +31,6 @@ ALICE = f"alice@{DEST}"
 BOB = f"bob@{DEST}"
 LINK1 = "https://shop.example.com/a"
 LINK2 = "https://shop.example.com/b"
-LONDON = "81.2.69.160"  # the one network the test city database knows
-CHROME = (
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko)"
-    " Chrome/131.0.0.0 Safari/537.36"
-)
 NO_COUNTS = {
     "submitted_count": 0, "delivered_count": 0, "opened_count": 0, "clicked_count": 0,
     "unsubscribed_count": 0, "bounced_count": 0, "complained_count": 0, "dropped_count": 0,
@@ -73,41 +66,6 @@ async def send(api: aiohttp.ClientSession, *form: tuple[str, str]) -> tuple[int,
         return resp.status, await resp.json(content_type=None)
 
 
-def city_database(path: Path) -> str:
-    """A MaxMind-format city database that knows one network (London)."""
-    writer = MMDBWriter(ip_version=6, database_type="GeoIP2-City", ipv4_compatible=True)
-    writer.insert_network(IPSet(["81.2.69.0/24"]), {
-        "country": {"iso_code": "GB"},
-        "subdivisions": [{"iso_code": "ENG", "names": {"en": "England"}}],
-        "city": {"names": {"en": "London"}},
-    })
-    writer.to_db_file(str(path))
-    return str(path)
-
-
-async def wait_for(running: Running, kind: str, count: int) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    while len(await storeview.events(running.services.store, kind)) < count:
-        assert loop.time() < deadline, f"fewer than {count} {kind} events"
-        await asyncio.sleep(0.05)
-
-
-async def hit(
-    running: Running, kind: str, message_id: str, recipient: str, *, url: str | None = None,
-    ip: str | None = None,
-) -> None:
-    """An open (kind "o") or a click ("c") through the server's own tracking endpoints, as a
-    browser makes it; `ip` is where it came from (the loopback peer is a trusted proxy)."""
-    token = running.services.tracking_links.token(kind, DOMAIN, message_id, recipient, extra=url)
-    headers = {"User-Agent": CHROME, **({"X-Forwarded-For": ip} if ip else {})}
-    async with (
-        aiohttp.ClientSession() as browser,
-        browser.get(f"{running.url}/{kind}/{token}", headers=headers,
-                    allow_redirects=False) as resp,
-    ):
-        assert resp.status == (302 if kind == "c" else 200)
-
 
 async def campaign_send(start_server: Callable[..., Any], mx: Capture, tmp_path: Path) -> Running:
     """A server that delivered a message of campaign 'spring' ("Spring sale") to ALICE and BOB,
@@ -128,10 +86,10 @@ async def campaign_send(start_server: Callable[..., Any], mx: Capture, tmp_path:
     message_id = body["id"].strip("<>")
     await wait_for(running, "delivered", 2)
     for recipient, ip in ((ALICE, LONDON), (ALICE, LONDON), (BOB, None)):
-        await hit(running, "o", message_id, recipient, ip=ip)
+        await hit(running, "o", message_id, recipient, agent=CHROME, ip=ip)
     for recipient, url, ip in ((ALICE, LINK1, LONDON), (ALICE, LINK1, LONDON),
                                (ALICE, LINK2, LONDON), (BOB, LINK1, None)):
-        await hit(running, "c", message_id, recipient, url=url, ip=ip)
+        await hit(running, "c", message_id, recipient, url=url, agent=CHROME, ip=ip)
     return running
 
 

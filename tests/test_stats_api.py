@@ -5,7 +5,6 @@ and clicks; then the same numbers through the official SDKs (mailgun-python and 
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import re
 import time
@@ -13,7 +12,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import pytest
 import pytest_asyncio
 from mailgun.client import AsyncClient
@@ -22,10 +20,10 @@ from mta.app import Server
 from mta.events import Event, record
 from mta.stats.counting import day_start, hour_start, month_start
 from mta.stats.totals import stats_time
-from tests import storeview
 from tests.capture import start_capture
 from tests.conftest import DOMAIN, Running, make_config, url_for
 from tests.js import mailgun_js
+from tests.tracked import hit, wait_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -50,27 +48,6 @@ async def send(running: Running, to: list[str], *form: tuple[str, str], domain: 
     async with running.session() as api, api.post(f"/v3/{domain}/messages", data=fields) as resp:
         assert resp.status == 200, await resp.text()
         return str((await resp.json())["id"]).strip("<>")
-
-
-async def wait_for(running: Running, kind: str, count: int) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    while len(await storeview.events(running.services.store, kind)) < count:
-        assert loop.time() < deadline, f"fewer than {count} {kind} events"
-        await asyncio.sleep(0.05)
-
-
-async def hit(running: Running, kind: str, message_id: str, recipient: str, url: str = "") -> None:
-    """A mail client fetching a tracking link of the delivered copy."""
-    token = running.services.tracking_links.token(kind, DOMAIN, message_id, recipient,
-                                                  extra=url or None)
-    agent = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Thunderbird/128.5.0"
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"{running.url}/{kind}/{token}", headers={"User-Agent": agent},
-                    allow_redirects=False) as resp,
-    ):
-        assert resp.status in (200, 302), await resp.text()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -107,7 +84,7 @@ async def sent(
         await wait_for(running, "failed", 2)
         await hit(running, "o", news, reader)
         await hit(running, "o", news, reader)
-        await hit(running, "c", news, clicker, "https://example.com/")
+        await hit(running, "c", news, clicker, url="https://example.com/")
         await wait_for(running, "clicked", 1)
         yield Sent(running, at)
     finally:

@@ -21,6 +21,7 @@ from mta.stats.counting import DOMAIN_SCOPE, tag_scope
 from tests import storeview
 from tests.capture import Capture, start_capture
 from tests.conftest import DOMAIN, Running, auth_header, store_env
+from tests.tracked import hit, wait_for
 
 pytestmark = pytest.mark.asyncio
 
@@ -40,14 +41,6 @@ async def send(running: Running, to: list[str], *form: tuple[str, str]) -> str:
     async with running.session() as api, api.post(f"/v3/{DOMAIN}/messages", data=fields) as resp:
         assert resp.status == 200, await resp.text()
         return str((await resp.json())["id"]).strip("<>")
-
-
-async def wait_for(running: Running, kind: str, count: int) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    while len(await storeview.events(running.services.store, kind)) < count:
-        assert loop.time() < deadline, f"fewer than {count} {kind} events"
-        await asyncio.sleep(0.05)
 
 
 def day_period(now: float | None = None) -> totals.Period:
@@ -101,19 +94,6 @@ async def test_failures_are_counted_by_severity_and_reason(
     assert failed["temporary"]["total"] >= 1 and failed["temporary"]["espblock"] == 0
 
 
-async def hit(running: Running, kind: str, message_id: str, recipient: str, url: str = "") -> None:
-    """A mail client fetching a tracking link (as it appears in the delivered copy)."""
-    links = running.services.tracking_links
-    token = links.token(kind, DOMAIN, message_id, recipient, extra=url or None)
-    agent = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Thunderbird/128.5.0"
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"{running.url}/{kind}/{token}", headers={"User-Agent": agent},
-                    allow_redirects=False) as resp,
-    ):
-        assert resp.status in (200, 302), await resp.text()
-
-
 async def test_opens_and_clicks_are_counted_in_total_and_once_per_recipient_as_unique(
     start_server: Callable[..., Any], mx: Capture
 ):
@@ -124,8 +104,8 @@ async def test_opens_and_clicks_are_counted_in_total_and_once_per_recipient_as_u
     for _ in range(3):
         await hit(running, "o", message_id, first)
     await hit(running, "o", message_id, second)
-    await hit(running, "c", message_id, first, "https://example.com/a")
-    await hit(running, "c", message_id, first, "https://example.com/b")
+    await hit(running, "c", message_id, first, url="https://example.com/a")
+    await hit(running, "c", message_id, first, url="https://example.com/b")
     await wait_for(running, "clicked", 2)
     for scope in (DOMAIN_SCOPE, tag_scope("promo")):
         counted = await bucket_totals(running, "hour", scope=scope)

@@ -13,31 +13,23 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import aiohttp
 import pytest
 from mailgun.client import AsyncClient
-from mmdb_writer import MMDBWriter
-from netaddr import IPSet
 from yarl import URL
 
-from tests import storeview
 from tests.capture import Capture, start_capture
 from tests.conftest import DOMAIN, Running
 from tests.js import mailgun_js
+from tests.tracked import CHROME, LONDON, city_database, hit, wait_for
 
 pytestmark = pytest.mark.asyncio
 
 DEST = "dest.example.test"
 TAGS = f"/v3/{DOMAIN}/tags"
-CHROME = (
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko)"
-    " Chrome/131.0.0.0 Safari/537.36"
-)
 IPHONE = (
     "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15"
     " (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1"
 )
-LONDON = "81.2.69.160"
 
 
 async def send(running: Running, *tags: str, to: str = f"reader@{DEST}") -> str:
@@ -264,41 +256,6 @@ async def mx() -> AsyncIterator[Capture]:
     await capture.close()
 
 
-def city_database(path: Path) -> str:
-    """A MaxMind-format city database that places one network in London."""
-    writer = MMDBWriter(ip_version=6, database_type="GeoIP2-City", ipv4_compatible=True)
-    writer.insert_network(IPSet(["81.2.69.0/24"]), {
-        "country": {"iso_code": "GB"},
-        "subdivisions": [{"iso_code": "ENG", "names": {"en": "England"}}],
-        "city": {"names": {"en": "London"}},
-    })
-    writer.to_db_file(str(path))
-    return str(path)
-
-
-async def hit(running: Running, kind: str, message_id: str, recipient: str, agent: str,
-              url: str = "") -> None:
-    """A reader in London fetching a tracking link of the delivered copy (through a proxy on
-    loopback, which the server is told to trust)."""
-    token = running.services.tracking_links.token(kind, DOMAIN, message_id, recipient,
-                                                  extra=url or None)
-    headers = {"User-Agent": agent, "X-Forwarded-For": LONDON}
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"{running.url}/{kind}/{token}", headers=headers,
-                    allow_redirects=False) as resp,
-    ):
-        assert resp.status in (200, 302), await resp.text()
-
-
-async def wait_for(running: Running, kind: str, count: int) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    while len(await storeview.events(running.services.store, kind)) < count:
-        assert loop.time() < deadline, f"fewer than {count} {kind} events"
-        await asyncio.sleep(0.05)
-
-
 async def test_aggregates_count_a_tags_opens_and_clicks_by_country_provider_and_device(
     start_server: Callable[..., Any], mx: Capture, tmp_path: Path
 ):
@@ -311,9 +268,10 @@ async def test_aggregates_count_a_tags_opens_and_clicks_by_country_provider_and_
     message_id = await send(running, "news", to=reader)
     await send(running, "news", to="someone@other.example.test")  # not delivered: no MX
     await wait_for(running, "delivered", 1)
-    await hit(running, "o", message_id, reader, CHROME)
-    await hit(running, "o", message_id, reader, CHROME)
-    await hit(running, "c", message_id, reader, IPHONE, "https://example.com/")
+    await hit(running, "o", message_id, reader, agent=CHROME, ip=LONDON)
+    await hit(running, "o", message_id, reader, agent=CHROME, ip=LONDON)
+    await hit(running, "c", message_id, reader, agent=IPHONE, ip=LONDON,
+              url="https://example.com/")
     await wait_for(running, "clicked", 1)
     path = f"{TAGS}/news/stats/aggregates"
     hits = {"clicked": 0, "complained": 0, "opened": 0, "unique_clicked": 0,

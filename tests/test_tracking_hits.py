@@ -16,8 +16,6 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-from mmdb_writer import MMDBWriter
-from netaddr import IPSet
 
 from mta.api.tracking import mount
 from mta.tracking.clients import ClientDescriber
@@ -26,6 +24,7 @@ from mta.tracking.links import LinkKind, TrackingLinks
 from tests import storeview
 from tests.capture import Capture, start_capture
 from tests.conftest import DOMAIN, Running
+from tests.tracked import city_database
 
 pytestmark = pytest.mark.asyncio
 
@@ -378,18 +377,6 @@ async def test_forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy(track
     await fetch("GET", f"{tracked.url}/o/{tracked.token('o')}", headers=forwarded)
     [event] = await tracked.events("opened")
     assert event["ip"] == "127.0.0.1"
-
-
-def city_database(path: Path) -> str:
-    """A MaxMind-format city database that knows one network."""
-    writer = MMDBWriter(ip_version=6, database_type="GeoIP2-City", ipv4_compatible=True)
-    writer.insert_network(IPSet(["81.2.69.0/24"]), {
-        "country": {"iso_code": "GB"},
-        "subdivisions": [{"iso_code": "ENG", "names": {"en": "England"}}],
-        "city": {"names": {"en": "London"}},
-    })
-    writer.to_db_file(str(path))
-    return str(path)
 
 
 async def test_a_hit_through_a_trusted_proxy_is_placed_by_the_configured_database(
