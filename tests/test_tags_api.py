@@ -133,6 +133,16 @@ async def test_put_without_a_description_is_refused(running: Running):
     )
 
 
+async def test_a_description_over_1024_characters_is_refused_and_nothing_changes(
+    running: Running,
+):
+    await send(running, "news")
+    assert await call(running, "PUT", f"{TAGS}/news", data={"description": "x" * 1025}) == (
+        400, {"message": "Tag description is too long (max 1024 characters)"}
+    )
+    assert (await get(running, f"{TAGS}/news"))["description"] == ""
+
+
 async def test_deleting_a_tag_removes_it_and_keeps_its_counters(running: Running):
     await send(running, "promo")
     assert await call(running, "DELETE", f"{TAGS}/Promo") == (200, {"message": "Tag deleted"})

@@ -88,6 +88,10 @@ async def update_tag(request: web.Request) -> web.Response:
     description = (await read_form(request)).text("description")
     if description is None:
         raise ApiError(400, "'description' parameter is required")
+    if len(description) > tags.MAX_DESCRIPTION:
+        raise ApiError(
+            400, f"Tag description is too long (max {tags.MAX_DESCRIPTION} characters)"
+        )
     if not await tags.describe(
         services(request).store, domain.name, request.match_info["tag"], description
     ):

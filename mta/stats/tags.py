@@ -15,6 +15,7 @@ from mta.stats.counting import AGGREGATES
 from mta.store import Row, Statement, Store
 
 Page = Literal["first", "last", "next", "previous"]
+MAX_DESCRIPTION = 1024  # characters: one tenant's descriptions are stored and listed
 Dimension = Literal["country", "provider", "device"]
 
 _SEEN = "UPDATE tags SET last_seen = ?1 WHERE domain = ?2 AND tag = ?3 AND last_seen < ?1"
