@@ -208,6 +208,26 @@ class StatsConfig:
 
 
 @dataclass
+class ListsConfig:
+    """Mailing lists: members, bulk uploads, and how a send to a list is expanded."""
+
+    max_members: int = setting(2_500_000, "members one list may have (Mailgun's limit)")
+    max_members_per_call: int = setting(1000, "members one members.json request may carry")
+    max_vars_bytes: int = setting(8192, "size of one member's vars (JSON)")
+    max_name_chars: int = setting(1024, "length of a list's or a member's name and description")
+    upload_chunk: int = setting(
+        1000, "members written per transaction by CSV uploads and `mta list import`"
+    )
+    expansion_chunk: int = setting(
+        1000, "members queued per transaction when a send to a list is expanded"
+    )
+    expansion_lease_s: float = setting(
+        300.0, "how long a node holds a list send it is expanding before another may take it"
+    )
+    expansion_poll_s: float = setting(1.0, "how often each node looks for list sends to expand")
+
+
+@dataclass
 class DnsConfig:
     """DNS resolution for domain verification and delivery."""
 
@@ -374,6 +394,7 @@ class Config:
     sending: SendingConfig = field(default_factory=SendingConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
+    lists: ListsConfig = field(default_factory=ListsConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     domains: DomainsConfig = field(default_factory=DomainsConfig)
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
@@ -616,6 +637,12 @@ def validate(config: Config) -> None:
         ("inbound.max_mime_depth", config.inbound.max_mime_depth),
         ("sending.max_recipients", config.sending.max_recipients),
         ("api.max_request_bytes", config.api.max_request_bytes),
+        ("lists.max_members", config.lists.max_members),
+        ("lists.max_members_per_call", config.lists.max_members_per_call),
+        ("lists.max_vars_bytes", config.lists.max_vars_bytes),
+        ("lists.max_name_chars", config.lists.max_name_chars),
+        ("lists.upload_chunk", config.lists.upload_chunk),
+        ("lists.expansion_chunk", config.lists.expansion_chunk),
     ):
         if limit < 1:
             raise ConfigError(f"{name}: must be positive")

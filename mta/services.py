@@ -23,6 +23,7 @@ from mta.inbound.reports import Reports
 from mta.inbound.routes import Routes
 from mta.inbound.verdicts import Verdicts
 from mta.keys import ApiKeys
+from mta.lists import Lists
 from mta.outbound import Outbound
 from mta.outbound.policy import Classifier, load_classifier
 from mta.outbound.returnpath import ReturnPaths, load_secret
@@ -57,6 +58,7 @@ class Services:
     return_paths: ReturnPaths
     classifier: Classifier
     inbound: Inbound
+    lists: Lists  # mailing lists and their members
     webhooks: Webhooks  # the webhooks table; its runner posts events to users' URLs
     accepting: ByteBudget  # message bytes being accepted at once, HTTP and SMTP together
 
@@ -87,6 +89,7 @@ async def open_services(config: Config) -> Services:
     try:
         resolver = Resolver(config.dns)
         domains = Domains(store, config, resolver)
+        lists = Lists(store, domains, config.lists)
         acceptor = Acceptor(store, domains, config)
         routes = Routes(store, config)
         return_paths = ReturnPaths(await load_secret(store))
@@ -119,6 +122,7 @@ async def open_services(config: Config) -> Services:
                 config, store, domains, routes, Verdicts(config, resolver), reports, acceptor,
                 resolver, account, hits.unsubscribe_by_mail,
             ),
+            lists=lists,
             webhooks=Webhooks(config, store, resolver, account),
             accepting=ByteBudget(config.sending.max_accepting_bytes),
         )

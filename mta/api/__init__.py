@@ -15,6 +15,7 @@ from mta.api import (
     credentials,
     domains,
     events,
+    lists,
     messages,
     stats,
     stored,
@@ -117,6 +118,7 @@ def build_app(services: Services) -> web.Application:
         *webhooks.ROUTES,
         *account.ROUTES,
         *stats.ROUTES,
+        *lists.ROUTES,
         *tags.ROUTES,
         *campaigns.ROUTES,
     ]
