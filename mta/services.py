@@ -28,6 +28,7 @@ from mta.outbound import Outbound
 from mta.outbound.policy import Classifier, load_classifier
 from mta.outbound.returnpath import ReturnPaths, load_secret
 from mta.queue import make_due
+from mta.queue.expansion import Expander
 from mta.smtp import SmtpListeners, SubmissionHandler
 from mta.smtp.guard import AuthThrottle, Guard
 from mta.smtp.mx import MxHandler
@@ -90,7 +91,7 @@ async def open_services(config: Config) -> Services:
         resolver = Resolver(config.dns)
         domains = Domains(store, config, resolver)
         lists = Lists(store, domains, config.lists)
-        acceptor = Acceptor(store, domains, config)
+        acceptor = Acceptor(store, domains, config, lists.any_of)
         routes = Routes(store, config)
         return_paths = ReturnPaths(await load_secret(store))
         classifier = load_classifier(config.outbound.bounce_rules_file)
@@ -120,7 +121,7 @@ async def open_services(config: Config) -> Services:
             classifier=classifier,
             inbound=Inbound(
                 config, store, domains, routes, Verdicts(config, resolver), reports, acceptor,
-                resolver, account, hits.unsubscribe_by_mail,
+                resolver, account, hits.unsubscribe_by_mail, lists,
             ),
             lists=lists,
             webhooks=Webhooks(config, store, resolver, account),
@@ -165,4 +166,6 @@ def build_outbound(services: Services) -> Outbound:
         services.classifier,
         services.return_paths,
         Tracker(services.tracking_links, services.config),
+        Expander(services.store, services.domains, services.lists.subscribed_after,
+                 services.config.lists),
     )

@@ -12,8 +12,9 @@ import functools
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -61,6 +62,12 @@ from mta.events import (
 from mta.stats import campaigns as stats_campaigns
 from mta.stats import tags as stats_tags
 from mta.store import Statement, Store
+
+if TYPE_CHECKING:
+    from mta.lists import MailingList
+
+# the mailing lists among some addresses (lower-cased address -> list): mta.lists.Lists.any_of
+FindLists = Callable[[Iterable[str]], Awaitable[dict[str, "MailingList"]]]
 
 __all__ = ["AcceptError", "Acceptor", "Address", "Options", "Submission", "valid_addr_spec"]
 
@@ -195,7 +202,8 @@ class _Copy:
 
 @dataclass
 class _Built:
-    """A message ready to store: its content (plain, or a batch template) and its copies."""
+    """A message ready to store: its content (plain, or a template personalised per recipient:
+    a batch send, a send to a list) and its copies."""
 
     content: bytes
     is_template: bool
@@ -205,19 +213,37 @@ class _Built:
     summary: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class _Listed:
+    """The recipients that are mailing lists of the sending domain: each becomes a list send,
+    expanded into its members' rows after the commit (mta.queue.expansion)."""
+
+    lists: dict[str, MailingList] = field(default_factory=dict)
+
+    def __contains__(self, address: Address) -> bool:
+        return address.key in self.lists
+
+    def others(self, addresses: list[Address]) -> list[Address]:
+        return [a for a in addresses if a.key not in self.lists]
+
+
 class Acceptor:
-    def __init__(self, store: Store, domains: Domains, config: Config) -> None:
+    def __init__(
+        self, store: Store, domains: Domains, config: Config, find_lists: FindLists
+    ) -> None:
         self._store = store
         self._domains = domains
         self._config = config
+        self._find_lists = find_lists
 
-    async def accept(self, sub: Submission) -> str:
-        """Validate, store and queue; returns the Message-Id (without angle brackets)."""
+    async def accept(self, sub: Submission, *also: Statement) -> str:
+        """Validate, store and queue; returns the Message-Id (without angle brackets). `also`:
+        statements committed with the message (the MX's route actions for a list post)."""
         domain = await self._domains.get(sub.domain)
         if domain is None:
             raise AcceptError(f"Domain not found: {sub.domain}", 404)
         try:
-            return await self._accept(domain, sub)
+            return await self._accept(domain, sub, also)
         except AcceptError as exc:
             log.info(
                 "rejected a %s submission for %s from %s: %s",
@@ -229,7 +255,7 @@ class Acceptor:
             await self._record_rejection(domain, sub, exc)
             raise
 
-    async def _accept(self, domain: Domain, sub: Submission) -> str:
+    async def _accept(self, domain: Domain, sub: Submission, also: tuple[Statement, ...]) -> str:
         now = time.time()
         limits = self._config.sending
         if domain.is_disabled:
@@ -253,8 +279,12 @@ class Acceptor:
             raise AcceptError(
                 f"Too many recipients, max is {limits.max_recipients}", smtp="452 4.5.3"
             )
-        if domain.is_sandbox:
-            strangers = [a.addr for a in everyone if a.key not in domain.authorized_recipients]
+        # lists of the sending domain only: another customer's list address is a recipient
+        # like any other (its own MX and access level decide)
+        listed = _Listed(await self._find_lists(a.key for a in everyone if a.domain == domain.name))
+        if domain.is_sandbox:  # list members are checked when the list is expanded
+            strangers = [a.addr for a in listed.others(everyone)
+                         if a.key not in domain.authorized_recipients]
             if strangers:
                 raise AcceptError(
                     f"Domain {domain.name} is not allowed to send: Sandbox subdomains are for test"
@@ -277,19 +307,20 @@ class Acceptor:
         # big bodies and large batches are built off the event loop: other clients go on
         message_id, statements = await off_loop_if(
             _is_heavy(sub, len(everyone)),
-            functools.partial(self._prepare, domain, sub, head, addresses, now),
+            functools.partial(self._prepare, domain, sub, head, addresses, listed, now),
         )
         # the statements hold what is stored: let go of the message as it came in, which would
         # otherwise be held beside it while the store makes its own copies
         sub.mime = sub.parts = None
         del head
-        await self._store.write(*statements)
+        await self._store.write(*statements, *also)
         log.info(
-            "accepted <%s> for %s via %s: %d recipient(s), sender <%s>",
+            "accepted <%s> for %s via %s: %d recipient(s)%s, sender <%s>",
             message_id,
             domain.name,
             sub.method,
-            len(everyone),
+            len(everyone) - len(listed.lists),
+            "".join(f", list <{a}>" for a in listed.lists),
             sub.envelope_sender or (from_[0].addr if from_ else ""),
         )
         return message_id
@@ -355,6 +386,7 @@ class Acceptor:
         sub: Submission,
         head: MessageHead | None,
         addresses: _Addresses,
+        listed: _Listed,
         now: float,
     ) -> tuple[str, list[Statement]]:
         """Build the message and the rows that store it (no I/O)."""
@@ -363,9 +395,9 @@ class Acceptor:
         if sub.recipient_variables is not None:
             _check_variables(sub, head)
         if head is not None:
-            built = self._from_mime(sub, head, addresses, message_id, now)
+            built = self._from_mime(sub, head, addresses, listed, message_id, now)
         else:
-            built = self._from_parts(sub, addresses, message_id, now)
+            built = self._from_parts(sub, addresses, listed, message_id, now)
         if built.size > limits.max_message_bytes:
             raise AcceptError(
                 f"Message size exceeds the {_size(limits.max_message_bytes)} limit", 413
@@ -375,7 +407,7 @@ class Acceptor:
         else:
             from_ = addresses.from_
             sender = from_[0].addr if from_ else built.summary["from-addr"]
-        return built.message_id, self._statements(domain, sub, sender, built, now)
+        return built.message_id, self._statements(domain, sub, sender, built, listed, now)
 
     async def _check_senders(
         self, domain: Domain, sub: Submission, from_: list[Address], head: MessageHead | None
@@ -449,7 +481,12 @@ class Acceptor:
     # -- building ------------------------------------------------------------------------------
 
     def _from_parts(
-        self, sub: Submission, addresses: _Addresses, message_id: str, now: float
+        self,
+        sub: Submission,
+        addresses: _Addresses,
+        listed: _Listed,
+        message_id: str,
+        now: float,
     ) -> _Built:
         parts = sub.parts or Parts()
         if parts.text is None and parts.html is None and parts.amp_html is None:
@@ -468,11 +505,15 @@ class Acceptor:
             "to": format_to(to),
         }
         batch = sub.recipient_variables is not None
-        to_line: Piece | ToSlot = ToSlot() if batch else header_line(
-            address_header("To", [(a.name, a.addr) for a in to])
-        )
+        personalised = batch or bool(listed.lists)
+        to_line: Piece | ToSlot = header_line(address_header("To", [(a.name, a.addr) for a in to]))
+        if batch:  # each copy shows its own recipient; list members, the lists named in To
+            named = [(a.name, a.addr) for a in to if a in listed]
+            to_line = ToSlot(address_header("To", named) if named else None)
+        elif listed.lists:
+            to_line = ToSlot(address_header("To", [(a.name, a.addr) for a in to]))
         variables: list[Piece | VariablesSlot] = []
-        if batch:
+        if personalised:
             variables = [VariablesSlot(sub.user_variables)]
         elif sub.user_variables:
             variables = [header_line(_variables_header(sub.user_variables))]
@@ -487,21 +528,23 @@ class Acceptor:
             *variables,
         ]
         pieces = build_message(headers, parts)
-        if not batch:
+        if not personalised:
             content = render(pieces, _same)
             copies = [_Copy(summary["to"], _unique(to + cc + bcc), None, sub.user_variables)]
             return _Built(content, False, len(content), copies, message_id, summary)
         template = Template(pieces)
-        return _Built(
-            template.dump(), True, template.size,
-            self._batch_copies(sub, to, cc, bcc, sub.user_variables), message_id, summary,
-        )
+        if batch:
+            copies = self._batch_copies(sub, listed, to, cc, bcc, sub.user_variables)
+        else:
+            copies = _plain_copies(summary["to"], listed, to + cc + bcc, sub.user_variables)
+        return _Built(template.dump(), True, template.size, copies, message_id, summary)
 
     def _from_mime(
         self,
         sub: Submission,
         head: MessageHead,
         addresses: _Addresses,
+        listed: _Listed,
         message_id: str,
         now: float,
     ) -> _Built:
@@ -540,26 +583,31 @@ class Acceptor:
             raise AcceptError("'message' has no valid From header")
         to, cc, bcc = addresses.to, addresses.cc, addresses.bcc
         merged = sub.message_variables | sub.user_variables
-        if sub.recipient_variables is None:
+        if sub.recipient_variables is None and not listed.lists:
             copies = [_Copy(summary["to"], _unique(to + cc + bcc), None, merged)]
             return _Built(mime, False, len(mime), copies, message_id, summary)
         template = Template([MimeSlot(mime)])
-        copies = self._batch_copies(sub, to, cc, bcc, merged)
+        if sub.recipient_variables is not None:
+            copies = self._batch_copies(sub, listed, to, cc, bcc, merged)
+        else:
+            copies = _plain_copies(summary["to"], listed, to + cc + bcc, merged)
         return _Built(template.dump(), True, len(mime), copies, message_id, summary)
 
     @staticmethod
     def _batch_copies(
         sub: Submission,
+        listed: _Listed,
         to: list[Address],
         cc: list[Address],
         bcc: list[Address],
         variables: dict[str, Any],
     ) -> list[_Copy]:
         """One copy per `to` recipient (cc and bcc get each one too, as with Mailgun), each with
-        its own values; the content itself is stored once."""
+        its own values; the content itself is stored once. Lists get theirs when expanded."""
         per_recipient = _variables_by_address(sub)
+        cc, bcc = listed.others(cc), listed.others(bcc)
         copies = []
-        for rcpt in to:
+        for rcpt in listed.others(to):
             personal = Personal(rcpt.name, rcpt.addr, per_recipient.get(rcpt.key, {}))
             copies.append(
                 _Copy(
@@ -574,7 +622,13 @@ class Acceptor:
     # -- storing -----------------------------------------------------------------------------
 
     def _statements(
-        self, domain: Domain, sub: Submission, sender: str, built: _Built, now: float
+        self,
+        domain: Domain,
+        sub: Submission,
+        sender: str,
+        built: _Built,
+        listed: _Listed,
+        now: float,
     ) -> list[Statement]:
         opts = sub.options
         key = tokens.token_urlsafe(24)
@@ -609,11 +663,19 @@ class Acceptor:
             options["template"] = True
         if sub.campaign_names:  # later events (delivered, failed, hits) carry the names too
             options["campaign-names"] = sub.campaign_names
+        if listed.lists:  # what members' copies and events say of their list, as sent
+            options["lists"] = {
+                lst.address: {"id": lst.id, "name": lst.name,
+                              "reply_preference": lst.reply_preference}
+                for lst in listed.lists.values()
+            }
+        list_sends = [queue.ListSend(lst.id, lst.address, now) for lst in listed.lists.values()]
         return [
             *queue.enqueue(
                 queue.NewMessage(key, built.message_id, domain.name, now, sender,
                                  orjson.dumps(options), built.content),
                 recipient_rows,
+                list_sends,
             ),
             *stats_tags.seen_statements(domain.name, opts.tags, now, self._config.stats.tag_limit),
             *event_statements(domain.name, _accepted_events(sub, sender, built)),
@@ -663,6 +725,15 @@ class Acceptor:
             await record(self._store, domain.name, [event])
         except Exception:  # the refusal itself must still reach the client
             log.exception("could not record rejected event")
+
+
+def _plain_copies(
+    to_header: str, listed: _Listed, everyone: list[Address], variables: dict[str, Any]
+) -> list[_Copy]:
+    """The one copy of a message that is not a batch, for its recipients that are not lists
+    (none when it was sent to lists only)."""
+    others = _unique(listed.others(everyone))
+    return [_Copy(to_header, others, None, variables)] if others else []
 
 
 def _accepted_events(sub: Submission, sender: str, built: _Built) -> list[Event]:

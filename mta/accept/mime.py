@@ -359,9 +359,15 @@ class MessageHead:
 # -- personalising a pre-built message ---------------------------------------------------------
 
 
-def personalise_mime(mime: bytes, to_header: str, substitute: Callable[[str], str]) -> bytes:
-    """A pre-built message for one batch recipient: To shows only them, %recipient...% replaced
-    wherever it appears in clear (headers, 7bit and quoted-printable bodies)."""
+def personalise_mime(
+    mime: bytes, to_header: str | None, substitute: Callable[[str], str]
+) -> bytes:
+    """A pre-built message for one recipient: To shows only them (unless `to_header` is None:
+    a list member sees the message's own To), %recipient...% replaced wherever it appears in
+    clear (headers, 7bit and quoted-printable bodies)."""
+    if to_header is None:
+        text = mime.decode("utf-8", "surrogateescape")
+        return substitute(text).encode("utf-8", "surrogateescape")
     head = MessageHead.parse(mime, len(mime), len(mime)).without(lambda name: name == "to")
     text = head.to_bytes([header_line(f"To: {to_header}")]).decode("utf-8", "surrogateescape")
     return substitute(text).encode("utf-8", "surrogateescape")

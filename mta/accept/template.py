@@ -34,11 +34,14 @@ _MAGIC = b"mta-template/1\n"
 
 @dataclass(frozen=True)
 class Personal:
-    """One copy's recipient: the To address and the variables of `recipient-variables`."""
+    """One copy's recipient: the To address and the variables of `recipient-variables` (or of
+    a list member's `vars`). `keeps_to`: the copy shows the message's own To (a list member,
+    a plain recipient of a message sent to a list beside them), not this recipient alone."""
 
     name: str
     address: str
     variables: dict[str, Any] = field(default_factory=dict)
+    keeps_to: bool = False
 
     @property
     def to_header(self) -> str:
@@ -48,19 +51,27 @@ class Personal:
         return recipient_substituter(self.name, self.address, self.variables)
 
     def dump(self) -> bytes:
-        return orjson.dumps([self.name, self.address, self.variables])
+        values: list[Any] = [self.name, self.address, self.variables]
+        if self.keeps_to:
+            values.append(1)
+        return orjson.dumps(values)
 
     @classmethod
     def load(cls, blob: bytes) -> Personal:
-        name, address, variables = orjson.loads(blob)
-        return cls(name, address, variables)
+        name, address, variables, *rest = orjson.loads(blob)
+        return cls(name, address, variables, bool(rest and rest[0]))
 
 
 @dataclass(frozen=True)
 class ToSlot:
-    """The To header: the copy's own recipient only."""
+    """The To header: the copy's own recipient only, or `original` (the message's To; for a
+    batch, the lists it names) for a recipient that keeps it."""
+
+    original: str | None = None
 
     def render(self, personal: Personal, substitute: Callable[[str], str]) -> bytes:
+        if personal.keeps_to and self.original is not None:
+            return header_line(self.original)
         return header_line(address_header("To", [(personal.name, personal.address)]))
 
 
@@ -84,7 +95,8 @@ class MimeSlot:
     mime: bytes | memoryview
 
     def render(self, personal: Personal, substitute: Callable[[str], str]) -> bytes:
-        return personalise_mime(bytes(self.mime), personal.to_header, substitute)
+        to_header = None if personal.keeps_to else personal.to_header
+        return personalise_mime(bytes(self.mime), to_header, substitute)
 
 
 Slot = TextSlot | HeaderSlot | ToSlot | VariablesSlot | MimeSlot
@@ -131,7 +143,7 @@ class Template:
             elif isinstance(piece, HeaderSlot):
                 index.append(["h", piece.name, piece.value])
             elif isinstance(piece, ToSlot):
-                index.append(["to"])
+                index.append(["to"] if piece.original is None else ["to", piece.original])
             elif isinstance(piece, VariablesSlot):
                 index.append(["v", piece.variables])
             else:
@@ -161,7 +173,7 @@ class Template:
             elif kind == "h":
                 pieces.append(HeaderSlot(entry[1], entry[2]))
             elif kind == "to":
-                pieces.append(ToSlot())
+                pieces.append(ToSlot(entry[1] if len(entry) > 1 else None))
             else:
                 pieces.append(VariablesSlot(entry[1]))
         return cls(pieces)

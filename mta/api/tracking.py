@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from mta.suppressions import ALL_TAGS
-from mta.tracking.hits import LIST_SCOPE, Hits
-from mta.tracking.links import Link
+from mta.tracking.hits import Hits
+from mta.tracking.links import LIST_SCOPE, Link
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

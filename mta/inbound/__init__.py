@@ -44,14 +44,17 @@ from mta.events import (
     MatchedRoute,
     MessageHeaders,
     MessageSummary,
+    Reject,
     Storage,
     event_statements,
 )
+from mta.events import MailingList as EventList
 from mta.inbound.parsed import Parsed, decode_header_value, parse_message
 from mta.inbound.reports import Reports, report_type
 from mta.inbound.routes import MatchingTime, RouteMatch, Routes, RoutesOutOfTime
 from mta.inbound.structure import TooComplex, check_structure
 from mta.inbound.verdicts import Verdict, Verdicts
+from mta.lists import Lists, MailingList
 from mta.store import Statement, Store, periodic
 from mta.tracking.copies import UNSUBSCRIBE_MAILBOX
 
@@ -211,8 +214,10 @@ class Inbound:
         resolver: Resolver,
         account: Account,
         unsubscribe: Callable[[str, str, str], Awaitable[bool]],
+        lists: Lists,
     ) -> None:
         self._config = config
+        self._lists = lists  # a list address takes posts per its access level
         self._account = account
         # honours a List-Unsubscribe mailto: (recipient, subject, peer ip) -> whether it was one
         self._unsubscribe = unsubscribe
@@ -263,6 +268,8 @@ class Inbound:
         statements: list[Statement] = []
         taken = 0
         keeps_content = False
+        posts: list[MailingList] = []  # lists this message is posted to
+        refused: list[Event] = []  # `rejected` events of posts lists' access levels refused
         for rcpt, domain in zip(recipients, domains, strict=True):
             await asyncio.sleep(0)  # other sessions go on between recipients
             if domain is None:
@@ -293,6 +300,19 @@ class Inbound:
                 raise InboundError(
                     "451 4.3.0 Routing this message took too long, please try again later"
                 ) from None
+            # a list and a route on one address both act (manual: "Mailing Lists and Routes")
+            lst = await self._lists.get(rcpt)
+            if lst is not None:
+                refusal = await self._post_refusal(lst, sender, headers)
+                if refusal is None:
+                    posts.append(lst)
+                else:
+                    log.info("refused a post to list <%s> from <%s>: %s", rcpt, sender, refusal)
+                    refused.append(_refused_post(lst, rcpt, sender, peer_ip, headers, refusal))
+                    statements += event_statements(lst.domain, refused[-1:])
+                if not matches:
+                    taken += refusal is None
+                    continue
             if not matches:
                 log.info("no route for <%s> (from <%s>)", rcpt, sender)
                 continue
@@ -308,14 +328,51 @@ class Inbound:
             keeps_content = keeps_content or len(routed) > 1
             taken += 1
         if not taken:
+            if refused:
+                await self._store.write(*statements)
+                assert refused[0].reject is not None
+                raise InboundError(f"550 5.7.1 {refused[0].reject.description}")
             raise InboundError("550 5.1.1 No such recipient here")
         if keeps_content:
             statements.append(
                 Statement("INSERT INTO inbound_mime (key, mime) VALUES (?, ?)", [(mime_key, mime)])
             )
+        for lst in posts:  # the first post commits with the routes' work, in one transaction
+            try:
+                await self._acceptor.accept(_post_submission(lst, sender, received, mime,
+                                                             peer_ip), *statements)
+                statements = []
+            except AcceptError as exc:  # recorded as `rejected` by accept itself
+                log.info("list <%s> could not take a post from <%s>: %s", lst.address, sender,
+                         exc.message)
+                taken -= 1
+                if not taken and not statements:
+                    raise InboundError(exc.smtp_reply) from None
         if statements:
             await self._store.write(*statements)
         return taken
+
+    async def _post_refusal(
+        self, lst: MailingList, sender: str, headers: list[tuple[str, str]]
+    ) -> str | None:
+        """Why `lst` refuses this post (None: it takes it). Owners post by the API or SMTP
+        submission; on the MX, members lists take their subscribed members' mail (the envelope
+        sender's or the From address), everyone lists anybody's. A message that already went
+        out to this list (its List-Id) is a loop."""
+        if any(n.lower() == "list-id" and lst.address.replace("@", ".") in v.lower()
+               for n, v in headers):
+            return f"Mail loop: this message already went out to the list {lst.address}"
+        if lst.access_level == "everyone":
+            return None
+        if lst.access_level == "members":
+            candidates = {sender.lower()} if sender else set()
+            candidates |= {addr.lower() for _, addr in
+                           split_addresses(_first_header(headers, "from"))[:1]}
+            for address in candidates:
+                if await self._lists.is_subscribed(lst, address):
+                    return None
+            return f"Only members may post to the list {lst.address}"
+        return f"The list {lst.address} takes posts from its owner only"
 
     def _read(self, mime: bytes) -> _Reading:
         """The message read once, from the bytes that are stored: header block (capped), MIME
@@ -627,6 +684,53 @@ _ACCEPTED_FLAGS = Flags(
 )
 _STORED_FLAGS = Flags(is_test_mode=False)
 _GIVEN_UP_FLAGS = Flags(is_routed=True)
+
+
+def _post_submission(
+    lst: MailingList, sender: str, received: str, mime: bytes, peer_ip: str
+) -> Submission:
+    """A stranger's post to a list, as the one accept path takes it: their message as it came
+    (our Received line on top), none of its X-Mailgun-* controls obeyed."""
+    return Submission(
+        domain=lst.domain,
+        method="smtp",
+        to=[lst.address],
+        mime=received.encode() + mime,
+        envelope_sender=sender,
+        authenticated=False,
+        control_headers=False,
+        originating_ip=peer_ip,
+    )
+
+
+def _refused_post(
+    lst: MailingList,
+    rcpt: str,
+    sender: str,
+    peer_ip: str,
+    headers: list[tuple[str, str]],
+    why: str,
+) -> Event:
+    return Event(
+        "rejected",
+        method="smtp",
+        recipient=rcpt,
+        reject=Reject("invalid", why),
+        tags=(),
+        user_variables={},
+        flags=Flags(is_authenticated=False, is_test_mode=False),
+        envelope=Envelope(sender=sender, transport="smtp", targets=rcpt),
+        message=MessageSummary(
+            headers=MessageHeaders(
+                to=_first_header(headers, "to")[:1000],
+                message_id=_first_header(headers, "message-id").strip().strip("<>")[:1000],
+                from_=_first_header(headers, "from")[:1000],
+                subject=_first_header(headers, "subject")[:1000],
+            )
+        ),
+        mailing_list=EventList(address=lst.address, list_id=lst.id),
+        originating_ip=peer_ip or None,
+    )
 
 
 def _stored_event(accepted: Event) -> Event:

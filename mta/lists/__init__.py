@@ -10,6 +10,7 @@ triggers); members are many and always read from the store.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ _LIST_COLUMNS = (
     "address, id, domain, name, description, access_level, reply_preference, created_at"
 )
 _MEMBER_COLUMNS = "address, name, vars, subscribed"
+_UNSAFE = re.compile(r"[\r\n\0]")
 
 
 class ListError(Exception):
@@ -294,7 +296,12 @@ class Lists:
             raise ListError("'vars' must be a JSON object")
         if len(orjson.dumps(variables)) > self._config.max_vars_bytes:
             raise ListError(f"'vars' is limited to {self._config.max_vars_bytes} bytes")
+        # values stand in headers of members' copies (%recipient.x%, %recipient_name%)
+        if any(isinstance(v, str) and _UNSAFE.search(v) for v in variables.values()):
+            raise ListError("'vars' values must not contain CR, LF or NUL")
         name = display if name is None else name
+        if _UNSAFE.search(name):
+            raise ListError("name must not contain CR, LF or NUL")
         if len(name) > self._config.max_name_chars:
             raise ListError(f"name is limited to {self._config.max_name_chars} characters")
         return Member(addr, name, variables, subscribed)

@@ -18,6 +18,7 @@ from mta.outbound.mx import MxResolver
 from mta.outbound.policy import Classifier, load_shaping
 from mta.outbound.returnpath import ReturnPaths
 from mta.outbound.scheduler import Scheduler
+from mta.queue.expansion import Expander
 from mta.store import Store, periodic
 from mta.tracking.copies import Tracker
 
@@ -37,8 +38,10 @@ class Outbound:
         classifier: Classifier,
         return_paths: ReturnPaths,
         tracker: Tracker,
+        expander: Expander,
     ) -> None:
         self._config = config
+        self._expander = expander  # sends to lists become members' rows, then delivered here
         self._tracker = tracker
         self._store = store
         self._domains = domains
@@ -72,6 +75,7 @@ class Outbound:
             self._tracker,
         )
         await self.scheduler.start()
+        await self._expander.start()
         self._purger = asyncio.create_task(self._purge_loop(), name="outbound-purge")
         target = cfg.relay or "recipients' MX hosts"
         log.info("outbound delivery running (to %s)", target)
@@ -93,6 +97,7 @@ class Outbound:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._purger
             self._purger = None
+        await self._expander.stop()
         if self.scheduler is not None:
             scheduler, self.scheduler = self.scheduler, None
             await scheduler.stop()

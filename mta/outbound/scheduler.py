@@ -47,7 +47,7 @@ from mta.queue import (
 )
 from mta.store import Store
 from mta.suppressions import bounce_statement, suppressed
-from mta.tracking.copies import Tracker
+from mta.tracking.copies import ListPost, Tracker
 from mta.tracking.rewrite import Choice
 
 log = logging.getLogger("mta.outbound")
@@ -603,7 +603,9 @@ class Scheduler:
             choice = self._tracker.choice(message.options, domain)
             if message.tracked is None:
                 message.tracked = self._tracker.wanted(message.mime or b"", choice)
-        tracked = bool(message.tracked) and domain is not None and choice is not None
+        # a list member's copy is their own: its list's headers and unsubscribe links
+        personal = bool(message.tracked) or d.mailing_list is not None
+        tracked = personal and domain is not None and choice is not None
         shared = d.shared and not tracked  # one copy (and signature) for every recipient
         if d.size > RENDER_ON_LOOP_BYTES and not shared:
             content = await asyncio.get_running_loop().run_in_executor(
@@ -633,10 +635,11 @@ class Scheduler:
 
     def _copy(self, d: Delivery, domain: Domain | None, choice: Choice | None) -> bytes:
         content = d.content()
-        if not d.message.tracked or domain is None or choice is None:
+        listed = _list_post(d)
+        if not (d.message.tracked or listed) or domain is None or choice is None:
             return content
         return self._tracker.copy(content, choice, domain, d.message.message_id, d.address,
-                                  d.message.tags)
+                                  d.message.tags, listed)
 
     async def _attempt(self, site: Site, session: Session, d: Delivery) -> Write:
         """Send one message; returns the write of its outcome."""
@@ -791,6 +794,15 @@ class Scheduler:
         if self._held.get(d.id) is d:
             del self._held[d.id]
             self._queue.forget(d)
+
+
+def _list_post(d: Delivery) -> ListPost | None:
+    """The list a member's copy goes out for, as accept kept it with the message."""
+    if d.mailing_list is None:
+        return None
+    described = d.message.options.get("lists", {}).get(d.mailing_list, {})
+    return ListPost(d.mailing_list, described.get("name", ""),
+                    described.get("reply_preference", "list"))
 
 
 def _log_outcome(d: Delivery, event: Event) -> None:

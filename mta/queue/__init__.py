@@ -27,6 +27,7 @@ from mta.events import (
     Event,
     EventKind,
     Flags,
+    MailingList,
     MessageHeaders,
     MessageSummary,
     Severity,
@@ -39,7 +40,7 @@ _CLAIM = (
     " WHERE id IN (SELECT id FROM recipients WHERE state = 'queued' AND due_at <= ?3"
     " ORDER BY due_at LIMIT ?4{lock})"
     " RETURNING id, message_key, address, attempts, to_header, user_variables, personal,"
-    " mime IS NOT NULL AS has_copy"
+    " mailing_list, mime IS NOT NULL AS has_copy"
 )
 _CLAIM_SQL = {
     "sqlite": _CLAIM.format(lock=""),  # the one writer serialises claims
@@ -54,8 +55,11 @@ _ENQUEUE_MESSAGE = (
 )
 _ENQUEUE_RECIPIENT = (
     "INSERT INTO recipients"
-    " (message_key, address, user_variables, to_header, personal, state, due_at)"
-    " VALUES (?, ?, ?, ?, ?, 'queued', ?)"
+    " (message_key, address, user_variables, to_header, personal, due_at, mailing_list, state)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, 'queued')"
+)
+_ENQUEUE_LIST_SEND = (
+    "INSERT INTO list_sends (message_key, list_id, list_address, due_at) VALUES (?, ?, ?, ?)"
 )
 _CHUNK = 500
 PURGE_CHUNK = 200
@@ -80,14 +84,38 @@ class NewRecipient(NamedTuple):
     to_header: str | None
     personal: bytes | None
     due_at: float
+    mailing_list: str | None = None  # the list (address) a member's row was expanded from
 
 
-def enqueue(message: NewMessage, recipients: Sequence[NewRecipient]) -> list[Statement]:
+class ListSend(NamedTuple):
+    """A message sent to a mailing list: expanded into its members' rows by
+    mta.queue.expansion, a chunk at a time, after the accepting commit."""
+
+    list_id: str
+    list_address: str
+    due_at: float  # when expansion may start
+
+
+def enqueue(
+    message: NewMessage,
+    recipients: Sequence[NewRecipient],
+    list_sends: Sequence[ListSend] = (),
+) -> list[Statement]:
     """The statements that queue a message, for the accepting transaction (with its events)."""
-    return [
+    statements = [
         Statement(_ENQUEUE_MESSAGE, [message]),
         Statement(_ENQUEUE_RECIPIENT, [(message.key, *r) for r in recipients]),
     ]
+    if list_sends:
+        statements.append(
+            Statement(_ENQUEUE_LIST_SEND, [(message.key, *send) for send in list_sends])
+        )
+    return statements
+
+
+def enqueue_recipients(message_key: str, recipients: Sequence[NewRecipient]) -> Statement:
+    """More rows for a message already queued (a list send's next members)."""
+    return Statement(_ENQUEUE_RECIPIENT, [(message_key, *r) for r in recipients])
 
 
 @dataclass(eq=False)
@@ -146,6 +174,7 @@ class Delivery:
     user_variables: dict[str, Any] | None
     personal: Personal | None = None  # a batch recipient's values (the message is a template)
     copy: bytes | None = None  # a copy of its own (stored per recipient before templates)
+    mailing_list: str | None = None  # a list member's row: the list's address
     site: Any = field(default=None, repr=False)  # the scheduler's Site, once sorted
     signed: bool = False  # DKIM-signed on its last attempt
 
@@ -173,7 +202,8 @@ class Delivery:
             return self.copy
         template = self.message.template
         if template is not None:
-            return template.render(self.personal or Personal("", self.address))
+            # a plain recipient of a template (a message also sent to a list) keeps its To
+            return template.render(self.personal or Personal("", self.address, keeps_to=True))
         assert self.message.mime is not None
         return self.message.mime
 
@@ -304,7 +334,8 @@ class Queue:
             done = await self._store.fetchall(
                 "SELECT key FROM messages m WHERE created_at < ? AND NOT EXISTS"
                 " (SELECT 1 FROM recipients r WHERE r.message_key = m.key"
-                " AND r.state = 'queued') LIMIT ?",
+                " AND r.state = 'queued') AND NOT EXISTS"
+                " (SELECT 1 FROM list_sends s WHERE s.message_key = m.key) LIMIT ?",
                 (before, PURGE_CHUNK),
             )
             if not done:
@@ -378,7 +409,16 @@ def delivery_event(
         delivery_status=status,
         recipient_provider=provider,
         primary_dkim=primary_dkim,
+        mailing_list=mailing_list_of(d),
     )
+
+
+def mailing_list_of(d: Delivery) -> MailingList | None:
+    """The list a member's copy came from, as its events name it (from what accept kept)."""
+    if d.mailing_list is None:
+        return None
+    described = d.message.options.get("lists", {}).get(d.mailing_list, {})
+    return MailingList(address=d.mailing_list, list_id=described.get("id"))
 
 
 def _summary(d: Delivery, described: Mapping[str, Any]) -> MessageSummary:
@@ -402,7 +442,8 @@ async def sent_recipient(store: Store, recipient_id: int) -> Delivery | None:
     complaints); None once the message has been purged."""
     row = await store.fetchone(
         "SELECT r.id, r.message_key, r.address, r.attempts, r.to_header, r.user_variables,"
-        " r.personal, r.mime, m.domain, m.sender, m.created_at, m.options, m.mime AS shared"
+        " r.personal, r.mailing_list, r.mime, m.domain, m.sender, m.created_at, m.options,"
+        " m.mime AS shared"
         " FROM recipients r JOIN messages m ON m.key = r.message_key WHERE r.id = ?",
         (recipient_id,),
     )
@@ -456,6 +497,7 @@ def _delivery(row: Any, message: Message, copy: bytes | None) -> Delivery:
         user_variables=orjson.loads(variables) if variables else None,
         personal=Personal.load(personal) if personal else None,
         copy=copy,
+        mailing_list=row["mailing_list"],
     )
 
 

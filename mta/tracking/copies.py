@@ -9,18 +9,40 @@ variable goes out as one copy for everyone (signed once).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 from mta.config import Config
 from mta.domains import Domain
-from mta.tracking.links import LinkKind, TrackingLinks, link_base
+from mta.tracking.links import LIST_SCOPE, LinkKind, TrackingLinks, link_base
 from mta.tracking.rewrite import UNSUBSCRIBE_VARIABLES, Choice, RecipientLinks, track
 
 # List-Unsubscribe's mailto: unsubscribe@<domain> with the signed token as the subject (a
 # token is too long for a local part); the MX honours it when the domain's MX points here
 UNSUBSCRIBE_MAILBOX = "unsubscribe"
 UNSUBSCRIBE_SUBJECT = "unsubscribe "
+
+
+@dataclass(frozen=True)
+class ListPost:
+    """A list member's copy: the list it came through, as the send saw it."""
+
+    address: str
+    name: str = ""
+    reply_preference: str = "list"
+
+    def headers(self) -> list[tuple[str, str]]:
+        """List-Id (RFC 2919: the address with its @ as a dot) and, for replies to the list,
+        Reply-To; each only where the message has none of its own."""
+        list_id = f"<{self.address.replace('@', '.')}>"
+        if self.name:
+            quoted = self.name.replace("\\", "\\\\").replace('"', '\\"')
+            list_id = f'"{quoted}" {list_id}'
+        headers = [("List-Id", list_id)]
+        if self.reply_preference == "list":
+            headers.append(("Reply-To", self.address))
+        return headers
 
 
 def _first(*values: Any) -> Any:
@@ -55,8 +77,9 @@ class Tracker:
         return choice.anything or any(v in stored for v in UNSUBSCRIBE_VARIABLES)
 
     def copy(self, content: bytes, choice: Choice, domain: Domain, message_id: str,
-             recipient: str, tags: list[str]) -> bytes:
-        """`content` with this recipient's links (CPU only: big ones run in a thread)."""
+             recipient: str, tags: list[str], mailing_list: ListPost | None = None) -> bytes:
+        """`content` with this recipient's links (CPU only: big ones run in a thread); a list
+        member's with its list's headers and unsubscribe links."""
         base = link_base(self._public_url, self._api_public_url, domain.web_scheme,
                          domain.web_prefix, domain.name)
         token = self._links.token
@@ -72,6 +95,7 @@ class Tracker:
                 found = clicks[target] = url("c", target)
             return found
 
+        scope = "*" if mailing_list is None else LIST_SCOPE + mailing_list.address
         links = RecipientLinks(
             base,
             open_url=lambda: url("o"),
@@ -80,9 +104,11 @@ class Tracker:
             unsubscribe_mailto=lambda: (
                 f"mailto:{UNSUBSCRIBE_MAILBOX}@{domain.name}?subject="
                 + quote(UNSUBSCRIBE_SUBJECT + token("u", domain.name, message_id, recipient,
-                                                    extra="*"))
+                                                    extra=scope))
             ),
             recipient=recipient,
             tags=tags,
+            list_scope=None if mailing_list is None else scope,
         )
-        return track(content, choice, links, max_parts=self._max_parts, max_depth=self._max_depth)
+        return track(content, choice, links, max_parts=self._max_parts, max_depth=self._max_depth,
+                     headers=mailing_list.headers() if mailing_list else ())

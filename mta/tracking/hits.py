@@ -31,16 +31,16 @@ from mta.events import (
     event_statements,
 )
 from mta.events.lookup import Sent, SentKey, sent_copies
+from mta.lists import unsubscribe_statement as list_unsubscribe_statement
 from mta.store import Statement, Store
 from mta.suppressions import ALL_TAGS, unsubscribe_statement
 from mta.tracking.clients import ClientDescriber
 from mta.tracking.copies import UNSUBSCRIBE_SUBJECT
-from mta.tracking.links import Link, LinkKind, TrackingLinks
+from mta.tracking.links import LIST_SCOPE, Link, LinkKind, TrackingLinks
 
 log = logging.getLogger("mta.tracking")
 
 SENT_CACHE_SIZE = 10_000  # sent copies whose attribution is remembered (~1 KB each)
-LIST_SCOPE = "list:"
 _UNKNOWN = Sent()  # an unsubscribe whose message the history no longer knows
 
 
@@ -90,7 +90,7 @@ class Hits:
             return link
         scope = link.scope
         if isinstance(scope, str) and scope.startswith(LIST_SCOPE):
-            # a list member's subscription is the lists' business: the event says which list
+            # unsubscribed from that list only: flagged on it, on no suppression list
             listed = MailingList(address=scope[len(LIST_SCOPE) :])
             await self._record("unsubscribed", link, ip, headers, listed=listed)
             return link
@@ -160,6 +160,8 @@ class Hits:
             statements.append(
                 unsubscribe_statement(self._store.dialect, domain.name, link.recipient, tags, now)
             )
+        if listed is not None:  # the member stays on the list, flagged unsubscribed
+            statements.append(list_unsubscribe_statement(listed.address, link.recipient))
         await self._store.write(*statements)
 
     async def _attribution(self, domain: str, link: Link) -> Sent | None:

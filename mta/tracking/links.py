@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import orjson
 
+LIST_SCOPE = "list:"  # an unsubscribe link's scope prefix for a mailing list
 LinkKind = Literal["o", "c", "u"]  # open pixel, click, unsubscribe: also the URL path segment
 _VERSION = 1
 _MAC_BYTES = 16

@@ -19,11 +19,11 @@ import email.quoprimime
 import html
 import quopri
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from mta.accept.mime import CRLF, MessageHead, header_line, header_name
+from mta.accept.mime import CRLF, MessageHead, encode_header, header_line, header_name
 
 UNSUBSCRIBE_VARIABLES = (
     b"%unsubscribe_url%",
@@ -65,7 +65,9 @@ class Choice:
 
 
 class RecipientLinks:
-    """One recipient's tracking URLs (made by mta.tracking.links, per recipient)."""
+    """One recipient's tracking URLs (made by mta.tracking.links, per recipient). A list
+    member's copy has its list's unsubscribe scope (`list_scope`): List-Unsubscribe and
+    %mailing_list_unsubscribe_url% unsubscribe them from that list only."""
 
     def __init__(
         self,
@@ -76,8 +78,10 @@ class RecipientLinks:
         unsubscribe_mailto: Callable[[], str],
         recipient: str,
         tags: list[str],
+        list_scope: str | None = None,
     ) -> None:
         self.base = base
+        self.list_scope = list_scope
         self.open_url = open_url
         self.click_url = click_url
         self.unsubscribe_url = unsubscribe_url
@@ -90,7 +94,8 @@ class RecipientLinks:
             return self.recipient
         if name == "tag_unsubscribe_url":
             return self.unsubscribe_url(self.tags or "*")
-        # %mailing_list_unsubscribe_url% is the domain's link until lists exist
+        if name == "mailing_list_unsubscribe_url":  # outside a list send: the domain's link
+            return self.unsubscribe_url(self.list_scope or "*")
         return self.unsubscribe_url("*")
 
 
@@ -101,9 +106,16 @@ def needs_copy(message: bytes, choice: Choice) -> bool:
 
 
 def track(
-    message: bytes, choice: Choice, links: RecipientLinks, *, max_parts: int, max_depth: int
+    message: bytes,
+    choice: Choice,
+    links: RecipientLinks,
+    *,
+    max_parts: int,
+    max_depth: int,
+    headers: Sequence[tuple[str, str]] = (),
 ) -> bytes:
-    """The recipient's copy of `message` (CRLF line ends, as stored)."""
+    """The recipient's copy of `message` (CRLF line ends, as stored); `headers` are added
+    where the message has none of that name (a list's List-Id, Reply-To)."""
     head = MessageHead.parse(message, len(message), len(message))
     uses_variable = any(v in message for v in UNSUBSCRIBE_VARIABLES)
     walk = _Walk(choice, links, footer=choice.footer and not uses_variable,
@@ -114,9 +126,12 @@ def track(
     separator = b"\r\n\r\n" if body.startswith(b"\r\n\r\n") else body[:2]
     tracked = walk.entity(_content_headers(fields, names), body[len(separator):], 0)
     fields = _with_encoding(fields, names, tracked)
-    added: list[bytes] = []
-    if (choice.footer or uses_variable) and "list-unsubscribe" not in names:
-        url, mailto = links.unsubscribe_url("*"), links.unsubscribe_mailto()
+    added = [header_line(encode_header(name, value))
+             for name, value in headers if name.lower() not in names]
+    listed = links.list_scope is not None
+    if (choice.footer or uses_variable or listed) and "list-unsubscribe" not in names:
+        url = links.unsubscribe_url(links.list_scope or "*")
+        mailto = links.unsubscribe_mailto()
         added.append(header_line(f"List-Unsubscribe: <{url}>,\r\n <{mailto}>"))
         if "list-unsubscribe-post" not in names:
             added.append(header_line("List-Unsubscribe-Post: List-Unsubscribe=One-Click"))
