@@ -25,8 +25,9 @@ Tables and the modules that own them (only the owner writes SQL against them):
   across nodes)
 - auth_failures, auth_holds: mta.smtp.guard (AUTH throttles, across nodes)
 - periodic_runs: mta.store.periodic (work done once per cluster, whichever node is first)
-- mailing_lists, list_members, list_sends: mta.lists (a list send's expansion into recipient
-  rows goes through mta.queue's statements; `recipients.mailing_list` names the list)
+- mailing_lists, list_members: mta.lists
+- list_sends: mta.queue (accept enqueues a send to a list with its message; mta.queue.expansion
+  turns it into members' recipient rows, `recipients.mailing_list` naming the list)
 - admin_version: bumped by triggers whenever admin data changes, so in-process caches of
   domains and keys notice changes made by another process (the `mta` CLI).
 """
@@ -519,7 +520,7 @@ _SQLITE: list[str] = [
             DELETE FROM campaign_events WHERE domain = old.name;
         END;
     """,
-    # 11: mailing lists (mta.lists). A list is keyed by its address and carries a stable id
+    # 11: mailing lists (mta.lists; list_sends: mta.queue). A list is keyed by its address and carries a stable id
     # that its members point at (a rename moves no member). A send to a list is stored once
     # (a template) and a `list_sends` row expands it into recipient rows a chunk of members at
     # a time, its cursor (`after`, the last member queued) moving in the chunk's own
