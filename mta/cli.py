@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import io
 import logging
 import os
 import sqlite3
@@ -148,6 +149,71 @@ def _credential_command(args: argparse.Namespace) -> Callable[[Services], Awaita
     return run
 
 
+def _list_command(args: argparse.Namespace) -> Callable[[Services], Awaitable[int]]:
+    """`mta list import LIST FILE`: members from a CSV or JSON file, streamed (the file is
+    never read whole), a chunk of lists.upload_chunk per transaction with its upload events,
+    a progress bar on stderr and a summary on stdout."""
+
+    async def run(s: Services) -> int:
+        from tqdm import tqdm
+
+        from mta.lists.imports import ImportFailure, Upload, csv_entries, json_entries
+
+        lst = await s.lists.get(args.list)
+        if lst is None:
+            return _fail(f"no such mailing list: {args.list} (create it with the API first)")
+        fmt = args.format or ("json" if args.file.lower().endswith(".json") else "csv")
+        try:
+            raw = open(args.file, "rb")  # noqa: SIM115 (closed below, after the last chunk)
+        except OSError as exc:
+            return _fail(f"cannot read {args.file}: {exc.strerror or exc}")
+        failure = None
+        upload = Upload(s.lists, s.store, lst, upsert=args.upsert, format=fmt)
+        with (
+            raw,
+            io.TextIOWrapper(
+                raw, encoding="utf-8-sig", errors="surrogateescape", newline=""
+            ) as text,
+            tqdm(
+                total=os.fstat(raw.fileno()).st_size, unit="B", unit_scale=True,
+                unit_divisor=1024, desc=f"{lst.address} ({fmt})", file=sys.stderr,
+                mininterval=0.5,
+            ) as bar,
+        ):
+            try:
+                entries = (
+                    json_entries(s.lists, text) if fmt == "json" else csv_entries(s.lists, text)
+                )
+                for number, entry in enumerate(entries, start=1):
+                    await upload.add(entry)
+                    if number % 500 == 0:
+                        bar.set_postfix(entries=number, refresh=False)
+                        bar.update(raw.tell() - bar.n)
+            except ImportFailure as exc:
+                failure = str(exc)
+            summary = await upload.finish(complete=failure is None)
+            bar.update(raw.tell() - bar.n)
+        existing = (
+            f"{summary.updated} updated" if args.upsert
+            else f"{summary.skipped} skipped (already members; --upsert updates them)"
+        )
+        refused = f", {summary.refused} refused (the list is full)" if summary.refused else ""
+        print(
+            f"{lst.address}: {summary.created} imported, {existing},"
+            f" {summary.malformed} malformed{refused}; task-id {summary.task_id}"
+        )
+        for bad in summary.malformed_rows:
+            where = "entry" if fmt == "json" else "line"
+            print(f"  {where} {bad.row}: {bad.message}: {bad.entry}")
+        if summary.malformed > len(summary.malformed_rows):
+            print(f"  ... and {summary.malformed - len(summary.malformed_rows)} more malformed")
+        if failure is not None:
+            return _fail(f"{args.file}: {failure}; the entries before it were imported")
+        return 0
+
+    return run
+
+
 async def _copy_store(config: Config, url: str) -> int:
     from mta.store.copy import copy_store
     from mta.store.postgres import PostgresStore
@@ -269,6 +335,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     copy.add_argument("--to", required=True, metavar="postgresql://user:pass@host/db")
 
+    mlist = sub.add_parser("list", help="mailing lists")
+    lsub = mlist.add_subparsers(dest="action", required=True)
+    imp = lsub.add_parser(
+        "import", parents=[common],
+        help="add members to a list from a CSV file (header row with address, and optionally"
+        " name, vars, subscribed) or a JSON array, a chunk per transaction",
+    )
+    imp.add_argument("list", metavar="LIST", help="the list's address")
+    imp.add_argument("file", metavar="FILE")
+    imp.add_argument(
+        "--upsert", action="store_true",
+        help="update members already on the list (else they are left as they are)",
+    )
+    imp.add_argument(
+        "--format", choices=("csv", "json"),
+        help="the file's format (default: json for a .json file, else csv)",
+    )
+
     sub.add_parser(
         "config", parents=[common], help="print every setting with its default and meaning (TOML)"
     )
@@ -302,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
             "key": _key_command,
             "credential": _credential_command,
             "signing-key": _signing_key_command,
+            "list": _list_command,
         }
         work = commands[args.command](args)
         return asyncio.run(_with_services(config, work))

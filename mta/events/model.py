@@ -34,6 +34,10 @@ EventKind = Literal[
     "unsubscribed",
     "complained",
     "stored",
+    # a bulk upload of mailing-list members (members.json, members.csv, `mta list import`)
+    "list_member_uploaded",
+    "list_member_upload_error",
+    "list_uploaded",
 ]
 Severity = Literal["temporary", "permanent"]
 
@@ -49,6 +53,9 @@ LOG_LEVELS: dict[str, str] = {
     "rejected": "warn",
     "complained": "warn",
     "unsubscribed": "info",
+    "list_member_uploaded": "info",
+    "list_member_upload_error": "warn",
+    "list_uploaded": "info",
 }
 
 
@@ -442,6 +449,80 @@ class MailingList:
 
 @_fills_dict_at_once
 @dataclass(frozen=True, kw_only=True)
+class UploadedMember:
+    """A member as a bulk upload wrote it (`member`). Its vars are left out: mailgun-go reads
+    this object's `vars` as a list of strings, and an object there fails the whole page."""
+
+    address: str
+    name: str = ""
+    subscribed: bool = True
+
+    def render(self) -> dict[str, Any]:
+        return {"address": self.address, "name": self.name, "subscribed": self.subscribed}
+
+    @classmethod
+    def from_payload(cls, data: Mapping[str, Any]) -> UploadedMember:
+        return _read(cls, data, "member")
+
+
+@_fills_dict_at_once
+@dataclass(frozen=True, kw_only=True)
+class ListUpload:
+    """What the events of a bulk upload of list members say (mailgun-api.md §4.4), as
+    top-level keys: `task-id` and `format` on all three kinds; `member` on
+    list_member_uploaded; `member-description` (the entry as sent) and `error.message` on
+    list_member_upload_error; `is-upsert`, `upserted-count`, `failed-count` and `subscribed`
+    (the upload's default) on list_uploaded."""
+
+    task_id: str
+    format: str | None = None  # "json" / "csv"
+    member: UploadedMember | None = None
+    member_description: str | None = None
+    error: str | None = None
+    is_upsert: bool | None = None
+    upserted_count: int | None = None
+    failed_count: int | None = None
+    subscribed: bool | None = None
+
+    def render(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"task-id": self.task_id}
+        if self.format is not None:
+            out["format"] = self.format
+        if self.member is not None:
+            out["member"] = self.member.render()
+        if self.member_description is not None:
+            out["member-description"] = self.member_description
+        if self.error is not None:
+            out["error"] = {"message": self.error}
+        if self.is_upsert is not None:
+            out["is-upsert"] = self.is_upsert
+        if self.upserted_count is not None:
+            out["upserted-count"] = self.upserted_count
+        if self.failed_count is not None:
+            out["failed-count"] = self.failed_count
+        if self.subscribed is not None:
+            out["subscribed"] = self.subscribed
+        return out
+
+    @classmethod
+    def from_payload(cls, data: Mapping[str, Any]) -> ListUpload:
+        values = {key.replace("-", "_"): value for key, value in data.items()}
+        if "member" in values:
+            values["member"] = UploadedMember.from_payload(values["member"])
+        if "error" in values:
+            _only(values["error"], ("message",), "error")
+            values["error"] = values["error"]["message"]
+        return _read(cls, values, "upload")
+
+
+UPLOAD_KEYS = frozenset(
+    {"task-id", "format", "member", "member-description", "error", "is-upsert",
+     "upserted-count", "failed-count", "subscribed"}
+)
+
+
+@_fills_dict_at_once
+@dataclass(frozen=True, kw_only=True)
 class Geolocation:
     """Where a tracking hit came from (`unknown` when it cannot be told)."""
 
@@ -530,6 +611,7 @@ class Event:
     routes: tuple[MatchedRoute, ...] | None = None
     storage: Storage | None = None
     mailing_list: MailingList | None = None
+    upload: ListUpload | None = None  # list_member_uploaded, ..._upload_error, list_uploaded
     delivery_status: DeliveryStatus | None = None
     severity: Severity | None = None  # failed
     reason: str | None = None  # failed: bounce, suppress-*, old, generic, greylisted, ...
@@ -589,6 +671,8 @@ class Event:
             out["storage"] = storage.render()
         if (mailing_list := self.mailing_list) is not None:
             out["mailing-list"] = mailing_list.render()
+        if (upload := self.upload) is not None:
+            out.update(upload.render())
         if (status := self.delivery_status) is not None:
             out["delivery-status"] = status.render()
         if (severity := self.severity) is not None:
@@ -647,14 +731,20 @@ class Event:
         """An event read back from its Mailgun payload. A key the model does not know is an
         error: nothing a producer wrote may be dropped silently."""
         values: dict[str, Any] = {}
+        upload: dict[str, Any] = {}
         for key, value in payload.items():
             if key in _DERIVED:
+                continue
+            if key in UPLOAD_KEYS:
+                upload[key] = value
                 continue
             reader = _READERS.get(key)
             if reader is None:
                 raise ValueError(f"an event has no field {key!r}")
             name, read = reader
             values[name] = read(value)
+        if upload:
+            values["upload"] = ListUpload.from_payload(upload)
         return cls(**values)
 
 

@@ -23,6 +23,21 @@ const calls = {
   getTag: (tag) => mg.domains.domainTags.get(domain, tag),
   updateTag: ({ tag, description }) => mg.domains.domainTags.update(domain, tag, description),
   tagStats: ({ tag, query }) => mg.domains.domainTags.statistic(domain, tag, query),
+  createList: (data) => mg.lists.create(data),
+  getList: (address) => mg.lists.get(address),
+  listLists: (query) => mg.lists.list(query),
+  listListsByAddress: (query) => mg.lists.listByAddress(query),
+  updateList: ({ address, data }) => mg.lists.update(address, data),
+  destroyList: (address) => mg.lists.destroy(address),
+  createMember: ({ list, data }) => mg.lists.members.createMember(list, data),
+  createMembers: ({ list, data }) => mg.lists.members.createMembers(list, data),
+  getMember: ({ list, address }) => mg.lists.members.getMember(list, address),
+  updateMember: ({ list, address, data }) => mg.lists.members.updateMember(list, address, data),
+  destroyMember: ({ list, address }) => mg.lists.members.destroyMember(list, address),
+  listMembers: ({ list, query }) => mg.lists.members.listMembers(list, query),
+  listMembersByAddress: ({ list, query }) => mg.lists.members.listMembersByAddress(list, query),
+  uploadMembers: ({ list, csv, subscribed, upsert }) =>
+    mg.lists.members.upload(list, csv, subscribed, upsert),
 };
 
 const [call, args] = process.argv.slice(2);
