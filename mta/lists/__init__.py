@@ -251,6 +251,10 @@ class Lists:
         return {lst.id: counts.get(lst.id, 0) for lst in lists}
 
     def _check_text(self, name: str, description: str) -> None:
+        if _UNSAFE.search(name) or _UNSAFE.search(description):
+            raise ListError("name and description must not contain CR, LF or NUL")
+        if not _encodable(name) or not _encodable(description):
+            raise ListError("name and description must be valid UTF-8 text")
         limit = self._config.max_name_chars
         if len(name) > limit or len(description) > limit:
             raise ListError(f"name and description are limited to {limit} characters")
@@ -294,12 +298,18 @@ class Lists:
             variables = {}
         if not isinstance(variables, dict):
             raise ListError("'vars' must be a JSON object")
-        if len(orjson.dumps(variables)) > self._config.max_vars_bytes:
+        try:
+            encoded = orjson.dumps(variables)
+        except orjson.JSONEncodeError:  # integers beyond 64 bits, lone surrogates
+            raise ListError("'vars' must be a JSON object of storable values") from None
+        if len(encoded) > self._config.max_vars_bytes:
             raise ListError(f"'vars' is limited to {self._config.max_vars_bytes} bytes")
         # values stand in headers of members' copies (%recipient.x%, %recipient_name%)
         if any(isinstance(v, str) and _UNSAFE.search(v) for v in variables.values()):
             raise ListError("'vars' values must not contain CR, LF or NUL")
         name = display if name is None else name
+        if not _encodable(name) or not _encodable(addr):
+            raise ListError("address and name must be valid UTF-8 text")
         if _UNSAFE.search(name):
             raise ListError("name must not contain CR, LF or NUL")
         if len(name) > self._config.max_name_chars:
@@ -365,11 +375,13 @@ class Lists:
             if upsert
             else " DO NOTHING"
         )
+        # a list deleted meanwhile takes no members (nothing would ever remove them)
         return Statement(
             "INSERT INTO list_members (list_id, address, name, vars, subscribed, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (list_id, address)" + conflict,
-            [(lst.id, m.address, m.name, orjson.dumps(m.vars).decode(), int(m.subscribed), now)
-             for m in members],
+            " SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM mailing_lists WHERE id = ?)"
+            " ON CONFLICT (list_id, address)" + conflict,
+            [(lst.id, m.address, m.name, orjson.dumps(m.vars).decode(), int(m.subscribed), now,
+              lst.id) for m in members],
         )
 
     async def check_room(self, lst: MailingList, adding: int) -> None:
@@ -444,3 +456,12 @@ def unsubscribe_statement(list_address: str, member: str) -> Statement:
         " AND list_id = (SELECT id FROM mailing_lists WHERE address = ?)",
         [(member.strip().lower(), list_address.strip().lower())],
     )
+
+
+def _encodable(text: str) -> bool:
+    """No lone surrogates (what a file read with surrogateescape holds for bad bytes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

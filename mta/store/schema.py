@@ -545,7 +545,7 @@ _SQLITE: list[str] = [
         subscribed INTEGER NOT NULL DEFAULT 1,
         created_at REAL NOT NULL,
         PRIMARY KEY (list_id, address)
-    ) WITHOUT ROWID;
+    );
     CREATE INDEX list_members_subscribed ON list_members (list_id, subscribed, address);
     CREATE TRIGGER mailing_lists_ins AFTER INSERT ON mailing_lists
         BEGIN UPDATE admin_version SET version = version + 1; END;
