@@ -175,7 +175,11 @@ class _Parser:
         if kind == "address" and "@" in lowered:
             self.params.append(lowered)
             return f"{col} = ?"
-        if kind == "item" or (kind == "item-or-equal" and "@" in lowered):
+        if kind == "item-or-equal" and "@" in lowered:
+            # a list address: the column holds the one list an event is about (Event.columns)
+            self.params.append(lowered)
+            return f"{col} = ?"
+        if kind == "item":
             self.params.append(SEP + lowered + SEP if "@" in lowered or col == "tags" else lowered)
             return f"instr({col}, ?) > 0"
         self.params.append(lowered)
