@@ -33,7 +33,7 @@ CLOSE_GRACE_S = 30.0  # how long close() waits for statements already running
 _PLACEHOLDER = re.compile(r"'(?:[^']|'')*'|\?(\d*)")
 _ADMIN_WRITE = re.compile(
     r"^\s*(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+"
-    r"(?:domains|authorized_recipients|api_keys|credentials|routes)\b",
+    r"(?:domains|authorized_recipients|api_keys|credentials|routes|mailing_lists)\b",
     re.IGNORECASE,
 )
 
