@@ -59,6 +59,10 @@ class SiteLimits(Protocol):
     async def pace(self, site: Paced) -> float:
         """Seconds to wait before sending the next message to a paced site."""
 
+    async def release_own(self) -> int:
+        """At start: free the slots this node's previous run left behind (it was killed);
+        how many."""
+
 
 class LocalLimits:
     """One node: the scheduler's in-memory counts are the site's."""
@@ -74,6 +78,9 @@ class LocalLimits:
 
     async def pace(self, site: Paced) -> float:
         return site.slot_wait()
+
+    async def release_own(self) -> int:
+        return 0
 
 
 class SharedLimits:
@@ -117,6 +124,15 @@ class SharedLimits:
         now = time.time()
         rows = await self._store.write_returning(_RESERVE, (site.key, now, site.interval))
         return max(0.0, float(rows[0]["next_at"]) - site.interval - now)
+
+    async def release_own(self) -> int:
+        # one server per node id on a database (its advisory lock): the slots named after
+        # this node are a killed run's, not a live connection's; left alone, they would keep
+        # the restarted node from its busiest destinations until their lease ran out
+        rows = await self._store.write_returning(
+            "DELETE FROM site_slots WHERE node = ? RETURNING slot", (self._store.node_id,)
+        )
+        return len(rows)
 
 
 def site_limits(store: Store, slot_lease_s: float) -> SiteLimits:

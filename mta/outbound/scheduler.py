@@ -220,6 +220,9 @@ class Scheduler:
         if released:
             log.info("outbound: %d recipient(s) left leased by the previous run are due again",
                      released)
+        slots = await self._limits.release_own()
+        if slots:
+            log.info("outbound: %d connection slot(s) held by the previous run are free", slots)
         self._claimer = asyncio.create_task(self._claim_loop(), name="outbound-claim")
 
     async def stop(self) -> None:
