@@ -520,8 +520,9 @@ _SQLITE: list[str] = [
             DELETE FROM campaign_events WHERE domain = old.name;
         END;
     """,
-    # 11: mailing lists (mta.lists; list_sends: mta.queue). A list is keyed by its address and carries a stable id
-    # that its members point at (a rename moves no member). A send to a list is stored once
+    # 11: mailing lists (mta.lists; list_sends: mta.queue). A list is keyed by its address
+    # and carries a stable id that its members point at (a rename moves no member). A send
+    # to a list is stored once
     # (a template) and a `list_sends` row expands it into recipient rows a chunk of members at
     # a time, its cursor (`after`, the last member queued) moving in the chunk's own
     # transaction; `recipients.mailing_list` names the list a recipient row came from.
