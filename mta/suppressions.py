@@ -16,9 +16,9 @@ from typing import Literal
 import orjson
 
 from mta.store import Row, Statement, Store
+from mta.store.pages import Page, by_pivot
 
 Kind = Literal["bounces", "unsubscribes", "complaints"]
-Page = Literal["first", "last", "next", "previous"]
 
 ALL_TAGS = "*"
 REASONS = ("suppress-bounce", "suppress-complaint", "suppress-unsubscribe")  # precedence order
@@ -202,21 +202,10 @@ async def get(store: Store, kind: Kind, domain: str, address: str) -> Suppressio
 async def page(
     store: Store, kind: Kind, domain: str, which: Page, pivot: str, limit: int
 ) -> list[Suppression]:
-    """One page in address order: `next` starts after the pivot, `previous` ends before it,
-    `last` is the final `limit` entries."""
-    condition, params, descending = {
-        "first": ("", (), False),
-        "next": (" AND address > ?", (pivot.lower(),), False),
-        "previous": (" AND address < ?", (pivot.lower(),), True),
-        "last": ("", (), True),
-    }[which]
-    rows = await store.fetchall(
-        f"SELECT {_COLUMNS[kind]} FROM {kind} WHERE domain = ?{condition}"
-        f" ORDER BY address {'DESC' if descending else 'ASC'} LIMIT ?",
-        (domain, *params, limit),
-    )
-    entries = [_entry(kind, row) for row in rows]
-    return entries[::-1] if descending else entries
+    """One page in address order (mta.store.pages.by_pivot)."""
+    rows = await by_pivot(store, f"SELECT {_COLUMNS[kind]} FROM {kind} WHERE domain = ?",
+                          (domain,), "address", which, pivot.lower(), limit)
+    return [_entry(kind, row) for row in rows]
 
 
 async def skip_page(

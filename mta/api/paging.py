@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
 from urllib.parse import urlencode
 
 from aiohttp import web
 
 from mta.api.errors import ApiError
+from mta.store.pages import Page
 
-Page = Literal["first", "last", "next", "previous"]
 _PAGES: dict[str, Page] = {
     "first": "first",
     "last": "last",

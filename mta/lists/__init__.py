@@ -23,6 +23,7 @@ from mta.accept.addresses import split_addresses, valid_addr_spec
 from mta.config import ListsConfig
 from mta.domains import Domains
 from mta.store import Statement, Store
+from mta.store.pages import Page, by_pivot
 
 AccessLevel = Literal["readonly", "members", "everyone"]
 ReplyPreference = Literal["list", "sender"]
@@ -398,28 +399,20 @@ class Lists:
     async def members_page(
         self,
         lst: MailingList,
-        which: Literal["first", "last", "next", "previous"],
+        which: Page,
         pivot: str,
         limit: int,
         subscribed: bool | None = None,
     ) -> list[Member]:
         """One page in address order (paging scheme B, pivot `address`)."""
-        condition, params, descending = {
-            "first": ("", (), False),
-            "next": (" AND address > ?", (pivot.lower(),), False),
-            "previous": (" AND address < ?", (pivot.lower(),), True),
-            "last": ("", (), True),
-        }[which]
+        select = f"SELECT {_MEMBER_COLUMNS} FROM list_members WHERE list_id = ?"
+        params: tuple[Any, ...] = (lst.id,)
         if subscribed is not None:
-            condition += " AND subscribed = ?"
-            params = (*params, int(subscribed))
-        rows = await self._store.fetchall(
-            f"SELECT {_MEMBER_COLUMNS} FROM list_members WHERE list_id = ?{condition}"
-            f" ORDER BY address {'DESC' if descending else 'ASC'} LIMIT ?",
-            (lst.id, *params, limit),
-        )
-        found = [_member(row) for row in rows]
-        return found[::-1] if descending else found
+            select += " AND subscribed = ?"
+            params = (lst.id, int(subscribed))
+        rows = await by_pivot(self._store, select, params, "address", which, pivot.lower(),
+                              limit)
+        return [_member(row) for row in rows]
 
     async def members_skip(
         self, lst: MailingList, skip: int, limit: int, subscribed: bool | None = None

@@ -13,8 +13,8 @@ from typing import Literal
 
 from mta.stats.counting import AGGREGATES
 from mta.store import Row, Statement, Store
+from mta.store.pages import Page, by_pivot
 
-Page = Literal["first", "last", "next", "previous"]
 MAX_DESCRIPTION = 1024  # characters: one tenant's descriptions are stored and listed
 Dimension = Literal["country", "provider", "device"]
 
@@ -61,21 +61,10 @@ async def get(store: Store, domain: str, tag: str) -> Tag | None:
 
 
 async def page(store: Store, domain: str, which: Page, pivot: str, limit: int) -> list[Tag]:
-    """One page in tag order: `next` starts after the pivot, `previous` ends before it, `last`
-    is the final `limit` tags."""
-    condition, params, descending = {
-        "first": ("", (), False),
-        "next": (" AND tag > ?", (pivot.lower(),), False),
-        "previous": (" AND tag < ?", (pivot.lower(),), True),
-        "last": ("", (), True),
-    }[which]
-    rows = await store.fetchall(
-        f"SELECT {_COLUMNS} FROM tags WHERE domain = ?{condition}"
-        f" ORDER BY tag {'DESC' if descending else 'ASC'} LIMIT ?",
-        (domain, *params, limit),
-    )
-    tags = [_tag(row) for row in rows]
-    return tags[::-1] if descending else tags
+    """One page in tag order (mta.store.pages.by_pivot)."""
+    rows = await by_pivot(store, f"SELECT {_COLUMNS} FROM tags WHERE domain = ?", (domain,),
+                          "tag", which, pivot.lower(), limit)
+    return [_tag(row) for row in rows]
 
 
 async def count(store: Store, domain: str) -> int:
