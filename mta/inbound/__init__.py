@@ -359,8 +359,8 @@ class Inbound:
         submission; on the MX, members lists take their subscribed members' mail (the envelope
         sender's or the From address), everyone lists anybody's. A message that already went
         out to this list (its List-Id) is a loop."""
-        if any(n.lower() == "list-id" and lst.address.replace("@", ".") in v.lower()
-               for n, v in headers):
+        list_id = f"<{lst.address.replace('@', '.')}>"
+        if any(n.lower() == "list-id" and list_id in v.lower() for n, v in headers):
             return f"Mail loop: this message already went out to the list {lst.address}"
         if lst.access_level == "everyone":
             return None
