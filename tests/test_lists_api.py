@@ -118,7 +118,7 @@ async def test_creating_a_list_twice_is_a_400(running: Running):
 
 async def test_a_list_on_a_domain_not_hosted_here_is_refused(running: Running):
     status, body = await call(running, "POST", LISTS, data={"address": "devs@elsewhere.test"})
-    assert (status, body) == (404, {"message": "Domain not found: elsewhere.test"})
+    assert (status, body) == (400, {"message": "Domain not found: elsewhere.test"})
     assert (await ok(running, "GET", LISTS))["items"] == []
 
 
@@ -230,7 +230,7 @@ async def test_renaming_a_list_keeps_its_members(running: Running):
         400, {"message": f"Duplicate object: Mailing list other@{DOMAIN} already exists"})
     status, _ = await call(running, "PUT", f"/v3/lists/{renamed}",
                            data={"address": "x@elsewhere.test"})
-    assert status == 404
+    assert status == 400
 
 
 async def test_deleting_a_list_removes_its_members(running: Running):

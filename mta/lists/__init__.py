@@ -174,7 +174,7 @@ class Lists:
         display, addr = parsed
         domain = addr.rpartition("@")[2]
         if await self._domains.get(domain) is None:
-            raise ListError(f"Domain not found: {domain}", 404)
+            raise ListError(f"Domain not found: {domain}")
         level = access_level(access)
         preference = reply_preference(reply) if reply is not None else "list"
         self._check_text(name or display, description)
@@ -210,7 +210,7 @@ class Lists:
             new_address = parsed[1]
             domain = new_address.rpartition("@")[2]
             if await self._domains.get(domain) is None:
-                raise ListError(f"Domain not found: {domain}", 404)
+                raise ListError(f"Domain not found: {domain}")
             if new_address != lst.address and await self.get(new_address) is not None:
                 raise ListError(f"Duplicate object: Mailing list {new_address} already exists")
         level = access_level(access) if access is not None else lst.access_level
