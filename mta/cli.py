@@ -16,13 +16,19 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from mta import config as config_module
+from mta import doctor
 from mta.app import serve
 from mta.config import Config, ConfigError
 from mta.credentials import CredentialError, full_login
 from mta.dates import rfc2822
 from mta.domains import DomainError
+from mta.panel import commands as panel_commands
+from mta.queue import commands as queue_commands
 from mta.services import Services, open_services
 from mta.store import StoreUnavailable, owner_only
+
+# commands whose modules add their own parsers and work: (NAME, register(sub, common), work)
+_PLUGGED = (queue_commands, doctor, panel_commands)
 
 
 async def _print_records(services: Services, name: str) -> None:
@@ -356,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "config", parents=[common], help="print every setting with its default and meaning (TOML)"
     )
+    for module in _PLUGGED:
+        module.register(sub, common)
     return parser
 
 
@@ -387,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             "credential": _credential_command,
             "signing-key": _signing_key_command,
             "list": _list_command,
+            **{module.NAME: module.work for module in _PLUGGED},
         }
         work = commands[args.command](args)
         return asyncio.run(_with_services(config, work))

@@ -228,6 +228,44 @@ class ListsConfig:
 
 
 @dataclass
+class PanelConfig:
+    """The web control panel at /cp/ on the API listener."""
+
+    enabled: bool = setting(True, "serve the control panel at /cp/")
+    session_hours: float = setting(12.0, "how long a sign-in lasts without use")
+    sign_in_failures: int = setting(
+        5, "failed sign-ins from one address per minute before it must wait a minute"
+    )
+
+
+@dataclass
+class MetricsConfig:
+    """Prometheus metrics at GET /metrics on the API listener."""
+
+    enabled: bool = setting(True, "serve /metrics")
+    token: str = setting(
+        "", "bearer token other than loopback clients must send; empty: loopback clients only"
+    )
+
+
+@dataclass
+class LogsConfig:
+    """What the server logs besides its own messages."""
+
+    events: str = setting(
+        "logfmt", 'one line per committed event: "logfmt", "json" or "off"'
+    )
+
+
+@dataclass
+class DoctorConfig:
+    """`mta doctor`: what it warns about."""
+
+    min_free_disk_mb: int = setting(1024, "free space on the data directory's disk below this")
+    certificate_days: int = setting(14, "TLS certificates expiring within this many days")
+
+
+@dataclass
 class DnsConfig:
     """DNS resolution for domain verification and delivery."""
 
@@ -395,6 +433,10 @@ class Config:
     events: EventsConfig = field(default_factory=EventsConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
     lists: ListsConfig = field(default_factory=ListsConfig)
+    panel: PanelConfig = field(default_factory=PanelConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    logs: LogsConfig = field(default_factory=LogsConfig)
+    doctor: DoctorConfig = field(default_factory=DoctorConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     domains: DomainsConfig = field(default_factory=DomainsConfig)
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
@@ -581,6 +623,10 @@ def validate(config: Config) -> None:
         raise ConfigError("store.url: expected postgresql://user:pass@host:port/db or empty")
     if config.store.pool_size < 2:
         raise ConfigError("store.pool_size: must be at least 2")
+    if config.logs.events not in ("logfmt", "json", "off"):
+        raise ConfigError('logs.events: expected "logfmt", "json" or "off"')
+    if config.panel.session_hours <= 0 or config.panel.sign_in_failures < 1:
+        raise ConfigError("panel.session_hours and panel.sign_in_failures: must be positive")
     if config.spam.spamd:
         parse_listen("spam.spamd", config.spam.spamd)
     if not config.inbound.retry_intervals_s or not all(

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from mta import panel
 from mta.api import (
     account,
     campaigns,
@@ -17,6 +18,8 @@ from mta.api import (
     events,
     lists,
     messages,
+    metrics,
+    queue,
     stats,
     stored,
     suppressions,
@@ -48,11 +51,23 @@ def _credentials(request: web.Request) -> str | None:
     return secret if sep and user == "api" and secret else None
 
 
+def _authenticates_itself(request: web.Request) -> bool:
+    """Tracking links (recipients' mail clients), the panel (its own session) and /metrics
+    (loopback or its own token) are not API calls."""
+    path = request.path
+    return (
+        tracking.is_public(request)
+        or path == panel.PREFIX
+        or path.startswith(panel.PREFIX + "/")
+        or path == metrics.PATH
+    )
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """HTTP basic `api:KEY`. A domain sending key may only send for its own domain. Tracking
     links (pixel, clicks, unsubscribe pages) are for recipients' mail clients: no key."""
-    if tracking.is_public(request):
+    if _authenticates_itself(request):
         return await handler(request)
     services = request.app[SERVICES]
     secret = _credentials(request)
@@ -119,6 +134,8 @@ def build_app(services: Services) -> web.Application:
         *account.ROUTES,
         *stats.ROUTES,
         *lists.ROUTES,
+        *queue.ROUTES,
+        *metrics.ROUTES,
         *tags.ROUTES,
         *campaigns.ROUTES,
     ]
@@ -126,4 +143,6 @@ def build_app(services: Services) -> web.Application:
         app.router.add_route(method, path, handler)
         app.router.add_route(method, path + "/", handler)  # tolerate a trailing slash
     tracking.mount(app, services.hits, services.config.tracking.trusted_proxies)
+    if services.config.panel.enabled:
+        panel.mount(app)
     return app

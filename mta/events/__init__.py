@@ -85,7 +85,8 @@ def event_statements(domain: str, events: Iterable[Event]) -> list[Statement]:
     describe)."""
     events = list(events)
     return [
-        Statement(INSERT_EVENT, [_row(domain, e) for e in events]),
+        Statement(INSERT_EVENT, [_row(domain, e) for e in events],
+                  observed=tuple((domain, e) for e in events)),
         *counting.statements(domain, events),
     ]
 

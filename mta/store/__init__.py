@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -36,11 +36,42 @@ class Statement:
 
     `summed_keys` N > 0 marks an additive upsert (counters): rows whose first N values are
     equal may be run as one row holding the sum of the other values, so an engine that
-    groups several writes into one transaction runs one row per key, not one per write."""
+    groups several writes into one transaction runs one row per key, not one per write.
+
+    `observed`: what the statement records, handed to the store's commit observers once the
+    transaction holding it is durable (the events an INSERT wrote: metrics, log lines)."""
 
     sql: str
     rows: Sequence[Params] = ((),)
     summed_keys: int = 0
+    observed: tuple[Any, ...] = ()
+
+
+CommitObserver = Callable[[Sequence[Any]], None]
+
+
+class CommitObservers:
+    """Who hears about committed `observed` items; each engine calls `committed` after its
+    commit returns. An observer runs on the event loop, must be quick, and cannot fail a
+    write (its errors are logged)."""
+
+    def __init__(self) -> None:
+        self._observers: list[CommitObserver] = []
+
+    def add(self, observer: CommitObserver) -> None:
+        self._observers.append(observer)
+
+    def committed(self, statements: Sequence[Statement]) -> None:
+        if not self._observers:
+            return
+        observed = [item for s in statements for item in s.observed]
+        if not observed:
+            return
+        for observer in self._observers:
+            try:
+                observer(observed)
+            except Exception:
+                log.exception("a commit observer failed")
 
 
 class StoreClosed(Exception):
@@ -58,6 +89,7 @@ class NodeNameTaken(ConfigError):
 class Store(Protocol):
     dialect: str  # "sqlite" or "postgresql"
     node_id: str  # this node's name in leases and shared counters
+    observers: CommitObservers  # told what committed statements recorded (Statement.observed)
 
     async def write(self, *statements: Statement) -> None:
         """Run the statements in one transaction; return once it is durable."""

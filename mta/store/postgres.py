@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from mta.store import NodeNameTaken, Params, Statement, StoreClosed
+from mta.store import CommitObservers, NodeNameTaken, Params, Statement, StoreClosed
 from mta.store.schema import MIGRATIONS
 
 log = logging.getLogger("mta.store")
@@ -100,6 +100,7 @@ class PostgresStore:
         self._idle = asyncio.Event()
         self._idle.set()
         self._listener_task: asyncio.Task[None] | None = None
+        self.observers = CommitObservers()
         self._version = 0
         self._listening = False
         self._closed = False
@@ -234,6 +235,7 @@ class PostgresStore:
                 log.warning("deadlock broken by PostgreSQL; running the transaction again")
         if _changes_admin(statements):
             self._version += 1
+        self.observers.committed(statements)
 
     async def _write_once(self, statements: tuple[Statement, ...]) -> None:
         async with self._connection() as conn:

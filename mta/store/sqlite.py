@@ -22,7 +22,15 @@ from typing import Any
 
 import aiosqlite
 
-from mta.store import NodeNameTaken, Params, Row, Statement, StoreClosed, owner_only
+from mta.store import (
+    CommitObservers,
+    NodeNameTaken,
+    Params,
+    Row,
+    Statement,
+    StoreClosed,
+    owner_only,
+)
 from mta.store.schema import MIGRATIONS
 
 log = logging.getLogger("mta.store")
@@ -158,6 +166,7 @@ class SqliteStore:
         self._peek_conn: sqlite3.Connection | None = None
         self._admin_version: int | None = None
         self._admin_read_at = 0.0
+        self.observers = CommitObservers()
         self._closed = False
         self._node_lock: int | None = None
         self.commits = 0
@@ -264,6 +273,7 @@ class SqliteStore:
                 if item.future.done():
                     continue
                 if error is None:
+                    self.observers.committed(item.statements)
                     item.future.set_result(item.result)
                 else:
                     item.future.set_exception(error)
