@@ -18,12 +18,14 @@ from mta.config import Config
 from mta.credentials import Credentials, PasswordChecks
 from mta.dns import Resolver
 from mta.domains import Domains
+from mta.events.logs import event_logger
 from mta.inbound import Inbound
 from mta.inbound.reports import Reports
 from mta.inbound.routes import Routes
 from mta.inbound.verdicts import Verdicts
 from mta.keys import ApiKeys
 from mta.lists import Lists
+from mta.metrics import Metrics
 from mta.outbound import Outbound
 from mta.outbound.policy import Classifier, load_classifier
 from mta.outbound.returnpath import ReturnPaths, load_secret
@@ -60,6 +62,7 @@ class Services:
     classifier: Classifier
     inbound: Inbound
     lists: Lists  # mailing lists and their members
+    metrics: Metrics  # /metrics: counters fed by commits, gauges read at scrape time
     webhooks: Webhooks  # the webhooks table; its runner posts events to users' URLs
     accepting: ByteBudget  # message bytes being accepted at once, HTTP and SMTP together
 
@@ -89,6 +92,8 @@ async def open_services(config: Config) -> Services:
     store = await open_store(config)
     try:
         resolver = Resolver(config.dns)
+        if config.logs.events != "off":
+            store.observers.add(event_logger(config.logs.events))
         domains = Domains(store, config, resolver)
         lists = Lists(store, domains, config.lists)
         acceptor = Acceptor(store, domains, config, lists.any_of)
@@ -124,6 +129,7 @@ async def open_services(config: Config) -> Services:
                 resolver, account, hits.unsubscribe_by_mail, lists,
             ),
             lists=lists,
+            metrics=Metrics(config, store),
             webhooks=Webhooks(config, store, resolver, account),
             accepting=ByteBudget(config.sending.max_accepting_bytes),
         )
