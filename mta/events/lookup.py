@@ -69,3 +69,40 @@ async def sent_copies(store: Store, keys: Collection[SentKey]) -> dict[SentKey, 
     return {
         key: Sent.from_payload(orjson.loads(bytes(payload))) for key, (_, payload) in chosen.items()
     }
+
+
+@dataclass(frozen=True)
+class LastAttempt:
+    """A recipient's latest delivery outcome (delivered, or failed for now or for good)."""
+
+    event: str
+    at: float
+    severity: str
+    code: int
+    message: str
+
+
+async def last_attempts(
+    store: Store, message_id: str, recipients: Collection[str]
+) -> dict[str, LastAttempt]:
+    """For each recipient (lower case) of a message, its latest delivered or failed event
+    (the queue's view of a message shows why a recipient waits)."""
+    if not recipients:
+        return {}
+    wanted = sorted({r.lower() for r in recipients})
+    rows = await store.fetchall(
+        "SELECT recipient, event, ts, severity, payload FROM events WHERE message_id = ?"
+        f" AND recipient IN ({','.join('?' * len(wanted))})"
+        " AND event IN ('delivered', 'failed') ORDER BY seq DESC",
+        (message_id, *wanted),
+    )
+    found: dict[str, LastAttempt] = {}
+    for row in rows:
+        if row["recipient"] in found:
+            continue
+        status = orjson.loads(bytes(row["payload"])).get("delivery-status") or {}
+        found[row["recipient"]] = LastAttempt(
+            row["event"], row["ts"], row["severity"], int(status.get("code") or 0),
+            str(status.get("message") or status.get("description") or ""),
+        )
+    return found

@@ -15,7 +15,8 @@ import dataclasses
 import logging
 import math
 import time
-from collections import deque
+import weakref
+from collections import OrderedDict, deque
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from mta.queue import (
     delivery_event,
     dropped_event,
 )
+from mta.queue.control import Pauses, hold_statement
 from mta.store import Store
 from mta.suppressions import bounce_statement, suppressed
 from mta.tracking.copies import ListPost, Tracker
@@ -65,6 +67,7 @@ CLEAN_MINUTE_S = 60.0
 SLOT_RETRY_S = 0.5  # with several nodes: when all of a site's connections are open elsewhere
 SIGNING_THREADS = 2
 RENDER_ON_LOOP_BYTES = 256 * 1024  # batch copies bigger than this are rendered in a thread
+LAST_REPLIES = 10_000  # destinations whose last reply is remembered (the most recent ones)
 Write = Coroutine[Any, Any, None]  # an outcome's write, awaited by whoever decided it
 
 _SUPPRESSION = {
@@ -75,6 +78,34 @@ _SUPPRESSION = {
 _SENDER_CODES = ("5.1.7", "5.1.8")  # bad / unroutable sender address (RFC 3463)
 # Mailgun's pseudo-code when no MX could be used
 NO_ROUTE = 498
+
+
+@dataclass(frozen=True)
+class LastReply:
+    at: float
+    code: int
+    message: str
+
+
+@dataclass(frozen=True)
+class SiteView:
+    """What this node's scheduler knows of one destination (recipient domain) that the store
+    does not: its site (MX host group), throttling, reachability and the last reply."""
+
+    site: str | None
+    throttled_until: float | None
+    down_until: float | None
+    waiting: int  # in this node's memory, for the destination's site
+    last_reply: LastReply | None
+
+
+# the scheduler running on each open store (the API asks it what only it knows)
+_RUNNING: weakref.WeakKeyDictionary[Store, Scheduler] = weakref.WeakKeyDictionary()
+
+
+def running(store: Store) -> Scheduler | None:
+    """The scheduler this process runs on `store`, if outbound delivery is on."""
+    return _RUNNING.get(store)
 
 
 class DomainRemoved(Exception):
@@ -101,6 +132,7 @@ class Site:
         self.key = key
         self.profile = profile
         self.route = route
+        self.domains: set[str] = set()  # recipient domains sorted here
         self.lanes: dict[TlsPolicy, Lane] = {}
         self.active = 0
         self.limit = profile.connections
@@ -211,6 +243,8 @@ class Scheduler:
         self._workers: set[asyncio.Task[None]] = set()
         self._writes: set[asyncio.Future[None]] = set()  # outcome writes not yet committed
         self._held: dict[int, Delivery] = {}  # leased and in memory, by recipient id
+        self._pauses = Pauses(store)  # destinations an operator paused (mta.queue.control)
+        self._last_replies: OrderedDict[str, LastReply] = OrderedDict()
         self._stopping = False
         self._claimer: asyncio.Task[None] | None = None
         self._signer = ThreadPoolExecutor(SIGNING_THREADS, thread_name_prefix="dkim")
@@ -223,12 +257,16 @@ class Scheduler:
         slots = await self._limits.release_own()
         if slots:
             log.info("outbound: %d connection slot(s) held by the previous run are free", slots)
+        await self._pauses.refresh()
         self._claimer = asyncio.create_task(self._claim_loop(), name="outbound-claim")
+        _RUNNING[self._store] = self
 
     async def stop(self) -> None:
         """Take nothing new; let each connection finish the message it is sending and every
         outcome commit. What waits in memory keeps its lease: the next start frees it."""
         self._stopping = True
+        if _RUNNING.get(self._store) is self:
+            del _RUNNING[self._store]
         if self._claimer is not None:
             self._claimer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -266,6 +304,8 @@ class Scheduler:
                 if clock - renewed_at > cfg.lease_s / 3:
                     renewed_at = clock
                     await self._queue.renew(list(self._held), time.time() + cfg.lease_s)
+                if await self._pauses.refresh():
+                    await self._hold_paused_in_memory()
                 room = min(cfg.claim_batch, cfg.max_in_flight - len(self._held))
                 now = time.time()
                 if room <= 0 or not await self._queue.anything_due(now):
@@ -306,7 +346,14 @@ class Scheduler:
 
     async def _dispatch(self, deliveries: list[Delivery]) -> None:
         """Drop suppressed and test-mode recipients, sort the rest into their sites. What can
-        fail (store, DNS) is asked first; only then is anything decided or queued."""
+        fail (store, DNS) is asked first; only then is anything decided or queued. A paused
+        destination's recipients go back untouched."""
+        paused = self._pauses.paused
+        if paused:
+            held = [d for d in deliveries if d.recipient_domain in paused]
+            if held:
+                deliveries = [d for d in deliveries if d.recipient_domain not in paused]
+                await self._hold(held)
         groups: dict[tuple[str, tuple[str, ...]], list[Delivery]] = {}
         for d in deliveries:
             groups.setdefault((d.message.domain, tuple(d.message.tags)), []).append(d)
@@ -373,6 +420,7 @@ class Scheduler:
         site = self._sites.get(key)
         if site is None:
             site = self._sites[key] = Site(key, profile, route)
+        site.domains.add(recipient_domain)
         return site
 
     async def _tls_policy(self, d: Delivery) -> TlsPolicy:
@@ -385,6 +433,52 @@ class Scheduler:
         if skip is None:
             skip = domain.skip_verification if domain else False
         return TlsPolicy(bool(require), bool(skip))
+
+    async def _hold(self, deliveries: list[Delivery]) -> None:
+        """Recipients of destinations an operator paused: back to the store without an
+        attempt, looked at again after a while (a resume makes them due at once)."""
+        try:
+            await self._store.write(
+                hold_statement(((d.id, d.recipient_domain) for d in deliveries), time.time())
+            )
+        except Exception:
+            log.exception("outbound: could not put back %d recipient(s)", len(deliveries))
+        finally:
+            for d in deliveries:
+                self._forget(d)
+
+    async def _hold_paused_in_memory(self) -> None:
+        """A destination was paused: what waits for it in memory goes back to the store."""
+        paused = self._pauses.paused
+        held: list[Delivery] = []
+        for site in self._sites.values():
+            for lane in site.lanes.values():
+                if any(d.recipient_domain in paused for d in lane.queue):
+                    held += [d for d in lane.queue if d.recipient_domain in paused]
+                    kept = [d for d in lane.queue if d.recipient_domain not in paused]
+                    lane.queue.clear()
+                    lane.queue.extend(kept)
+        if held:
+            await self._hold(held)
+
+    def destinations(self) -> dict[str, SiteView]:
+        """This node's in-memory view of each recipient domain it knows of: its site's
+        throttling and reachability, and the last reply (for the queue's API and panel)."""
+        now = time.time()
+        views: dict[str, SiteView] = {}
+        for site in self._sites.values():
+            for domain in site.domains:
+                views[domain] = SiteView(
+                    site=site.key,
+                    throttled_until=site.paused_until if site.paused_until > now else None,
+                    down_until=site.down_until if site.down_until > now else None,
+                    waiting=site.waiting,
+                    last_reply=self._last_replies.get(domain),
+                )
+        for domain, reply in self._last_replies.items():
+            if domain not in views:
+                views[domain] = SiteView(None, None, None, 0, reply)
+        return views
 
     async def _defer(self, deliveries: list[Delivery]) -> None:
         """Paused or full sites: back to the store until the site can take them."""
@@ -463,6 +557,9 @@ class Scheduler:
                 d = await self._next(lane, keep_open=session is not None)
                 if d is None:
                     break
+                if d.recipient_domain in self._pauses.paused:  # paused since it was sorted
+                    await self._hold([d])
+                    continue
                 now = time.time()
                 if site.paused_until > now:
                     lane.queue.appendleft(d)
@@ -788,10 +885,21 @@ class Scheduler:
         try:
             await write
             _log_outcome(d, event)
+            status = event.delivery_status
+            if status is not None and status.code not in SUPPRESSION_CODES:
+                self._remember_reply(d.recipient_domain, status)
         except Exception:
             log.exception("outbound: could not record the outcome for <%s>", d.address)
         finally:
             self._forget(d)
+
+    def _remember_reply(self, domain: str, status: DeliveryStatus) -> None:
+        replies = self._last_replies
+        replies[domain] = LastReply(time.time(), status.code,
+                                    status.message or status.description or "")
+        replies.move_to_end(domain)
+        if len(replies) > LAST_REPLIES:
+            replies.popitem(last=False)
 
     def _forget(self, d: Delivery) -> None:
         if self._held.get(d.id) is d:

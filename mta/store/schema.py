@@ -28,6 +28,8 @@ Tables and the modules that own them (only the owner writes SQL against them):
 - mailing_lists, list_members: mta.lists
 - list_sends: mta.queue (accept enqueues a send to a list with its message; mta.queue.expansion
   turns it into members' recipient rows, `recipients.mailing_list` naming the list)
+- queue_pauses: mta.queue.control (destinations an operator paused; admin data: every node's
+  scheduler follows it through admin_version)
 - admin_version: bumped by triggers whenever admin data changes, so in-process caches of
   domains and keys notice changes made by another process (the `mta` CLI).
 """
@@ -574,6 +576,25 @@ _SQLITE: list[str] = [
     CREATE TRIGGER domains_del_lists AFTER DELETE ON domains
         BEGIN DELETE FROM mailing_lists WHERE domain = old.name; END;
     """,
+    # 12: queue control (mta.queue.control). A destination (recipient domain) an operator
+    # paused, followed by every node's scheduler through admin_version; the index finds a
+    # destination's queued rows (the domain: what follows the address's first '@'; a quoted
+    # local part holding an '@' is too rare to pay for a column).
+    """
+    CREATE TABLE queue_pauses (
+        destination TEXT PRIMARY KEY,
+        paused_at REAL NOT NULL,
+        reason TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TRIGGER queue_pauses_ins AFTER INSERT ON queue_pauses
+        BEGIN UPDATE admin_version SET version = version + 1; END;
+    CREATE TRIGGER queue_pauses_upd AFTER UPDATE ON queue_pauses
+        BEGIN UPDATE admin_version SET version = version + 1; END;
+    CREATE TRIGGER queue_pauses_del AFTER DELETE ON queue_pauses
+        BEGIN UPDATE admin_version SET version = version + 1; END;
+    CREATE INDEX recipients_destination
+        ON recipients (state, lower(substr(address, instr(address, '@') + 1)));
+    """,
 ]
 
 _ADMIN_TRIGGER = """
@@ -1084,6 +1105,17 @@ _POSTGRESQL: list[str] = [
         FOR EACH ROW EXECUTE FUNCTION mta_domain_lists_gone();
     """
     + _ADMIN_TRIGGER.format(table="mailing_lists"),
+    # 12: as SQLite's 12
+    """
+    CREATE TABLE queue_pauses (
+        destination TEXT PRIMARY KEY,
+        paused_at DOUBLE PRECISION NOT NULL,
+        reason TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX recipients_destination
+        ON recipients (state, lower(substr(address, instr(address, '@') + 1)));
+    """
+    + _ADMIN_TRIGGER.format(table="queue_pauses"),
 ]
 
 MIGRATIONS: list[Migration] = [
