@@ -167,7 +167,10 @@ async def test_a_paced_site_keeps_its_rate_while_another_runs_at_full_speed(
     await fast.wait_for(200, timeout=20)
     await slow.wait_for(40, timeout=20)
     times = sorted(m.at for m in slow.messages)
-    rate = (len(times) - 1) / (times[-1] - times[0])
+    # from the second arrival: the first one also waited for its session's connect and TLS,
+    # which shortens the measured span and read as 11.1/s on a loaded box
+    paced = times[1:]
+    rate = (len(paced) - 1) / (paced[-1] - paced[0])
     assert 9.0 <= rate <= 11.0, f"{rate:.2f} messages/s to the paced site, wanted 10 ± 10%"
     # evenly paced, no bursts: no second holds much more than its 10 (jitter gives 11)
     busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
