@@ -22,12 +22,13 @@ from mta.config import Config, ConfigError
 from mta.credentials import CredentialError, full_login
 from mta.dates import rfc2822
 from mta.domains import DomainError
+from mta.panel import admin as panel_admin
 from mta.queue import commands as queue_commands
 from mta.services import Services, open_services
 from mta.store import StoreUnavailable, owner_only
 
 # commands whose modules add their own parsers and work: (NAME, register(sub, common), work)
-_PLUGGED = (queue_commands, doctor)
+_PLUGGED = (queue_commands, doctor, panel_admin)
 
 
 async def _print_records(services: Services, name: str) -> None:

@@ -52,6 +52,11 @@ class ApiKeys:
         }
         self._cache_version = version
 
+    async def is_active(self, key_id: str) -> bool:
+        """The key exists and is not revoked (a panel session signed in with it lives on)."""
+        await self._refresh()
+        return any(key.id == key_id for key in self._active.values())
+
     async def authenticate(self, secret: str) -> ApiKey | None:
         await self._refresh()
         return self._active.get(digest(secret))

@@ -30,6 +30,8 @@ Tables and the modules that own them (only the owner writes SQL against them):
   turns it into members' recipient rows, `recipients.mailing_list` naming the list)
 - queue_pauses: mta.queue.control (destinations an operator paused; admin data: every node's
   scheduler follows it through admin_version)
+- panel_sessions: mta.panel.sessions (signed-in control panel sessions, by a digest of their
+  cookie)
 - admin_version: bumped by triggers whenever admin data changes, so in-process caches of
   domains and keys notice changes made by another process (the `mta` CLI).
 """
@@ -595,6 +597,19 @@ _SQLITE: list[str] = [
     CREATE INDEX recipients_destination
         ON recipients (state, lower(substr(address, instr(address, '@') + 1)));
     """,
+    # 13: control panel sign-ins (mta.panel.sessions). Only a digest of the cookie is kept;
+    # key_id ties a session to the API key it signed in with (NULL: the admin password), so
+    # revoking the key ends it.
+    """
+    CREATE TABLE panel_sessions (
+        token_hash BLOB PRIMARY KEY,
+        who TEXT NOT NULL,
+        key_id TEXT,
+        created_at REAL NOT NULL,
+        last_used REAL NOT NULL
+    );
+    CREATE INDEX panel_sessions_last_used ON panel_sessions (last_used);
+    """,
 ]
 
 _ADMIN_TRIGGER = """
@@ -1116,6 +1131,17 @@ _POSTGRESQL: list[str] = [
         ON recipients (state, lower(substr(address, instr(address, '@') + 1)));
     """
     + _ADMIN_TRIGGER.format(table="queue_pauses"),
+    # 13: as SQLite's 13
+    """
+    CREATE TABLE panel_sessions (
+        token_hash BYTEA PRIMARY KEY,
+        who TEXT NOT NULL,
+        key_id TEXT,
+        created_at DOUBLE PRECISION NOT NULL,
+        last_used DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX panel_sessions_last_used ON panel_sessions (last_used);
+    """,
 ]
 
 MIGRATIONS: list[Migration] = [

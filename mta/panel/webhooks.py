@@ -1,0 +1,7 @@
+"""The panel's webhooks page."""
+
+from __future__ import annotations
+
+from mta.panel.page import Handler
+
+ROUTES: list[tuple[str, str, Handler]] = []
