@@ -54,7 +54,11 @@ STATIC = {"panel.css": "text/css", "panel.js": "text/javascript"}
 
 
 def _secure_cookie(request: web.Request) -> bool:
-    return request.secure
+    """Served over https, directly or behind a TLS proxy. A forged X-Forwarded-Proto only
+    makes the forger's own cookie Secure."""
+    proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    public_url = request.app[SERVICES].config.api.public_url
+    return request.secure or proto == "https" or public_url.startswith("https://")
 
 
 def _with_headers(response: web.StreamResponse) -> web.StreamResponse:
