@@ -408,8 +408,9 @@ class TrackingConfig:
     )
     trusted_proxies: list = setting(
         [],
-        "CIDRs of reverse proxies in front of the tracking endpoints: from them, a hit's `ip` "
-        "is the last X-Forwarded-For address that is not one of them (else: the peer address)",
+        "CIDRs of reverse proxies in front of the tracking endpoints and the panel: from them, "
+        "the client is the last X-Forwarded-For address that is not one of them (a hit's `ip`, "
+        "the panel's sign-in throttle; else: the peer address)",
     )
 
 

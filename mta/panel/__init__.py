@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import importlib.resources
+import ipaddress
 import logging
 import secrets
 
@@ -18,6 +19,7 @@ import jinja2
 from aiohttp import web
 
 from mta.api.context import SERVICES
+from mta.api.tracking import client_ip
 from mta.panel import domains, lists, logs, queue, routes, stats, suppressions, webhooks
 from mta.panel.page import (
     COOKIE,
@@ -39,6 +41,7 @@ from mta.panel.sessions import Sessions
 log = logging.getLogger("mta.panel")
 
 SESSIONS = web.AppKey("panel_sessions", Sessions)
+PROXIES = web.AppKey("panel_proxies", tuple)  # whose X-Forwarded-For names the client
 PRE_COOKIE = "mta_cp_pre"  # the sign-in form's CSRF token, before there is a session
 HEADERS = {
     "Content-Security-Policy": (
@@ -111,7 +114,7 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
     """A primary API key or the admin password. Failures per address are throttled."""
     sessions = request.app[SESSIONS]
     posted = await request.post()
-    address = request.remote or ""
+    address = client_ip(request, request.app[PROXIES])
     pre = request.cookies.get(PRE_COOKIE, "")
     token = field(posted, "csrf")
     if not pre or not hmac.compare_digest(
@@ -167,6 +170,9 @@ def mount(app: web.Application) -> None:
     """Add the panel's routes to the API's application."""
     svc = app[SERVICES]
     app[SESSIONS] = Sessions(svc.store, svc.keys, svc.credentials.checks, svc.config.panel)
+    app[PROXIES] = tuple(
+        ipaddress.ip_network(str(c), strict=False) for c in svc.config.tracking.trusted_proxies
+    )
     app[TEMPLATES] = jinja2.Environment(
         loader=jinja2.PackageLoader("mta.panel", "templates"),
         autoescape=True,
