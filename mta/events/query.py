@@ -358,3 +358,35 @@ def _date(name: str, value: str) -> float:
     if parsed is None:
         raise QueryError(f"'{name}' is not a valid date: {value!r} (RFC 2822 or epoch seconds)")
     return parsed
+
+
+# -- one message, one event (the control panel's history and event pages) -------------------
+
+HISTORY_LIMIT = 1000  # events of one message shown at once (a list send has one per member)
+# The domain and time conditions are written so that no index can serve them (`|| ''`, `+ 0`,
+# the same on both engines): else SQLite, without statistics, prefers events_domain_ts (an
+# equality and a range) to the message-id index and walks the domain's whole history.
+_OF_MESSAGE = "message_id = ? AND domain || '' = ? AND ts + 0 >= ?"
+
+
+async def message_events(
+    store: Store, domain: str, message_id: str, since: float = 0.0, limit: int = HISTORY_LIMIT
+) -> list[dict[str, Any]]:
+    """Every event of one message of `domain`, oldest first (at most `limit`), found by the
+    message-id index; `since` as in EventQuery.run."""
+    rows = await store.fetchall(
+        f"SELECT payload FROM events WHERE {_OF_MESSAGE} ORDER BY ts, seq LIMIT ?",
+        (message_id.strip().strip("<>"), domain, since, limit),
+    )
+    return [orjson.loads(row["payload"]) for row in rows]
+
+
+async def message_event(
+    store: Store, domain: str, message_id: str, event_id: str, since: float = 0.0
+) -> dict[str, Any] | None:
+    """One event's payload by its id, looked up under its message-id (indexed; ids are not)."""
+    row = await store.fetchone(
+        f"SELECT payload FROM events WHERE {_OF_MESSAGE} AND id = ?",
+        (message_id.strip().strip("<>"), domain, since, event_id),
+    )
+    return None if row is None else orjson.loads(row["payload"])
