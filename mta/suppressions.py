@@ -208,6 +208,39 @@ async def page(
     return [_entry(kind, row) for row in rows]
 
 
+async def newest(
+    store: Store,
+    kind: Kind,
+    domain: str,
+    prefix: str = "",
+    *,
+    older_than: tuple[float, str] | None = None,
+    newer_than: tuple[float, str] | None = None,
+    limit: int = 50,
+) -> list[Suppression]:
+    """Newest first, as the control panel lists them: addresses starting with `prefix`, the
+    `limit` after the entry `older_than` (created_at, address) or just before `newer_than`."""
+    sql = f"SELECT {_COLUMNS[kind]} FROM {kind} WHERE domain = ?"
+    params: list[object] = [domain]
+    if prefix:
+        escaped = prefix.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        sql += " AND address LIKE ? ESCAPE '\\'"
+        params.append(escaped + "%")
+    order = "DESC"
+    if older_than is not None:
+        sql += " AND (created_at < ? OR (created_at = ? AND address < ?))"
+        params += [older_than[0], older_than[0], older_than[1]]
+    elif newer_than is not None:
+        sql += " AND (created_at > ? OR (created_at = ? AND address > ?))"
+        params += [newer_than[0], newer_than[0], newer_than[1]]
+        order = "ASC"
+    rows = await store.fetchall(
+        f"{sql} ORDER BY created_at {order}, address {order} LIMIT ?", (*params, limit)
+    )
+    entries = [_entry(kind, row) for row in rows]
+    return entries[::-1] if order == "ASC" else entries
+
+
 async def skip_page(
     store: Store, kind: Kind, domain: str, skip: int, limit: int
 ) -> tuple[int, list[Suppression]]:

@@ -40,18 +40,9 @@ def _views(store: Store) -> dict[str, SiteView]:
 
 
 def destination_json(d: control.Destination, view: SiteView | None, now: float) -> dict[str, Any]:
-    """One destination's state: "paused" (by an operator), "throttled" (the site asked us to
-    slow down), "unreachable", "deferred" (everything waits for a later time), else "active"."""
-    if d.pause is not None:
-        state = "paused"
-    elif view is not None and view.throttled_until:
-        state = "throttled"
-    elif view is not None and view.down_until:
-        state = "unreachable"
-    elif d.queued and d.deferred == d.queued:
-        state = "deferred"
-    else:
-        state = "active"
+    """One destination's state (control.destination_state) and counts."""
+    state = control.destination_state(d, view is not None and bool(view.throttled_until),
+                                      view is not None and bool(view.down_until))
     reply = view.last_reply if view is not None else None
     return {
         "destination": d.name,
@@ -144,18 +135,10 @@ async def resume_destination(request: web.Request) -> web.Response:
 def message_json(m: control.QueuedMessage, paused: set[str]) -> dict[str, Any]:
     recipients = []
     for r in m.recipients:
-        if r.state != "queued":
-            state = r.state
-        elif r.in_flight:
-            state = "in-flight"
-        elif control.destination_of(r.address) in paused:
-            state = "paused"
-        else:
-            state = "queued"
         last = r.last
         recipients.append({
             "recipient": r.address,
-            "state": state,
+            "state": control.recipient_state(r, paused),
             "attempts": r.attempts,
             "next_attempt": r.due_at,
             "mailing_list": r.mailing_list,
@@ -195,20 +178,13 @@ async def retry_message(request: web.Request) -> web.Response:
     store, found = await _messages(request)
     form = await read_form(request)
     recipient = (form.text("recipient") or "").strip() or None
-    if recipient is not None and not any(
-        r.address.lower() == recipient.lower() for m in found for r in m.recipients
-    ):
-        raise ApiError(404, f"{shown(recipient)} is not a recipient of this message")
-    now = time.time()
-    retried = in_flight = 0
-    for m in found:
-        done = await control.retry_recipients(store, m.key, now, recipient)
-        retried += done.retried
-        in_flight += done.in_flight
+    done = await control.retry_messages(store, found, time.time(), recipient)
+    if done is None:
+        raise ApiError(404, f"{shown(recipient or '')} is not a recipient of this message")
     return json_response({
-        "message": f"{retried} recipient(s) will be retried now",
-        "retried": retried,
-        "in_flight": in_flight,
+        "message": f"{done.retried} recipient(s) will be retried now",
+        "retried": done.retried,
+        "in_flight": done.in_flight,
     })
 
 

@@ -37,7 +37,7 @@ class _Texts:
     removed_all: str
 
 
-_TEXTS: dict[Kind, _Texts] = {
+TEXTS: dict[Kind, _Texts] = {
     "bounces": _Texts(
         "Address not found in bounces table",
         "Address has been added to the bounces table",
@@ -147,7 +147,8 @@ def _tags(value: object) -> tuple[str, ...]:
     return tuple(dict.fromkeys(tags))
 
 
-def _entry(kind: Kind, fields: Mapping[str, object], now: float) -> Suppression:
+def read_entry(kind: Kind, fields: Mapping[str, object], now: float) -> Suppression:
+    """One entry from a client's fields (the API's and the control panel's checks)."""
     address = _address(fields.get("address"))
     created_at = _created_at(fields.get("created_at"), now)
     if kind == "bounces":
@@ -174,7 +175,7 @@ def _json_entries(kind: Kind, body: bytes, now: float) -> list[Suppression]:
         if not isinstance(item, dict):
             raise ApiError(400, f"item {number}: not a JSON object")
         try:
-            entries.append(_entry(kind, item, now))
+            entries.append(read_entry(kind, item, now))
         except ApiError as exc:
             raise ApiError(400, f"item {number}: {exc.message}") from None
     return entries
@@ -212,7 +213,7 @@ async def get_suppression(request: web.Request) -> web.Response:
         services(request).store, kind, domain.name, request.match_info["address"]
     )
     if entry is None:
-        raise ApiError(404, _TEXTS[kind].not_found)
+        raise ApiError(404, TEXTS[kind].not_found)
     return json_response(item_json(entry))
 
 
@@ -224,15 +225,15 @@ async def add_suppressions(request: web.Request) -> web.Response:
     if request.content_type == "application/json":
         entries = _json_entries(kind, await read_json_body(request), now)
         await suppressions.add(store, domain.name, entries)
-        return json_response({"message": _TEXTS[kind].added_many.format(count=len(entries))})
+        return json_response({"message": TEXTS[kind].added_many.format(count=len(entries))})
     form = await read_form(request)
     fields: dict[str, object] = {
         name: form.text(name) for name in ("address", "code", "error", "created_at")
     }
     fields["tags"] = [tag for tag in form.texts("tag") if tag] or None
-    entry = _entry(kind, fields, now)
+    entry = read_entry(kind, fields, now)
     await suppressions.add(store, domain.name, [entry])
-    return json_response({"message": _TEXTS[kind].added, "address": entry.address})
+    return json_response({"message": TEXTS[kind].added, "address": entry.address})
 
 
 async def delete_suppression(request: web.Request) -> web.Response:
@@ -247,15 +248,15 @@ async def delete_suppression(request: web.Request) -> web.Response:
     else:
         found = await suppressions.delete(store, kind, domain.name, address)
     if not found:
-        raise ApiError(404, _TEXTS[kind].not_found)
-    return json_response({"message": _TEXTS[kind].removed, "address": address.lower()})
+        raise ApiError(404, TEXTS[kind].not_found)
+    return json_response({"message": TEXTS[kind].removed, "address": address.lower()})
 
 
 async def delete_all_suppressions(request: web.Request) -> web.Response:
     domain = await path_domain(request)
     kind = _kind(request)
     await suppressions.delete_all(services(request).store, kind, domain.name)
-    return json_response({"message": _TEXTS[kind].removed_all})
+    return json_response({"message": TEXTS[kind].removed_all})
 
 
 _LIST = "/v3/{domain}/{kind:bounces|unsubscribes|complaints}"

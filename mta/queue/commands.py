@@ -105,11 +105,7 @@ async def _show(s: Services, args: argparse.Namespace) -> int:
         print(f"accepted {rfc2822(m.created_at)}")
         rows = []
         for r in m.recipients:
-            state = r.state
-            if state == "queued" and r.in_flight:
-                state = "in-flight"
-            elif state == "queued" and control.destination_of(r.address) in paused:
-                state = "paused"
+            state = control.recipient_state(r, paused)
             last = "-"
             if r.last is not None:
                 last = f"{r.last.event} {r.last.code} {r.last.message}"[:80]
@@ -136,16 +132,10 @@ async def _retry(s: Services, args: argparse.Namespace) -> int:
     found = await control.messages(s.store, args.message, now)
     if not found:
         return _fail(f"no such message: {args.message}")
-    if args.recipient is not None and not any(
-        r.address.lower() == args.recipient.lower() for m in found for r in m.recipients
-    ):
+    retried = await control.retry_messages(s.store, found, now, args.recipient)
+    if retried is None:
         return _fail(f"{args.recipient} is not a recipient of {args.message}")
-    retried = in_flight = 0
-    for m in found:
-        done = await control.retry_recipients(s.store, m.key, now, args.recipient)
-        retried += done.retried
-        in_flight += done.in_flight
-    print(f"{retried} recipient(s) retried now, {in_flight} in flight")
+    print(f"{retried.retried} recipient(s) retried now, {retried.in_flight} in flight")
     return 0
 
 

@@ -11,7 +11,7 @@ the node's own scheduler (mta.outbound.scheduler.running).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from mta.events.lookup import LastAttempt, last_attempts
@@ -120,6 +120,21 @@ class Destination:
         return self.queued - self.in_flight - self.deferred
 
 
+def destination_state(d: Destination, throttled: bool, unreachable: bool) -> str:
+    """"paused" (by an operator), "throttled" (the site asked us to slow down), "unreachable",
+    "deferred" (everything waits for a later time), else "active". Throttling and reachability
+    are what a node's scheduler knows (mta.outbound.scheduler.SiteView)."""
+    if d.pause is not None:
+        return "paused"
+    if throttled:
+        return "throttled"
+    if unreachable:
+        return "unreachable"
+    if d.queued and d.deferred == d.queued:
+        return "deferred"
+    return "active"
+
+
 async def destinations(store: Store, now: float, limit: int) -> list[Destination]:
     """The `limit` destinations with the most queued recipients (most first), then paused
     destinations with nothing queued."""
@@ -192,6 +207,18 @@ class QueuedMessage:
     created_at: float
     recipients: list[QueuedRecipient] = field(default_factory=list)
     more: bool = False  # more recipients than were read
+
+
+def recipient_state(r: QueuedRecipient, paused: Collection[str]) -> str:
+    """delivered or failed; while queued: "in-flight", "paused" (its destination is, `paused`
+    being the paused destinations), else "queued"."""
+    if r.state != "queued":
+        return r.state
+    if r.in_flight:
+        return "in-flight"
+    if destination_of(r.address) in paused:
+        return "paused"
+    return "queued"
 
 
 async def messages(
@@ -286,6 +313,24 @@ async def retry_recipients(
         count += " AND lower(address) = lower(?3)"
     row = await store.fetchone(count, params)
     return Retried(len(changed), int(row["n"]))
+
+
+async def retry_messages(
+    store: Store, found: Iterable[QueuedMessage], now: float, address: str | None = None
+) -> Retried | None:
+    """retry_recipients for each of the messages a lookup found (summed); None if `address`
+    is named but is a recipient of none of them."""
+    found = list(found)
+    if address is not None and not any(
+        r.address.lower() == address.lower() for m in found for r in m.recipients
+    ):
+        return None
+    retried = in_flight = 0
+    for m in found:
+        done = await retry_recipients(store, m.key, now, address)
+        retried += done.retried
+        in_flight += done.in_flight
+    return Retried(retried, in_flight)
 
 
 async def pause(store: Store, name: str, now: float, reason: str = "") -> Pause:
