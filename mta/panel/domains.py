@@ -4,14 +4,11 @@ domain and credential functions as the API."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
-from multidict import MultiDictProxy
 
 from mta.credentials import CredentialError
 from mta.domains import Domain, DomainError
-from mta.panel.page import Handler, PanelError, field, form, redirect, render, services
+from mta.panel.page import Handler, PanelError, checked, field, form, redirect, render, services
 
 
 async def _domain(request: web.Request) -> Domain:
@@ -19,10 +16,6 @@ async def _domain(request: web.Request) -> Domain:
     if domain is None:
         raise PanelError(404, f"Domain not found: {request.match_info['name']}")
     return domain
-
-
-def _checked(posted: MultiDictProxy[Any], name: str) -> bool:
-    return field(posted, name) in ("on", "yes", "true")
 
 
 async def list_domains(request: web.Request) -> web.StreamResponse:
@@ -35,7 +28,7 @@ async def add_domain(request: web.Request) -> web.StreamResponse:
     try:
         domain = await services(request).domains.create(
             field(posted, "name"),
-            sandbox=_checked(posted, "sandbox"),
+            sandbox=checked(posted, "sandbox"),
             dkim_key_bits=int(bits) if bits in ("1024", "2048") else 0,
         )
     except DomainError as exc:
@@ -70,10 +63,10 @@ async def set_tracking(request: web.Request) -> web.StreamResponse:
     clicks = field(posted, "clicks")
     await services(request).domains.set_tracking(
         domain.name,
-        opens=_checked(posted, "opens"),
-        opens_at_top=_checked(posted, "opens_at_top"),
+        opens=checked(posted, "opens"),
+        opens_at_top=checked(posted, "opens_at_top"),
         clicks="htmlonly" if clicks == "htmlonly" else clicks == "yes",
-        unsubscribes=_checked(posted, "unsubscribes"),
+        unsubscribes=checked(posted, "unsubscribes"),
         html_footer=field(posted, "html_footer"),
         text_footer=field(posted, "text_footer"),
     )
@@ -85,8 +78,8 @@ async def set_connection(request: web.Request) -> web.StreamResponse:
     domain = await _domain(request)
     await services(request).domains.set_connection(
         domain.name,
-        require_tls=_checked(posted, "require_tls"),
-        skip_verification=_checked(posted, "skip_verification"),
+        require_tls=checked(posted, "require_tls"),
+        skip_verification=checked(posted, "skip_verification"),
     )
     return redirect(f"/domains/{domain.name}", "Connection settings saved.")
 

@@ -12,13 +12,13 @@ import io
 
 import orjson
 from aiohttp import web
-from multidict import MultiDictProxy
 
 from mta.lists import ListError, MailingList, Member
 from mta.lists.imports import ImportFailure, Summary, Upload, csv_entries
 from mta.panel.page import (
     Handler,
     PanelError,
+    checked,
     field,
     form,
     redirect,
@@ -61,10 +61,6 @@ async def _member(request: web.Request, lst: MailingList) -> Member:
     if member is None:
         raise PanelError(404, f"Member {address} of mailing list {lst.address} not found")
     return member
-
-
-def _checked(posted: MultiDictProxy[object], name: str) -> bool:
-    return field(posted, name) in ("on", "yes", "true")
 
 
 async def all_lists(request: web.Request) -> web.StreamResponse:
@@ -125,7 +121,7 @@ async def add_member(request: web.Request) -> web.StreamResponse:
     try:
         member = lists.checked_member(
             field(posted, "address"), field(posted, "name") or None, field(posted, "vars"),
-            _checked(posted, "subscribed"),
+            checked(posted, "subscribed"),
         )
         await lists.add_member(lst, member, upsert=False)
     except ListError as exc:
@@ -171,7 +167,7 @@ async def upload_csv(request: web.Request) -> web.StreamResponse:
     )
     try:
         rows = csv_entries(s.lists, stream, subscribed=subscribed)
-        writer = Upload(s.lists, s.store, lst, upsert=_checked(posted, "upsert"), format="csv",
+        writer = Upload(s.lists, s.store, lst, upsert=checked(posted, "upsert"), format="csv",
                         subscribed=subscribed)
         for entry in rows:
             await writer.add(entry)

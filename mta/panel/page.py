@@ -95,6 +95,11 @@ def field(posted: MultiDictProxy[Any], name: str, default: str = "") -> str:
     return value.strip() if isinstance(value, str) else default
 
 
+def checked(posted: MultiDictProxy[Any], name: str) -> bool:
+    """A checkbox of a form."""
+    return field(posted, name) in ("on", "yes", "true")
+
+
 def render(request: web.Request, template: str, status: int = 200, **values: Any) -> web.Response:
     """A page in the panel's layout; a pending notice from the last redirect is shown once."""
     notice = request.cookies.get(NOTICE_COOKIE, "")
