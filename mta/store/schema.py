@@ -612,8 +612,12 @@ _SQLITE: list[str] = [
     """,
     # 14: events by recipient (the Events API's and the panel's Logs `recipient` filter): with
     # a million events, a search for one address walked the domain's whole month (~300 ms).
+    # Suppressions newest first (the panel's pages), without sorting a domain's whole list.
     """
     CREATE INDEX events_domain_recipient ON events (domain, recipient, ts, seq);
+    CREATE INDEX bounces_newest ON bounces (domain, created_at, address);
+    CREATE INDEX unsubscribes_newest ON unsubscribes (domain, created_at, address);
+    CREATE INDEX complaints_newest ON complaints (domain, created_at, address);
     """,
 ]
 
@@ -1150,6 +1154,9 @@ _POSTGRESQL: list[str] = [
     # 14: as SQLite's 14
     """
     CREATE INDEX events_domain_recipient ON events (domain, recipient, ts, seq);
+    CREATE INDEX bounces_newest ON bounces (domain, created_at, address);
+    CREATE INDEX unsubscribes_newest ON unsubscribes (domain, created_at, address);
+    CREATE INDEX complaints_newest ON complaints (domain, created_at, address);
     """,
 ]
 
