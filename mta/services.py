@@ -109,6 +109,7 @@ async def open_services(config: Config) -> Services:
             config.tracking.geoip_database, config.tracking.scanner_window_s
         )
         hits = Hits(store, domains, tracking_links, clients)
+        metrics = Metrics(config, store)
         return Services(
             config=config,
             store=store,
@@ -129,8 +130,9 @@ async def open_services(config: Config) -> Services:
                 resolver, account, hits.unsubscribe_by_mail, lists,
             ),
             lists=lists,
-            metrics=Metrics(config, store),
-            webhooks=Webhooks(config, store, resolver, account),
+            metrics=metrics,
+            webhooks=Webhooks(config, store, resolver, account,
+                              metrics.webhook_failed if metrics.enabled else None),
             accepting=ByteBudget(config.sending.max_accepting_bytes),
         )
     except BaseException:
@@ -152,9 +154,13 @@ def smtp_listeners(services: Services) -> SmtpListeners:
         credentials=services.credentials,
         accept=services.acceptor.accept,
     )
+    mx_guard = Guard(smtp, smtp.mx_max_connections_per_ip)
+    # the three submission ports share one guard: their sessions count as "submission"
+    services.metrics.watch_listener("submission", submission_guard)
+    services.metrics.watch_listener("mx", mx_guard)
     mx = MxHandler(
         config,
-        Guard(smtp, smtp.mx_max_connections_per_ip),
+        mx_guard,
         services.accepting,
         find_domain=services.domains.get,
         receive=services.inbound.receive,
@@ -174,4 +180,5 @@ def build_outbound(services: Services) -> Outbound:
         Tracker(services.tracking_links, services.config),
         Expander(services.store, services.domains, services.lists.subscribed_after,
                  services.config.lists),
+        services.metrics.timings,
     )

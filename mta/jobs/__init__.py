@@ -427,6 +427,24 @@ async def purge_finished(store: Store, before: float) -> int:
         total += len(ids)
 
 
+@dataclass(frozen=True)
+class Backlog:
+    queued: int  # not finished yet: due, waiting for a retry, or running
+    oldest_at: float | None  # when the oldest of them was queued
+
+
+async def backlog(store: Store, kinds: Sequence[str]) -> Backlog:
+    """What waits of these kinds, across the cluster (metrics)."""
+    marks = ",".join("?" * len(kinds))
+    row = await store.fetchone(
+        f"SELECT count(*) AS n, min(created_at) AS oldest FROM jobs"
+        f" WHERE state = 'queued' AND kind IN ({marks})",
+        list(kinds),
+    )
+    assert row is not None
+    return Backlog(int(row["n"]), row["oldest"])
+
+
 async def find(store: Store, *, owner: str | None = None, kind: str | None = None
                ) -> list[dict[str, Any]]:
     """Jobs as stored (payload decoded), oldest first: for tests, the CLI and inspection."""

@@ -17,7 +17,7 @@ from mta.outbound.client import Connector, Timeouts
 from mta.outbound.mx import MxResolver
 from mta.outbound.policy import Classifier, load_shaping
 from mta.outbound.returnpath import ReturnPaths
-from mta.outbound.scheduler import Scheduler
+from mta.outbound.scheduler import DeliveryTimings, Scheduler
 from mta.queue.expansion import Expander
 from mta.store import Store, periodic
 from mta.tracking.copies import Tracker
@@ -39,8 +39,10 @@ class Outbound:
         return_paths: ReturnPaths,
         tracker: Tracker,
         expander: Expander,
+        timings: DeliveryTimings | None = None,
     ) -> None:
         self._config = config
+        self._timings = timings  # metrics, when they are on
         self._expander = expander  # sends to lists become members' rows, then delivered here
         self._tracker = tracker
         self._store = store
@@ -73,6 +75,7 @@ class Outbound:
             self._classifier,
             self._return_paths,
             self._tracker,
+            self._timings,
         )
         await self.scheduler.start()
         await self._expander.start()

@@ -20,7 +20,7 @@ from collections import OrderedDict, deque
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from mta.config import Config
 from mta.domains import Domain, Domains
@@ -97,6 +97,16 @@ class SiteView:
     down_until: float | None
     waiting: int  # in this node's memory, for the destination's site
     last_reply: LastReply | None
+
+
+class DeliveryTimings(Protocol):
+    """What metrics (mta.metrics) are told by the scheduler: times only it knows."""
+
+    def delivered(self, seconds: float) -> None:
+        """From a message's acceptance (or its scheduled time) to a recipient's delivery."""
+
+    def session_closed(self, seconds: float) -> None:
+        """How long a delivery connection was open."""
 
 
 # the scheduler running on each open store (the API asks it what only it knows)
@@ -227,9 +237,11 @@ class Scheduler:
         classifier: Classifier,
         return_paths: ReturnPaths,
         tracker: Tracker,
+        timings: DeliveryTimings | None = None,
     ) -> None:
         self._config = config.outbound
         self._tracker = tracker
+        self._timings = timings
         self._store = store
         self._domains = domains
         self._resolver = resolver
@@ -635,10 +647,11 @@ class Scheduler:
         task.add_done_callback(self._writes.discard)
         return task
 
-    @staticmethod
-    async def _close(site: Site, session: Session) -> None:
+    async def _close(self, site: Site, session: Session) -> None:
         site.open_sessions -= 1
         await session.close()
+        if self._timings is not None:
+            self._timings.session_closed(time.monotonic() - session.opened_at)
 
     async def _free_slot(self, site: Site, slot: int | None) -> None:
         """Give the site-wide connection slot back (a failure to do so only delays the next
@@ -885,6 +898,8 @@ class Scheduler:
         try:
             await write
             _log_outcome(d, event)
+            if self._timings is not None and event.kind == "delivered":
+                self._timings.delivered(event.timestamp - d.message.first_due)
             status = event.delivery_status
             if status is not None and status.code not in SUPPRESSION_CODES:
                 self._remember_reply(d.recipient_domain, status)

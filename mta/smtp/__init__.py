@@ -130,7 +130,7 @@ class SubmissionSession(SMTP):
         self.peer_ip = ""
         self._refused = False
         self._age_limit: asyncio.TimerHandle | None = None
-        self._last_heard = self.loop.time()
+        self._opened_at = self._last_heard = self.loop.time()
         self._data: DataReader | None = None  # the DATA transfer under way
         self._data_started = 0.0
         # the next replies are EHLO/HELO lines, which carry no enhanced code (RFC 2034 §3)
@@ -161,6 +161,8 @@ class SubmissionSession(SMTP):
             self._age_limit.cancel()
             self._age_limit = None
             self.guard.disconnect(self.peer_ip)
+            if self.guard.session_ended is not None:
+                self.guard.session_ended(self.loop.time() - self._opened_at)
             self.event_handler.sessions.discard(self)
         super().connection_lost(error)
         task = self._handler_coroutine

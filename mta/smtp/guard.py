@@ -86,6 +86,13 @@ class Guard:
         self._connections: dict[str, int] = {}
         self._total = 0
         self._blocked_until: dict[str, float] = {}
+        # told the length in seconds of each session that ends (metrics), when set
+        self.session_ended: Callable[[float], None] | None = None
+
+    @property
+    def open_sessions(self) -> int:
+        """Sessions of this listener kind open on this node now."""
+        return self._total
 
     def connect(self, address: str) -> str | None:
         """Count a new session; a reply refusing it when over a limit or blocked."""

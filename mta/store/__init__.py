@@ -53,10 +53,14 @@ CommitObserver = Callable[[Sequence[Any]], None]
 class CommitObservers:
     """Who hears about committed `observed` items; each engine calls `committed` after its
     commit returns. An observer runs on the event loop, must be quick, and cannot fail a
-    write (its errors are logged)."""
+    write (its errors are logged).
+
+    `timer`, when set (metrics), is given each transaction's duration in seconds, on the
+    event loop, by the engine that ran it: the store needs no metrics of its own."""
 
     def __init__(self) -> None:
         self._observers: list[CommitObserver] = []
+        self.timer: Callable[[float], None] | None = None
 
     def add(self, observer: CommitObserver) -> None:
         self._observers.append(observer)

@@ -238,6 +238,7 @@ class PostgresStore:
         self.observers.committed(statements)
 
     async def _write_once(self, statements: tuple[Statement, ...]) -> None:
+        started = time.perf_counter()
         async with self._connection() as conn:
             if len(statements) == 1 and len(statements[0].rows) == 1:
                 # one statement is a transaction of its own: no BEGIN/COMMIT round trips
@@ -250,10 +251,18 @@ class PostgresStore:
                             await conn.execute(sql, *statement.rows[0])
                         else:
                             await conn.executemany(sql, statement.rows)
+        self._timed(started)
+
+    def _timed(self, started: float) -> None:
+        """A transaction's duration (from asking for a connection) to the metrics timer."""
+        if self.observers.timer is not None:
+            self.observers.timer(time.perf_counter() - started)
 
     async def write_returning(self, sql: str, params: Params = ()) -> list[Any]:
+        started = time.perf_counter()
         async with self._connection() as conn:
             rows = await conn.fetch(adapt(sql), *params)  # one statement: its own transaction
+        self._timed(started)
         if _ADMIN_WRITE.match(sql):
             self._version += 1
         return rows

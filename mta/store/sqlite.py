@@ -264,10 +264,13 @@ class SqliteStore:
                     stopping = True
                     break
                 batch.append(nxt)
+            started = time.perf_counter()
             try:
                 errors = await loop.run_in_executor(None, self._commit_batch, batch)
             except Exception as exc:  # the connection itself failed
                 errors = [exc] * len(batch)
+            if self.observers.timer is not None:
+                self.observers.timer(time.perf_counter() - started)
             self._admin_version = None  # what we just committed may have changed admin data
             for item, error in zip(batch, errors, strict=True):
                 if item.future.done():

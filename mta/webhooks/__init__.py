@@ -23,7 +23,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -200,8 +200,12 @@ class _EventReads:
 
 
 class Webhooks:
-    def __init__(self, config: Config, store: Store, resolver: Resolver, account: Account) -> None:
+    def __init__(
+        self, config: Config, store: Store, resolver: Resolver, account: Account,
+        failed: Callable[[str], None] | None = None,
+    ) -> None:
         self._config = config
+        self._failed = failed  # metrics: told the action ("retry", "stop", "fail") of a failure
         self._store = store
         self._resolver = resolver
         self._account = account
@@ -345,6 +349,12 @@ class Webhooks:
             await self._http.close()
 
     async def _run(self, job: jobs.Job) -> jobs.Outcome:
+        outcome = await self._attempt(job)
+        if self._failed is not None and outcome.action in ("retry", "stop", "fail"):
+            self._failed(outcome.action)
+        return outcome
+
+    async def _attempt(self, job: jobs.Job) -> jobs.Outcome:
         hook = await self._hook(job.owner)
         if hook is None:
             return jobs.Outcome.fail("the webhook was removed")
