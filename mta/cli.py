@@ -22,6 +22,7 @@ from mta.config import Config, ConfigError
 from mta.credentials import CredentialError, full_login
 from mta.dates import rfc2822
 from mta.domains import DomainError
+from mta.events.logs import bare_lines
 from mta.panel import admin as panel_admin
 from mta.queue import commands as queue_commands
 from mta.services import Services, open_services
@@ -382,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if config.logs.events != "off":
+        bare_lines(sys.stderr)
     try:
         _tighten_data_dir(config)
         if args.command == "serve":

@@ -3,18 +3,21 @@ logfmt or JSON, that stays one line whatever a sender or a remote server put in 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from mta.events.logs import json_line, logfmt_line
 from mta.events.model import DeliveryStatus, Event
 from tests.capture import Capture, start_capture
-from tests.conftest import DOMAIN
+from tests.conftest import DOMAIN, auth_header, store_env
 from tests.test_outbound_delivery import deliver, events_of
 
 pytestmark = pytest.mark.asyncio
@@ -123,3 +126,30 @@ async def test_off_logs_nothing(
     await deliver(running, f"dave@{DEST}")
     await events_of(running, "delivered")
     assert lines(caplog) == []
+
+
+async def test_json_lines_of_mta_serve_are_whole_json_objects_on_stderr(
+    server_process: Callable[..., Any], tmp_path: Path, store_url: str
+):
+    """Under systemd stderr is the journal: each JSON line must parse alone, no log prefix."""
+    served = server_process(MTA_LOGS_EVENTS="json", **store_env(store_url))
+    served.cli("domain", "add", DOMAIN)
+    key = served.cli("key", "create").stdout.strip()
+    form = {"from": f"sender@{DOMAIN}", "to": f"erin@{DEST}", "subject": "Hi", "text": "Hello"}
+    async with aiohttp.ClientSession(served.url, headers=auth_header(key)) as api, api.post(
+        f"/v3/{DOMAIN}/messages", data=form
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+    log = tmp_path / "serve-0.log"
+    accepted: list[dict[str, Any]] = []
+    for _ in range(100):
+        accepted = [
+            json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")
+        ]
+        if accepted:
+            break
+        await asyncio.sleep(0.1)
+    assert [(a["event"], a["recipient"], a["domain"]) for a in accepted] == [
+        ("accepted", f"erin@{DEST}", DOMAIN)
+    ]
+    assert "INFO mta.events.log" not in log.read_text()  # the prefix is not added to them

@@ -12,7 +12,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
@@ -77,6 +77,15 @@ def json_line(domain: str, event: Event) -> str:
     return orjson.dumps(
         {key: value for key, value in _fields(domain, event) if value is not None and value != ""}
     ).decode()
+
+
+def bare_lines(stream: TextIO) -> None:
+    """Event lines on `stream` as they are, without the server's log prefix: a JSON line is
+    then a whole JSON object (journald stamps each line itself)."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    LOGGER.addHandler(handler)
+    LOGGER.propagate = False
 
 
 def event_logger(style: str) -> CommitObserver:
