@@ -15,7 +15,8 @@ off, events kept), signs in to the panel over HTTP with the API key (the sign-in
 cookie and token, the session cookie) and times GETs one after another, `--runs` each after 3
 warm-up ones: the Logs page as it opens (newest events of the first domain), a search by one
 recipient (one from the middle of the month: the query walks the domain's events newest first
-until the page is full or the month is done), a search by event (`failed`), one event's JSON,
+until the page is full or the month is done), a search by event (`failed`), by the message-id
+of a large send, one event's JSON,
 one message's history; the Stats page as it opens (the account, 7 days per day), a domain's 30
 days per hour, and one tag's 30 days per day. Every page is checked to show what it should.
 
@@ -107,6 +108,8 @@ async def time_pages(url: str, key: str, pick: dict[str, str], runs: int) -> dic
          'data-event="delivered"'),
         ("logs_by_event_failed", f"/cp/logs?domain={DOMAIN}&event=failed",
          'data-event="failed"'),
+        ("logs_by_message_id", f"/cp/logs?domain={DOMAIN}&message-id={pick['message_id']}",
+         'data-event="'),
         ("event_json", f"/cp/logs/event?domain={DOMAIN}&message={pick['message_id']}"
                        f"&id={pick['event_id']}", pick["event_id"]),
         ("message_history", f"/cp/logs/message?domain={DOMAIN}&id={pick['message_id']}",
