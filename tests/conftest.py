@@ -27,6 +27,7 @@ from mta.config import load as load_config
 from mta.smtp.tls import certificate_paths
 from mta.store import Store, open_store
 from tests import postgres
+from tests.capture import Capture, start_capture
 
 if TYPE_CHECKING:
     from tests.smtp_clients import Clients
@@ -160,6 +161,14 @@ async def start_server(
     yield start
     for server in started:
         await server.stop()
+
+
+@pytest.fixture
+async def mx() -> AsyncIterator[Capture]:
+    """A capture SMTP server standing in for a destination's MX (dns.static_mx points at it)."""
+    capture = await start_capture()
+    yield capture
+    await capture.close()
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from pathlib import Path
 SUPERUSER = "mta"
 TEMPLATE = "mta_migrated"
 SPARES = 3  # migrated databases kept ready by a background thread
+PSQL_ATTEMPTS = 5  # tries to start psql
 
 
 def _binaries() -> Path | None:
@@ -73,10 +74,20 @@ class Cluster:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
 
     def _psql(self, sql: str) -> None:
-        subprocess.run(
-            [str(self.bin / "psql"), "-q", "-v", "ON_ERROR_STOP=1", self.url(), "-c", sql],
-            check=True, capture_output=True, timeout=60,
-        )
+        # Starting the child can fail for a moment on a loaded box (CI once saw EFAULT from
+        # exec in the spares thread, which then left every later test without a database).
+        for attempt in range(PSQL_ATTEMPTS):
+            try:
+                subprocess.run(
+                    [str(self.bin / "psql"), "-q", "-v", "ON_ERROR_STOP=1", self.url(), "-c",
+                     sql],
+                    check=True, capture_output=True, timeout=60,
+                )
+                return
+            except OSError:
+                if attempt == PSQL_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def new_database(self) -> str:
         """A fresh empty database; its URL."""

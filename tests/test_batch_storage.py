@@ -15,7 +15,7 @@ import email.utils
 import json
 import random
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from email.message import EmailMessage
 from typing import Any
 
@@ -26,7 +26,7 @@ import pytest
 from mta.accept.template import Personal, Template
 from mta.store import Store
 from tests import storeview
-from tests.capture import Capture, start_capture
+from tests.capture import Capture
 from tests.conftest import DOMAIN, Running
 from tests.smtp_clients import client_tls
 
@@ -40,13 +40,6 @@ PASSWORD = "batch-pass-1"
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def mx() -> AsyncIterator[Capture]:
-    capture = await start_capture()
-    yield capture
-    await capture.close()
 
 
 def store_of(running: Running) -> Store:

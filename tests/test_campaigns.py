@@ -9,7 +9,7 @@ from __future__ import annotations
 import email.utils
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import pytest
 from mta.dates import rfc2822
 from mta.events import Campaign, Event, Geolocation, record
 from tests import storeview
-from tests.capture import Capture, start_capture
+from tests.capture import Capture
 from tests.conftest import DOMAIN, Running
 from tests.smtp_clients import message, queued_id, submit
 from tests.tracked import CHROME, LONDON, city_database, hit, wait_for
@@ -36,13 +36,6 @@ NO_COUNTS = {
     "unsubscribed_count": 0, "bounced_count": 0, "complained_count": 0, "dropped_count": 0,
 }
 NOT_FOUND = {"message": "Campaign not found"}
-
-
-@pytest.fixture
-async def mx() -> AsyncIterator[Capture]:
-    capture = await start_capture()
-    yield capture
-    await capture.close()
 
 
 async def call(

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from mta.app import Server
 from tests import storeview
-from tests.capture import Capture, start_capture
+from tests.capture import Capture
 from tests.conftest import (
     DOMAIN,
     Running,
@@ -515,13 +515,6 @@ async def test_removing_a_domain_revokes_its_sending_keys_even_once_it_is_added_
     async with running.session(bystander) as other:
         assert await send(other, DOMAIN) == 200  # another domain's key is left alone
     assert await send(api, NEW) == 200  # the account key sends for the domain added again
-
-
-@pytest.fixture
-async def mx() -> AsyncIterator[Capture]:
-    capture = await start_capture()
-    yield capture
-    await capture.close()
 
 
 async def failed_events(running: Running, recipient: str, timeout: float = 10) -> list[Any]:

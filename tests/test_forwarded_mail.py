@@ -20,7 +20,7 @@ import email.utils
 import functools
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiosmtplib
@@ -29,7 +29,7 @@ import pytest
 
 from mta.domains import generate_dkim_key
 from tests import storeview
-from tests.capture import Capture, Captured, start_capture
+from tests.capture import Capture, Captured
 from tests.conftest import DOMAIN, Running
 
 pytestmark = pytest.mark.asyncio
@@ -49,13 +49,6 @@ def dkim_key(owner: str) -> tuple[str, str]:
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def mx() -> AsyncIterator[Capture]:
-    capture = await start_capture()
-    yield capture
-    await capture.close()
 
 
 def key_record(public: str) -> list[str]:

@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from tests import storeview
-from tests.capture import Capture, start_capture
+from tests.capture import Capture
 from tests.conftest import DOMAIN, Running
 
 pytestmark = pytest.mark.asyncio
@@ -76,13 +76,6 @@ async def app() -> AsyncIterator[App]:
     received.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
     yield received
     await runner.cleanup()
-
-
-@pytest.fixture
-async def mx() -> AsyncIterator[Capture]:
-    capture = await start_capture()
-    yield capture
-    await capture.close()
 
 
 async def inbound_server(start_server: Callable[..., Any], capture: Capture | None = None,

@@ -20,7 +20,7 @@ import shutil
 import signal
 import subprocess
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -65,13 +65,6 @@ SUBSCRIBED = [m.address for m in DEVS if m.subscribed]
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def mx() -> AsyncIterator[Capture]:
-    capture = await start_capture()
-    yield capture
-    await capture.close()
 
 
 async def list_server(start: Callable[..., Any], mx: Capture, **overrides: Any) -> Running:

@@ -19,19 +19,12 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from mta.api.metrics import admitted
-from tests.capture import Capture, start_capture
+from tests.capture import Capture
 from tests.conftest import DOMAIN, Running
 
 DEST = "dest.example.test"
 WAIT_S = 10.0
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-@pytest.fixture
-async def mx() -> AsyncIterator[Capture]:
-    capture = await start_capture()
-    yield capture
-    await capture.close()
 
 
 @pytest.fixture

@@ -4,26 +4,19 @@ queued mail leaves for the recipient domain's MX host, and every outcome is an e
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import dkim
 import pytest
 
 from tests import storeview
-from tests.capture import Capture, start_capture
+from tests.capture import Capture
 from tests.conftest import DOMAIN, Running
 
 pytestmark = pytest.mark.asyncio
 
 DEST = "dest.example.test"
-
-
-@pytest.fixture
-async def mx() -> AsyncIterator[Capture]:
-    capture = await start_capture()
-    yield capture
-    await capture.close()
 
 
 async def deliver(running: Running, to: str, **fields: Any) -> str:

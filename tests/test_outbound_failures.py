@@ -16,7 +16,7 @@ import json
 import math
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import dkim
@@ -42,13 +42,6 @@ FAST: dict[str, Any] = {
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def mx() -> AsyncIterator[Capture]:
-    capture = await start_capture()
-    yield capture
-    await capture.close()
 
 
 async def start(start_server: Callable[..., Any], **overrides: Any) -> Running:

@@ -9,14 +9,14 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from playwright.async_api import Page, expect
 
 from tests import storeview
-from tests.capture import Capture, start_capture
+from tests.capture import Capture
 from tests.conftest import DOMAIN, Running
 from tests.panel import page, screenshot, sign_in  # noqa: F401
 
@@ -24,13 +24,6 @@ pytestmark = pytest.mark.asyncio
 
 DEST = "dest.example.test"
 HOSTILE = "<script>alert(1)</script><b>bold</b>"
-
-
-@pytest.fixture
-async def mx() -> AsyncIterator[Capture]:
-    capture = await start_capture()
-    yield capture
-    await capture.close()
 
 
 @pytest.fixture

@@ -19,11 +19,10 @@ from mta.suppressions import Bounce
 from tests.capture import Capture
 from tests.conftest import DOMAIN, Running
 from tests.panel import page, screenshot, sign_in  # noqa: F401
-from tests.test_queue_control import (  # noqa: F401
+from tests.test_queue_control import (
     DEST,
     events_of,
     held,
-    mx,
     recipient_view,
     send,
     serve,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +22,6 @@ pytestmark = pytest.mark.asyncio
 DEST = "dest.example.test"
 OTHER = "other.example.test"
 LONG_RETRY = [3600]  # a retried recipient would wait an hour unless retried now
-
-
-@pytest.fixture
-async def mx() -> AsyncIterator[Capture]:
-    capture = await start_capture()
-    yield capture
-    await capture.close()
 
 
 async def serve(start_server: Callable[..., Any], mx: Capture, **overrides: Any) -> Running:

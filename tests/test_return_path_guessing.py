@@ -5,25 +5,17 @@ real MX session, a capture server as the recipients' MX."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiosmtplib
-import pytest
 
 from mta.inbound.reports import MAX_GUESSES
 from mta.outbound.returnpath import ReturnPaths
 from tests import storeview
-from tests.capture import Capture, start_capture
+from tests.capture import Capture
 from tests.conftest import DOMAIN, Running
 from tests.test_inbound import DEST, dsn, inbound_server, sent_to
-
-
-@pytest.fixture
-async def mx() -> AsyncIterator[Capture]:
-    capture = await start_capture()
-    yield capture
-    await capture.close()
 
 
 def test_return_path_tag_carries_at_least_64_bits():

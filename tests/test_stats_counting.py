@@ -28,13 +28,6 @@ pytestmark = pytest.mark.asyncio
 DEST = "dest.example.test"
 
 
-@pytest.fixture
-async def mx() -> Any:
-    capture = await start_capture()
-    yield capture
-    await capture.close()
-
-
 async def send(running: Running, to: list[str], *form: tuple[str, str]) -> str:
     fields = [("from", f"News <news@{DOMAIN}>"), ("subject", "Hello"), ("text", "Hi"),
               *(("to", addr) for addr in to), *form]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ import pytest
 from mailgun.client import AsyncClient
 from yarl import URL
 
-from tests.capture import Capture, start_capture
+from tests.capture import Capture
 from tests.conftest import DOMAIN, Running
 from tests.js import mailgun_js
 from tests.tracked import CHROME, LONDON, city_database, hit, wait_for
@@ -257,13 +257,6 @@ async def test_bad_tag_stats_parameters_are_refused(
     assert await call(running, "GET", f"{TAGS}/news/stats", params) == (
         400, {"message": message}
     )
-
-
-@pytest.fixture
-async def mx() -> AsyncIterator[Capture]:
-    capture = await start_capture()
-    yield capture
-    await capture.close()
 
 
 async def test_aggregates_count_a_tags_opens_and_clicks_by_country_provider_and_device(

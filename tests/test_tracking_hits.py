@@ -22,7 +22,7 @@ from mta.tracking.clients import ClientDescriber
 from mta.tracking.hits import Hits
 from mta.tracking.links import LinkKind, TrackingLinks
 from tests import storeview
-from tests.capture import Capture, start_capture
+from tests.capture import Capture
 from tests.conftest import DOMAIN, Running
 from tests.tracked import city_database
 
@@ -66,13 +66,6 @@ class Tracked:
         ):
             assert resp.status == 200, await resp.text()
             return (await resp.json())["items"]
-
-
-@pytest.fixture
-async def mx() -> AsyncIterator[Capture]:
-    capture = await start_capture()
-    yield capture
-    await capture.close()
 
 
 @pytest.fixture

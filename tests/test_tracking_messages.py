@@ -12,7 +12,7 @@ import email.policy
 import hashlib
 import hmac
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from email.message import EmailMessage
 from typing import Any
 from urllib.parse import unquote
@@ -25,7 +25,7 @@ import pytest
 from aiohttp import web
 
 from mta.tracking.rewrite import Choice, RecipientLinks, track
-from tests.capture import Capture, start_capture
+from tests.capture import Capture
 from tests.conftest import DOMAIN, Running
 from tests.smtp_clients import submit
 
@@ -37,13 +37,6 @@ HTML = (
     ' <a href="#section">jump</a></p></body></html>'
 )
 TEXT = "Sale at https://shop.example.com/sale?a=1&b=2. Mail help@shop.example.com"
-
-
-@pytest.fixture
-async def mx() -> AsyncIterator[Capture]:
-    capture = await start_capture()
-    yield capture
-    await capture.close()
 
 
 async def tracking_server(start_server: Callable[..., Any], mx: Capture) -> Running:

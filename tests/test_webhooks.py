@@ -30,7 +30,7 @@ from mta.app import Server
 from mta.events import ClientInfo, Event, Geolocation, MessageHeaders, MessageSummary, record
 from mta.store import open_store
 from tests import postgres, storeview
-from tests.capture import Capture, start_capture
+from tests.capture import Capture
 from tests.conftest import (
     DOMAIN,
     Running,
@@ -134,13 +134,6 @@ async def app() -> AsyncIterator[Receiver]:
     yield received
     received.release.set()
     await runner.cleanup()
-
-
-@pytest.fixture
-async def mx() -> AsyncIterator[Capture]:
-    capture = await start_capture()
-    yield capture
-    await capture.close()
 
 
 async def hooks_server(start_server: Callable[..., Any], mx: Capture | None = None,
