@@ -153,7 +153,8 @@ class StoreConfig:
         30.0, "PostgreSQL: longest one statement may run before it is cancelled"
     )
     commit_window_ms: float = setting(
-        1.0, "how long the writer gathers more writes before one commit"
+        1.0, "how long the writer gathers more writes before one commit, when the last "
+        "commit held several (a lone writer commits at once)"
     )
     max_batch: int = setting(1000, "most write jobs committed in one transaction")
     busy_timeout_ms: int = setting(10_000, "how long to wait for a lock held by another process")
