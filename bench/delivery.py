@@ -272,6 +272,7 @@ class Sink:
     proc: subprocess.Popen[bytes]
     port: int
     out_path: Path
+    dump_dir: Path | None = None  # where smtp-sink -D appends every message, when asked
 
     def counters(self) -> dict[str, int]:
         """smtp-sink -c's last `sess=N quit=N mesg=N` line (it rewrites it after a `\\r`)."""
@@ -290,8 +291,19 @@ class Sink:
                 self.proc.kill()
                 self.proc.wait()
 
+    def count_dumped(self, needle: bytes) -> int:
+        """How often `needle` stands in the dumped messages (a DKIM-Signature header, say)."""
+        assert self.dump_dir is not None
+        n = 0
+        for path in self.dump_dir.iterdir():
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):  # a needle across a chunk edge: 1 lost
+                    n += chunk.count(needle)
+        return n
 
-def start_sink(work: Path) -> Sink:
+
+def start_sink(work: Path, dump: bool = False) -> Sink:
+    """`dump`: also append every message to a file (slower; to look inside them)."""
     binary = shutil.which(SINK) or (f"/usr/sbin/{SINK}" if Path(f"/usr/sbin/{SINK}").exists()
                                    else None)
     if binary is None:
@@ -301,14 +313,19 @@ def start_sink(work: Path) -> Sink:
     port = free_port()
     out_path = work / f"sink-{port}.out"
     user = ["-u", "nobody"] if os.geteuid() == 0 else []
+    dump_dir = work / f"sink-{port}.dump" if dump else None
+    if dump_dir is not None:  # smtp-sink -D appends to a file it makes in there, as nobody
+        dump_dir.mkdir()
+        os.chmod(dump_dir, 0o777)
     with open(out_path, "wb") as out:
         proc = subprocess.Popen(
-            [binary, "-c", *user, f"127.0.0.1:{port}", "256"],
+            [binary, "-c", *user, *(["-D", str(dump_dir / "m.")] if dump_dir else []),
+             f"127.0.0.1:{port}", "256"],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
     wait_for_port(port, proc)  # one empty session (sess=1), no message
-    return Sink(proc, port, out_path)
+    return Sink(proc, port, out_path, dump_dir)
 
 
 # -- one run ---------------------------------------------------------------------------------------

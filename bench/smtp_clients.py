@@ -46,7 +46,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import sqlite3
 import ssl
 import subprocess
@@ -62,6 +61,7 @@ from common import (
     median,
     wait_for_port,
 )
+from delivery import size_label, start_sink
 
 LOGIN = f"alice@{DOMAIN}"
 PASSWORD = "s3cret-pass"
@@ -73,10 +73,6 @@ LINE = (
     b"Hello, your order 12345 has shipped and will arrive on Tuesday. Thank you for"
     b" shopping with us; the tracking number is 1Z999AA10123456784.\r\n"
 )
-
-
-def size_label(size: int) -> str:
-    return f"{size // 1024}k" if size % 1024 == 0 else f"{size}b"
 
 
 def message(size: int, serial: int, rcpt: str) -> bytes:
@@ -228,49 +224,6 @@ def make_cert(work: Path) -> tuple[Path, Path]:
 
 
 # -- smtp-sink ---------------------------------------------------------------------------------
-
-
-class Sink:
-    def __init__(self, work: Path, dump: bool = False) -> None:
-        """`dump`: append every message to a file (to count the DKIM signatures)."""
-        self.port = free_port()
-        self.out_path = work / f"sink-{self.port}.out"
-        self.dump_dir = work / f"sink-{self.port}.dump"
-        user = ["-u", "nobody"] if os.geteuid() == 0 else []
-        if dump:  # smtp-sink -D appends to a file it makes in there
-            self.dump_dir.mkdir()
-            os.chmod(self.dump_dir, 0o777)
-        with open(self.out_path, "wb") as out:
-            self.proc = subprocess.Popen(
-                [shutil.which("smtp-sink") or "/usr/sbin/smtp-sink", "-c", *user,
-                 *(["-D", str(self.dump_dir / "m.")] if dump else []),
-                 f"127.0.0.1:{self.port}", "256"],
-                stdout=out, stderr=subprocess.STDOUT,
-            )
-        wait_for_port(self.port, self.proc)
-
-    def stop(self) -> int:
-        """Stop it; the number of messages it counted."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        text = self.out_path.read_bytes().decode(errors="replace")
-        last = [p for p in text.replace("\n", "\r").split("\r") if "mesg=" in p]
-        if not last:
-            return 0
-        return {k: int(v) for k, _, v in (f.partition("=") for f in last[-1].split())}["mesg"]
-
-    def count_dumped(self, needle: bytes) -> int:
-        n = 0
-        for path in self.dump_dir.iterdir():
-            with open(path, "rb") as f:
-                while chunk := f.read(1 << 20):  # a needle across a chunk edge: 1 lost
-                    n += chunk.count(needle)
-        return n
 
 
 # -- Postfix -----------------------------------------------------------------------------------
@@ -513,7 +466,7 @@ def mta_env(smtp_port: int, sink_port: int | None) -> dict[str, str]:
 
 def phase_mta(args: argparse.Namespace, work: Path, fig: dict[str, str], e2e: bool) -> None:
     name = "mta_e2e" if e2e else "mta_accept"
-    sink = Sink(work) if e2e else None
+    sink = start_sink(work) if e2e else None
     smtp_port = free_port()
     total_ok = 0
     try:
@@ -554,7 +507,8 @@ def phase_mta(args: argparse.Namespace, work: Path, fig: dict[str, str], e2e: bo
                 fig[f"{name}_check"] = f"FAILED: {stored} stored for {total_ok} answered 250"
     finally:
         if sink is not None:
-            got = sink.stop()
+            got = sink.counters()["mesg"]
+            sink.stop()
             if got != total_ok:
                 fig[f"{name}_sink_check"] = f"FAILED: the sink counted {got} of {total_ok}"
 
@@ -572,7 +526,7 @@ def smtp_source(port: int, sessions: int, size: int, count: int) -> float:
 def phase_postfix(args: argparse.Namespace, work: Path, fig: dict[str, str], name: str) -> None:
     """name: postfix, postfix_dkim (milter on inet:127.0.0.1) or postfix_dkim_unix."""
     dkim = name != "postfix"
-    sink = Sink(work, dump=dkim)
+    sink = start_sink(work, dump=dkim)
     milter = OpenDKIM(work, unix=name.endswith("_unix")) if dkim else None
     postfix = None
     total = 0
@@ -611,7 +565,8 @@ def phase_postfix(args: argparse.Namespace, work: Path, fig: dict[str, str], nam
             postfix.stop()
         if milter is not None:
             milter.stop()
-        got = sink.stop()
+        got = sink.counters()["mesg"]
+        sink.stop()
         if got != total:
             fig[f"{name}_sink_check"] = f"FAILED: the sink counted {got} of {total}"
         if dkim:
