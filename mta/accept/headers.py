@@ -126,10 +126,10 @@ def _part_content(part: bytes) -> tuple[dict[str, str], bytes]:
     return {header_name(f): header_value(f) for f in fields}, content
 
 
-def _container_type(fields: list[bytes]) -> str | None:
+def _container_type(head: MessageHead) -> str | None:
     """The Content-Type of a multipart/mailgun-variables message, else None."""
-    for raw in fields:
-        if header_name(raw) == "content-type":
+    for raw, name in zip(head.fields, head.names, strict=True):
+        if name == "content-type":
             value = header_value(raw)
             return value if value.lower().startswith("multipart/mailgun-variables") else None
     return None
@@ -186,7 +186,7 @@ def consume_control_headers(
     multipart/mailgun-variables container gives way to the message inside it, whose header
     block `parse` reads (with the same limits)."""
     options = HeaderOptions()
-    container = _container_type(head.fields)
+    container = _container_type(head)
     if container is not None:
         inner, options.recipient_variables = unwrap_variables_container(
             container, bytes(head.body)

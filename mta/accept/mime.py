@@ -287,6 +287,8 @@ def header_name(field: bytes) -> str:
 def header_value(field: bytes) -> str:
     raw = field.split(b":", 1)[1] if b":" in field else b""
     text = _UNFOLD.sub(b" ", raw).strip().decode("utf-8", "replace")
+    if "=?" not in text:  # no encoded word: the email package would give it back as it is
+        return text
     try:
         return str(email.header.make_header(email.header.decode_header(text)))
     except (ValueError, LookupError, email.errors.HeaderParseError):
