@@ -1,5 +1,6 @@
-"""Two trees, interleaved: bench/delivery.py and bench/smtp_accept.py on commit A and commit B in
-turn (A B A B ..., `--runs` pairs), each run a fresh server importing that tree's `mta`.
+"""Two trees, interleaved: bench/delivery.py, smtp_accept.py or smtp_clients.py on commit A and
+commit B in turn (A B A B ..., `--runs` pairs), each run a fresh server importing that tree's
+`mta`.
 
 Each commit's `mta` and `config` are unpacked with `git archive <commit> mta config` into a
 temporary directory, and each run is `python bench/<bench>.py` (this checkout's bench commands)
@@ -11,7 +12,8 @@ an A run and the B run right after it: drift of the machine cancels out) and a v
 `beyond_noise` when every pair moved the same way and the two sets of runs do not overlap
 (min of one above max of the other), else `within_noise`.
 
-    python bench/ab.py [--a d83cbd3] [--b HEAD] [--runs 3] [--benches delivery,smtp_accept]
+    python bench/ab.py [--a d83cbd3] [--b HEAD] [--runs 3]
+        [--benches delivery,smtp_accept,smtp_clients]
         [--bench-args 'delivery=--messages 5000']
 
 A run of the defaults takes about 10 minutes. The figures are printed last, one `name: value`
@@ -52,8 +54,18 @@ FIGURES = {
         "reused_10k_server_cpu_us_per_msg_all_threads": False,
         "session_1k_server_cpu_us_per_msg_all_threads": False,
     },
+    "smtp_clients": {
+        "mta_accept_1s_1k_msgs_per_s": True,
+        "mta_accept_1s_1k_end_of_data_to_250_p50_ms": False,
+        "mta_accept_20s_1k_msgs_per_s": True,
+        "mta_e2e_1s_1k_msgs_per_s": True,
+        "mta_e2e_1s_1k_end_of_data_to_250_p50_ms": False,
+        "mta_e2e_20s_1k_msgs_per_s": True,
+    },
 }
-CHECKS = {"delivery": ("delivery_1k_check", "delivery_10k_check"), "smtp_accept": ("db_check",)}
+# smtp_clients has no ok line: its exit status says whether its own checks held
+CHECKS = {"delivery": ("delivery_1k_check", "delivery_10k_check"), "smtp_accept": ("db_check",),
+          "smtp_clients": ()}
 
 
 def snapshot(commit: str, into: Path) -> str:

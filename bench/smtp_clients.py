@@ -30,7 +30,7 @@ the RSA-2048 signing ceiling of the box (`openssl speed rsa2048`, signs/s per co
 the ratios, last.
 
     python bench/smtp_clients.py [--duration 8] [--warmup 2] [--targets bare,mta_accept,...]
-        [--sizes 1024,10240] [--sessions 1,20] [--source-messages 2000]
+        [--sizes 1024,10240] [--sessions 1,20] [--source-messages 2000] [--profile DIR]
 
 Needs Postfix (`smtp-sink`, `smtp-source`, `postfix`) and, for postfix_dkim, `opendkim` and
 `opendkim-genkey` (Debian: apt-get install -y postfix opendkim opendkim-tools). Run as root for
@@ -46,6 +46,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sqlite3
 import ssl
 import subprocess
@@ -61,7 +62,7 @@ from common import (
     median,
     wait_for_port,
 )
-from delivery import size_label, start_sink
+from delivery import size_label, start_profiler, start_sink
 
 LOGIN = f"alice@{DOMAIN}"
 PASSWORD = "s3cret-pass"
@@ -477,7 +478,15 @@ def phase_mta(args: argparse.Namespace, work: Path, fig: dict[str, str], e2e: bo
             for sessions, size in combos(args):
                 prefix = f"{name}_{sessions}s_{size_label(size)}"
                 before = server.query("SELECT count(*) FROM recipients")
+                profiler = None
+                if args.profile:
+                    args.profile.mkdir(parents=True, exist_ok=True)
+                    profiler = start_profiler(server.proc.pid, args.profile / f"{prefix}.txt")
+                    time.sleep(1.0)  # let py-spy attach before the load starts
                 res = run_client(smtp_port, sessions, size, True, args)
+                if profiler is not None:
+                    profiler.send_signal(signal.SIGINT)  # py-spy writes its output on interrupt
+                    profiler.wait(60)
                 total_ok += res["ok"]
                 if e2e:
                     deadline = time.monotonic() + DRAIN_TIMEOUT_S
@@ -620,6 +629,8 @@ def main() -> int:
     parser.add_argument("--sessions", default="1,20")
     parser.add_argument("--source-messages", type=int, default=2000,
                         help="smtp-source messages per size against Postfix (0: skip)")
+    parser.add_argument("--profile", type=Path,
+                        help="py-spy collapsed stacks of each mta phase go to DIR/<phase>.txt")
     parser.add_argument("--client-child", help=argparse.SUPPRESS)
     parser.add_argument("--bare-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
