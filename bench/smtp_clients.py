@@ -14,6 +14,9 @@ Targets, in this order (all on loopback):
 - `mta_e2e`: mta accepting while delivering to Postfix's `smtp-sink` (d1..d5.bench.test routed
   there with dns.static_mx). End to end = messages accepted / time from the first message
   until the last one is delivered (the server's `delivered` events).
+- `mta_http`: HTTP in -> the same sink, per size: bench/delivery.py's run (--http-messages POSTs
+  from 50 keep-alive connections), with the server's CPU per delivered message, compared with
+  the sign-plus-1-ms budget and with Postfix's 20-session end-to-end rates.
 - `postfix`: a private Postfix instance (its own config and queue directory under a temporary
   directory, relayhost = the sink), plain SMTP (no TLS, no AUTH), signing nothing; also driven
   by `smtp-source -s 20`. End to end = accepted / time until its queue is empty.
@@ -30,7 +33,8 @@ the RSA-2048 signing ceiling of the box (`openssl speed rsa2048`, signs/s per co
 the ratios, last.
 
     python bench/smtp_clients.py [--duration 8] [--warmup 2] [--targets bare,mta_accept,...]
-        [--sizes 1024,10240] [--sessions 1,20] [--source-messages 2000] [--profile DIR]
+        [--sizes 1024,10240] [--sessions 1,20] [--source-messages 2000] [--http-messages 5000]
+        [--profile DIR]
 
 Needs Postfix (`smtp-sink`, `smtp-source`, `postfix`) and, for postfix_dkim, `opendkim` and
 `opendkim-genkey` (Debian: apt-get install -y postfix opendkim opendkim-tools). Run as root for
@@ -62,13 +66,14 @@ from common import (
     median,
     wait_for_port,
 )
-from delivery import size_label, start_profiler, start_sink
+from delivery import run_once, size_label, start_profiler, start_sink
 
 LOGIN = f"alice@{DOMAIN}"
 PASSWORD = "s3cret-pass"
 SENDER = f"sender@{DOMAIN}"
 DEST_DOMAINS = 5
-TARGETS = ("bare", "mta_accept", "mta_e2e", "postfix", "postfix_dkim", "postfix_dkim_unix")
+TARGETS = ("bare", "mta_accept", "mta_e2e", "mta_http", "postfix", "postfix_dkim",
+           "postfix_dkim_unix")
 DRAIN_TIMEOUT_S = 120.0
 LINE = (
     b"Hello, your order 12345 has shipped and will arrive on Tuesday. Thank you for"
@@ -522,6 +527,23 @@ def phase_mta(args: argparse.Namespace, work: Path, fig: dict[str, str], e2e: bo
                 fig[f"{name}_sink_check"] = f"FAILED: the sink counted {got} of {total_ok}"
 
 
+def phase_http(args: argparse.Namespace, work: Path, fig: dict[str, str]) -> None:
+    """HTTP in -> smtp-sink: bench/delivery.py's run (50 keep-alive connections POSTing one
+    message each, 5 destination sites), per size."""
+    kind = "wrk" if shutil.which("wrk") else "aiohttp"
+    load = argparse.Namespace(messages=args.http_messages, connections=50, one_site=False,
+                              env=[], keep=False, profile=None, timeout=300.0, stall=30.0)
+    for size in args.sizes:
+        result = run_once(load, size, kind, work)
+        prefix = f"mta_http_e2e_{size_label(size)}"
+        fig[f"{prefix}_msgs_per_s"] = result.figures["end_to_end_msgs_per_s"]
+        fig[f"{prefix}_server_cpu_us_per_msg"] = result.figures["server_cpu_us_per_msg"]
+        fig[f"{prefix}_server_peak_rss_mib"] = result.figures["server_peak_rss_mib"]
+        if result.problems:
+            fig[f"{prefix}_check"] = "FAILED: " + "; ".join(result.problems)
+        print(f"{prefix}: {fig[prefix + '_msgs_per_s']} msgs/s", flush=True)
+
+
 def smtp_source(port: int, sessions: int, size: int, count: int) -> float:
     started = time.time()
     subprocess.run(
@@ -629,6 +651,8 @@ def main() -> int:
     parser.add_argument("--sessions", default="1,20")
     parser.add_argument("--source-messages", type=int, default=2000,
                         help="smtp-source messages per size against Postfix (0: skip)")
+    parser.add_argument("--http-messages", type=int, default=5000,
+                        help="messages POSTed per size for mta_http")
     parser.add_argument("--profile", type=Path,
                         help="py-spy collapsed stacks of each mta phase go to DIR/<phase>.txt")
     parser.add_argument("--client-child", help=argparse.SUPPRESS)
@@ -659,6 +683,8 @@ def main() -> int:
                     phase_bare(args, work, fig)
                 elif target in ("mta_accept", "mta_e2e"):
                     phase_mta(args, work, fig, target == "mta_e2e")
+                elif target == "mta_http":
+                    phase_http(args, work, fig)
                 else:
                     phase_postfix(args, work, fig, target)
             except Exception as exc:  # report it and go on with the next target
@@ -680,6 +706,13 @@ def main() -> int:
     print(f"rsa2048_signs_per_s_per_core: {per_core:.0f}")
     print(f"cores: {cores}")
     print(f"rsa2048_sign_ceiling_msgs_per_s: {per_core * cores:.0f}")
+    sign_us = 1e6 / per_core
+    print(f"rsa2048_sign_us: {sign_us:.0f}")
+    for label in [size_label(s) for s in args.sizes]:
+        cpu = fig.get(f"mta_http_e2e_{label}_server_cpu_us_per_msg")
+        if cpu:
+            print(f"mta_http_e2e_{label}_server_cpu_us_per_msg_over_sign_plus_1ms:"
+                  f" {float(cpu) / (sign_us + 1000):.2f}")
     for label in [size_label(s) for s in args.sizes]:
         for sess in args.sessions:
             k = f"{sess}s_{label}"
@@ -691,6 +724,11 @@ def main() -> int:
                   + ratio(fig, f"mta_e2e_{k}_msgs_per_s", f"postfix_{k}_msgs_per_s"))
             print(f"ratio_mta_accept_over_bare_{k}: "
                   + ratio(fig, f"mta_accept_{k}_msgs_per_s", f"bare_{k}_msgs_per_s"))
+            if sess == max(args.sessions):
+                for peer in ("postfix", "postfix_dkim_unix"):
+                    print(f"ratio_mta_http_e2e_over_{peer}_e2e_{k}: "
+                          + ratio(fig, f"mta_http_e2e_{label}_msgs_per_s",
+                                  f"{peer}_{k}_msgs_per_s"))
         eod = fig.get(f"mta_accept_1s_{label}_end_of_data_to_250_p50_ms")
         if eod:
             print(f"ratio_mta_accept_end_of_data_to_250_over_bare_commit_1s_{label}:"
