@@ -14,6 +14,8 @@ Targets, in this order (all on loopback):
 - `mta_e2e`: mta accepting while delivering to Postfix's `smtp-sink` (d1..d5.bench.test routed
   there with dns.static_mx). End to end = messages accepted / time from the first message
   until the last one is delivered (the server's `delivered` events).
+- `mta_pipelined`: a pipelining client (bench/smtp_load.py, MAIL+RCPT+DATA in one write, as
+  Postfix and Exim send) at the most sessions of --sessions, mta end to end to the same sink.
 - `mta_http`: HTTP in -> the same sink, per size: bench/delivery.py's run (--http-messages POSTs
   from 50 keep-alive connections), with the server's CPU per delivered message, compared with
   the sign-plus-1-ms budget and with Postfix's 20-session end-to-end rates.
@@ -61,19 +63,21 @@ from pathlib import Path
 
 from common import (
     DOMAIN,
+    BenchServer,
     bench_server,
     free_port,
     median,
     wait_for_port,
 )
 from delivery import run_once, size_label, start_profiler, start_sink
+from smtp_accept import Clients
 
 LOGIN = f"alice@{DOMAIN}"
 PASSWORD = "s3cret-pass"
 SENDER = f"sender@{DOMAIN}"
 DEST_DOMAINS = 5
-TARGETS = ("bare", "mta_accept", "mta_e2e", "mta_http", "postfix", "postfix_dkim",
-           "postfix_dkim_unix")
+TARGETS = ("bare", "mta_accept", "mta_e2e", "mta_pipelined", "mta_http", "postfix",
+           "postfix_dkim", "postfix_dkim_unix")
 DRAIN_TIMEOUT_S = 120.0
 LINE = (
     b"Hello, your order 12345 has shipped and will arrive on Tuesday. Thank you for"
@@ -527,6 +531,63 @@ def phase_mta(args: argparse.Namespace, work: Path, fig: dict[str, str], e2e: bo
                 fig[f"{name}_sink_check"] = f"FAILED: the sink counted {got} of {total_ok}"
 
 
+def wait_delivered(server: BenchServer, count: int) -> int:
+    """Delivered recipients once `count` are, or the drain timeout has passed."""
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while True:
+        done = server.query("SELECT count(*) FROM recipients WHERE state = 'delivered'")
+        if done >= count or time.monotonic() > deadline:
+            return done
+        time.sleep(0.05)
+
+
+def phase_pipelined(args: argparse.Namespace, work: Path, fig: dict[str, str]) -> None:
+    """A pipelining client (bench/smtp_load.py's reused mode: MAIL+RCPT+DATA in one write, as
+    Postfix and Exim send; the most sessions of --sessions, STARTTLS + AUTH once each) against
+    mta end to end. Every message goes to recipient@example.com, routed to the same sink: one
+    site, so the [default] shaping profile's 20 connections carry it."""
+    sink = start_sink(work)
+    smtp_port = free_port()
+    env = mta_env(smtp_port, sink.port)
+    static_mx = json.loads(env["MTA_DNS_STATIC_MX"])
+    static_mx["example.com"] = static_mx["d1.bench.test"]
+    env["MTA_DNS_STATIC_MX"] = json.dumps(static_mx)
+    answered = 0
+    try:
+        with bench_server(extra_env=env) as server:
+            wait_for_port(smtp_port, server.proc)
+            server.cli("domain", "add", DOMAIN)
+            server.cli("credential", "add", DOMAIN, LOGIN, "--password", PASSWORD)
+            for size in args.sizes:
+                prefix = f"mta_pipelined_e2e_{max(args.sessions)}s_{size_label(size)}"
+                before = server.query("SELECT count(*) FROM recipients WHERE state = 'delivered'")
+                clients = Clients(smtp_port, "reused", max(args.sessions), size, 1, work, prefix,
+                                  "auto")
+                clients.wait_ready()
+                started = time.time()
+                now = time.monotonic()
+                clients.tell(f"go {now!r} {now + args.warmup + args.duration!r}")
+                load = clients.finish(timeout=args.warmup + args.duration + 120)
+                got = len(clients.answered())
+                answered += got
+                done = wait_delivered(server, before + got) - before
+                last = server.query("SELECT max(ts) FROM events WHERE event = 'delivered'")
+                fig[f"{prefix}_accept_msgs_per_s"] = f"{got / (args.warmup + args.duration):.0f}"
+                fig[f"{prefix}_msgs_per_s"] = f"{done / (last - started):.0f}"
+                if done != got:
+                    fig[f"{prefix}_check"] = f"FAILED: {done} delivered of {got}"
+                unexpected = {k: v for k, v in load.items()
+                              if k.startswith(("reply_", "error_"))}
+                if unexpected:
+                    fig[f"{prefix}_check"] = f"FAILED: unexpected replies or errors {unexpected}"
+                print(f"{prefix}: {fig[prefix + '_msgs_per_s']} msgs/s", flush=True)
+    finally:
+        got = sink.counters()["mesg"]
+        sink.stop()
+        if got != answered:
+            fig["mta_pipelined_sink_check"] = f"FAILED: the sink counted {got} of {answered}"
+
+
 def phase_http(args: argparse.Namespace, work: Path, fig: dict[str, str]) -> None:
     """HTTP in -> smtp-sink: bench/delivery.py's run (50 keep-alive connections POSTing one
     message each, 5 destination sites), per size."""
@@ -683,6 +744,8 @@ def main() -> int:
                     phase_bare(args, work, fig)
                 elif target in ("mta_accept", "mta_e2e"):
                     phase_mta(args, work, fig, target == "mta_e2e")
+                elif target == "mta_pipelined":
+                    phase_pipelined(args, work, fig)
                 elif target == "mta_http":
                     phase_http(args, work, fig)
                 else:
