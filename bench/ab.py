@@ -1,6 +1,6 @@
-"""Two trees, interleaved: bench/delivery.py, smtp_accept.py or smtp_clients.py on commit A and
-commit B in turn (A B A B ..., `--runs` pairs), each run a fresh server importing that tree's
-`mta`.
+"""Two trees, interleaved: bench/delivery.py, smtp_accept.py, http_accept.py or smtp_clients.py on
+commit A and commit B in turn (A B A B ..., `--runs` pairs), each run a fresh server importing
+that tree's `mta`.
 
 Each commit's `mta` and `config` are unpacked with `git archive <commit> mta config` into a
 temporary directory, and each run is `python bench/<bench>.py` (this checkout's bench commands)
@@ -13,7 +13,7 @@ an A run and the B run right after it: drift of the machine cancels out) and a v
 (min of one above max of the other), else `within_noise`.
 
     python bench/ab.py [--a d83cbd3] [--b HEAD] [--runs 3]
-        [--benches delivery,smtp_accept,smtp_clients]
+        [--benches delivery,smtp_accept,http_accept,smtp_clients]
         [--bench-args 'delivery=--messages 5000']
 
 A run of the defaults takes about 10 minutes. The figures are printed last, one `name: value`
@@ -54,6 +54,10 @@ FIGURES = {
         "reused_10k_server_cpu_us_per_msg_all_threads": False,
         "session_1k_server_cpu_us_per_msg_all_threads": False,
     },
+    "http_accept": {
+        "http_accept_msgs_per_s": True,
+        "server_cpu_us_per_msg_all_threads": False,
+    },
     "smtp_clients": {
         "mta_accept_1s_1k_msgs_per_s": True,
         "mta_accept_1s_1k_end_of_data_to_250_p50_ms": False,
@@ -65,7 +69,7 @@ FIGURES = {
 }
 # smtp_clients has no ok line: its exit status says whether its own checks held
 CHECKS = {"delivery": ("delivery_1k_check", "delivery_10k_check"), "smtp_accept": ("db_check",),
-          "smtp_clients": ()}
+          "http_accept": ("db_check",), "smtp_clients": ()}
 
 
 def snapshot(commit: str, into: Path) -> str:
