@@ -39,6 +39,8 @@ log = logging.getLogger("mta.store")
 
 ADMIN_VERSION_MAX_AGE_S = 0.05
 CROWDED_FOR_S = 0.1  # after a commit of several writes, the writer waits for company this long
+WAIT_GAIN_SMOOTHING = 0.2  # weight of the latest wait in the average of writes a wait gathered
+WAIT_PROBE_EVERY = 20  # while waits gather too little, one crowded commit in this many waits
 
 
 @dataclass
@@ -260,6 +262,8 @@ class SqliteStore:
         jobs = self._jobs
         stopping = False
         crowded_at = float("-inf")  # when a commit last held more than one write
+        gain = 1.0  # writes a wait for company gathered, on average
+        skipped = 0  # crowded commits that did not wait since the last wait
         while not stopping:
             job = jobs.get()
             if job is None:
@@ -267,10 +271,17 @@ class SqliteStore:
             batch = [job]
             # Waiting for company only pays while writers come together: a lone writer (one
             # SMTP session waiting for its 250) would wait the whole window for nobody, which
-            # was 1.1 ms of its 1.3 ms write (bench/smtp_clients.py).
+            # was 1.1 ms of its 1.3 ms write (bench/smtp_clients.py). Nor does it pay when
+            # waits gather less than one write each (that session beside delivery's own
+            # writes): then only a probe now and then waits, to see whether that changed.
             crowded = time.monotonic() - crowded_at < CROWDED_FOR_S
             if crowded and jobs.empty() and self._window > 0:
-                time.sleep(self._window)
+                if gain >= 1.0 or skipped >= WAIT_PROBE_EVERY:
+                    time.sleep(self._window)
+                    gain += WAIT_GAIN_SMOOTHING * (jobs.qsize() - gain)
+                    skipped = 0
+                else:
+                    skipped += 1
             while len(batch) < self._max_batch and not jobs.empty():
                 nxt = jobs.get_nowait()
                 if nxt is None:
