@@ -154,7 +154,8 @@ class StoreConfig:
     )
     commit_window_ms: float = setting(
         1.0, "how long the writer gathers more writes before one commit, when the last "
-        "commit held several (a lone writer commits at once)"
+        "commits held several and such waits gathered at least one write each on average "
+        "(a lone writer commits at once)"
     )
     max_batch: int = setting(1000, "most write jobs committed in one transaction")
     busy_timeout_ms: int = setting(10_000, "how long to wait for a lock held by another process")
