@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import dkim
 import pytest
 
@@ -56,6 +57,27 @@ async def test_accepted_message_is_delivered_signed_and_recorded(
     assert status["mx-host"] == "127.0.0.1"
     assert status["attempt-no"] == 1
 
+
+
+async def test_lines_starting_with_a_dot_arrive_as_they_were_sent(
+    start_server: Callable[..., Any], mx: Capture
+):
+    """Dot-stuffing on the way out (RFC 5321 4.5.2): a lone dot must not end the message early
+    and no line may gain a dot, the first line of the body and a last line without CRLF too."""
+    running = await start_server(outbound__enabled=True, dns__static_mx={DEST: [mx.address]})
+    body = ".first line\r\n.\r\n..two dots\r\nmiddle\r\n. after a space\r\n.last"
+    mime = f"From: Sender <sender@{DOMAIN}>\r\nTo: alice@{DEST}\r\nSubject: Dots\r\n\r\n{body}"
+    form = aiohttp.FormData()
+    form.add_field("to", f"alice@{DEST}")
+    form.add_field("message", mime.encode(), filename="message.mime")
+    async with running.session() as api, api.post(f"/v3/{DOMAIN}/messages.mime",
+                                                  data=form) as resp:
+        assert resp.status == 200, await resp.text()
+    [got] = await mx.wait_for(1)
+    assert got.data.endswith(b"\r\n\r\n" + body.encode() + b"\r\n")
+    domain = await running.services.domains.get(DOMAIN)
+    record = domain.dkim_record.encode()
+    assert dkim.verify(got.data, dnsfunc=lambda name, timeout=5: record)
 
 
 async def test_a_2048_bit_key_signs_as_well(start_server: Callable[..., Any], mx: Capture):

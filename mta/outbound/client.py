@@ -21,7 +21,9 @@ from dataclasses import dataclass
 
 import aiosmtplib
 from aiosmtplib import (
+    SMTPDataError,
     SMTPException,
+    SMTPResponse,
     SMTPResponseException,
     SMTPServerDisconnected,
     SMTPTimeoutError,
@@ -122,7 +124,7 @@ class Session:
             stage = "rcpt"
             await smtp.rcpt(recipient, encoding=encoding, timeout=self._timeouts.command)
             stage = "data"
-            response = await smtp.data(data, timeout=self._timeouts.data)
+            response = await self._data(data)
         except SMTPResponseException as exc:
             if exc.code == 421 or not smtp.is_connected:
                 self.usable = False
@@ -135,6 +137,35 @@ class Session:
             await self.close()
             raise SessionFailed(_lost(exc, stage), self.mx_host) from None
         return Reply.parse(response.code, response.message, "data")
+
+    async def _data(self, data: bytes) -> SMTPResponse:
+        """DATA and the message. A message whose line ends are all CRLF (what the accept path
+        stores) needs only its dots stuffed, one bytes.replace; aiosmtplib's data() runs two
+        regular expressions over every message for that, 18 % of the loop's time when
+        delivering 10 KB messages. Anything else goes through aiosmtplib's data()."""
+        smtp = self._smtp
+        crlf = data.count(b"\r\n")
+        if crlf != data.count(b"\n") or crlf != data.count(b"\r") or smtp.protocol is None:
+            return await smtp.data(data, timeout=self._timeouts.data)
+        start = await smtp.execute_command(b"DATA", timeout=self._timeouts.data)
+        if start.code != 354:
+            raise SMTPDataError(start.code, start.message)
+        stuffed = data.replace(b"\r\n.", b"\r\n..")
+        if stuffed.startswith(b"."):
+            stuffed = b"." + stuffed
+        ending = b".\r\n" if stuffed.endswith(b"\r\n") else b"\r\n.\r\n"
+        protocol = smtp.protocol
+        try:
+            protocol.write(stuffed)
+            protocol.write(ending)
+            # no await between the writes and this: the reply cannot come before it is awaited
+            response = await protocol.read_response(timeout=self._timeouts.data)
+        except (SMTPServerDisconnected, SMTPTimeoutError):
+            smtp.close()  # as aiosmtplib's data() does: a late reply must not meet a command
+            raise
+        if response.code != 250:
+            raise SMTPDataError(response.code, response.message)
+        return response
 
     async def _reset(self) -> None:
         try:
