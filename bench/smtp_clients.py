@@ -216,9 +216,10 @@ def bare_main(port: int, cert: str, key: str) -> None:
         async with server:
             await server.serve_forever()
 
-    import warnings
+    import logging
 
-    warnings.simplefilter("ignore")  # aiosmtpd: "Session.login_data is deprecated"
+    # aiosmtpd logs "Session.login_data is deprecated" at WARNING for every AUTH
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve())
 
