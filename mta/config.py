@@ -408,6 +408,10 @@ class TrackingConfig:
     scanner_window_s: float = setting(
         10.0, "a click this soon after delivery is marked as a link scanner's (client-info.bot)"
     )
+    max_footer_chars: int = setting(
+        10_000, "longest unsubscribe footer (HTML or text) a domain may set: every tracked "
+        "message of the domain carries it"
+    )
     trusted_proxies: list = setting(
         [],
         "CIDRs of reverse proxies in front of the tracking endpoints and the panel: from them, "

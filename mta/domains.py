@@ -375,6 +375,10 @@ class Domains:
         text_footer: str | None = None,
     ) -> Domain:
         """PUT /v3/domains/<d>/tracking/open|click|unsubscribe (None: unchanged)."""
+        limit = self._config.tracking.max_footer_chars
+        for label, footer in (("html_footer", html_footer), ("text_footer", text_footer)):
+            if footer is not None and len(footer) > limit:
+                raise DomainError(f"{label} is limited to {limit} characters")
         domain = await self._existing(name)
         now = domain.tracking
         return await self._set(

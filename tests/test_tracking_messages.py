@@ -109,6 +109,13 @@ async def test_domain_tracking_settings_are_changed_one_kind_at_a_time(running: 
 async def test_bad_tracking_values_and_unknown_domains_are_refused(running: Running):
     status, body = await put(running, f"/v3/domains/{DOMAIN}/tracking/open", active="maybe")
     assert status == 400 and "active" in body["message"]
+    limit = running.server.config.tracking.max_footer_chars
+    status, body = await put(running, f"/v3/domains/{DOMAIN}/tracking/unsubscribe",
+                             active="true", text_footer="x" * (limit + 1))
+    assert (status, body) == (400, {"message": f"text_footer is limited to {limit} characters"})
+    async with running.session() as api, api.get(f"/v4/domains/{DOMAIN}/tracking") as resp:
+        unsubscribe = (await resp.json())["tracking"]["unsubscribe"]
+    assert len(unsubscribe["text_footer"]) <= limit  # nothing of the refused call was kept
     status, body = await put(running, "/v3/domains/nope.example.test/tracking/open", active="yes")
     assert (status, body) == (404, {"message": "Domain not found"})
 

@@ -229,12 +229,15 @@ async def update_unsubscribe_tracking(request: web.Request) -> web.Response:
     domain = await path_domain(request, "name", name_in_message=False)
     form = await read_form(request)
     active = parse_bool("active", form.text("active"))
-    updated = await services(request).domains.set_tracking(
-        domain.name,
-        unsubscribes=None if active is None else bool(active),
-        html_footer=form.text("html_footer"),
-        text_footer=form.text("text_footer"),
-    )
+    try:
+        updated = await services(request).domains.set_tracking(
+            domain.name,
+            unsubscribes=None if active is None else bool(active),
+            html_footer=form.text("html_footer"),
+            text_footer=form.text("text_footer"),
+        )
+    except DomainError as exc:
+        raise ApiError(400, str(exc)) from None
     settings = updated.tracking
     return json_response(
         {

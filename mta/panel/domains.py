@@ -61,15 +61,18 @@ async def set_tracking(request: web.Request) -> web.StreamResponse:
     posted = await form(request)
     domain = await _domain(request)
     clicks = field(posted, "clicks")
-    await services(request).domains.set_tracking(
-        domain.name,
-        opens=checked(posted, "opens"),
-        opens_at_top=checked(posted, "opens_at_top"),
-        clicks="htmlonly" if clicks == "htmlonly" else clicks == "yes",
-        unsubscribes=checked(posted, "unsubscribes"),
-        html_footer=field(posted, "html_footer"),
-        text_footer=field(posted, "text_footer"),
-    )
+    try:
+        await services(request).domains.set_tracking(
+            domain.name,
+            opens=checked(posted, "opens"),
+            opens_at_top=checked(posted, "opens_at_top"),
+            clicks="htmlonly" if clicks == "htmlonly" else clicks == "yes",
+            unsubscribes=checked(posted, "unsubscribes"),
+            html_footer=field(posted, "html_footer"),
+            text_footer=field(posted, "text_footer"),
+        )
+    except DomainError as exc:
+        raise PanelError(400, str(exc)) from None
     return redirect(f"/domains/{domain.name}", "Tracking settings saved.")
 
 
