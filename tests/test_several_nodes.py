@@ -250,3 +250,50 @@ async def test_a_node_killed_mid_run_loses_nothing(
     # only what node A had sent but not yet recorded can go twice: per connection the
     # message in flight and the one whose outcome was still committing
     assert duplicates <= 2 * CONNECTIONS
+
+
+async def test_sends_to_a_list_expanded_on_both_nodes_reach_each_member_once(
+    site: Site, start_node: Callable[..., Node]
+):
+    """Both nodes expand list sends (each takes a send's lease and queues a chunk of members per
+    transaction): every member gets one copy of each send, and has one recipient row for it."""
+    chunked = {"MTA_LISTS_EXPANSION_CHUNK": "25", "MTA_LISTS_EXPANSION_POLL_S": "0.2"}
+    a, b = start_node("node-a", **chunked), start_node("node-b", **chunked)
+    # more sends than one node claims at once (4), so that both take some
+    address, sends, count = f"all@{DOMAIN}", 8, 150
+    members = [{"address": f"m{i}@{DEST}", "name": f"Member {i}"} for i in range(count)]
+    async with aiohttp.ClientSession(a.api, headers=auth_header(site.key)) as api:
+        async with api.post("/v3/lists", data={"address": address, "name": "All"}) as resp:
+            assert resp.status == 200, await resp.text()
+        async with api.post(f"/v3/lists/{address}/members.json",
+                            data={"members": json.dumps(members)}) as resp:
+            assert resp.status == 200, await resp.text()
+
+    async def post(node: Node, n: int) -> None:
+        form = {"from": f"news@{DOMAIN}", "to": address, "subject": f"issue {n}",
+                "text": "Hello %recipient_name%"}
+        async with aiohttp.ClientSession(node.api, headers=auth_header(site.key)) as api, \
+                api.post(f"/v3/{DOMAIN}/messages", data=form) as resp:
+            assert resp.status == 200, await resp.text()
+
+    await asyncio.gather(*(post(node, n) for n, node in enumerate([a, b] * (sends // 2))))
+    await site.capture.wait_for(sends * count, timeout=120)
+    await asyncio.sleep(1.0)  # anything queued twice would have arrived by now
+    copies = Counter((str(message_from_bytes(m.data)["Subject"]), m.rcpt_to)
+                     for m in site.capture.messages)
+    assert len(copies) == sends * count
+    assert [c for c, n in copies.items() if n > 1] == []
+    store = await PostgresStore.open(site.url, node_id="test", pool_size=2,
+                                     statement_timeout_s=30)
+    try:
+        [row] = await store.fetchall(
+            "SELECT count(*) AS n, count(DISTINCT (message_key, address)) AS distinct_n,"
+            " count(DISTINCT lease_node) AS nodes FROM recipients")
+    finally:
+        await store.close()
+    assert (row["n"], row["distinct_n"]) == (sends * count, sends * count)
+    assert row["nodes"] == 2  # and both nodes delivered
+    expanded = {node.name: (site.tmp / f"{node.name}.log").read_text().count(
+        f"member(s) of list <{address}>") for node in (a, b)}
+    assert sum(expanded.values()) == sends, expanded  # each send expanded to its end once
+    assert min(expanded.values()) > 0, expanded  # by both nodes
