@@ -89,9 +89,10 @@ class Clients:
         client_loop: str,
         tls: bool = False,
         plain: list[str] | None = None,
+        rcpt: str | None = None,
     ) -> None:
         """`plain`: no STARTTLS and no AUTH (the MX port), with these smtp_load.py arguments
-        (--mail-from, --rcpt) instead of a login."""
+        (--mail-from, --rcpt) instead of a login. `rcpt`: smtp_load.py's --rcpt otherwise."""
         self.ids_paths = [work / f"{tag}.{i}.ids" for i in range(processes)]
         self.procs: list[subprocess.Popen[str]] = []
         shares = [
@@ -118,6 +119,7 @@ class Clients:
                 "--loop",
                 client_loop,
                 *(["--tls"] if tls else []),
+                *(["--rcpt", rcpt] if rcpt else []),
             ]
             self.procs.append(
                 subprocess.Popen(

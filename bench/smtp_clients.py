@@ -15,7 +15,8 @@ Targets, in this order (all on loopback):
   there with dns.static_mx). End to end = messages accepted / time from the first message
   until the last one is delivered (the server's `delivered` events).
 - `mta_pipelined`: a pipelining client (bench/smtp_load.py, MAIL+RCPT+DATA in one write, as
-  Postfix and Exim send) at the most sessions of --sessions, mta end to end to the same sink.
+  Postfix and Exim send) at the most sessions of --sessions, mta end to end to the same sink
+  (d1..d5 in turn).
 - `mta_http`: HTTP in -> the same sink, per size: bench/delivery.py's run (--http-messages POSTs
   from 50 keep-alive connections), with the server's CPU per delivered message, compared with
   the sign-plus-1-ms budget and with Postfix's 20-session end-to-end rates.
@@ -545,14 +546,12 @@ def wait_delivered(server: BenchServer, count: int) -> int:
 def phase_pipelined(args: argparse.Namespace, work: Path, fig: dict[str, str]) -> None:
     """A pipelining client (bench/smtp_load.py's reused mode: MAIL+RCPT+DATA in one write, as
     Postfix and Exim send; the most sessions of --sessions, STARTTLS + AUTH once each) against
-    mta end to end. Every message goes to recipient@example.com, routed to the same sink: one
-    site, so the [default] shaping profile's 20 connections carry it."""
+    mta end to end. The messages go to user@d1..d5.bench.test in turn: five sites on the
+    sink, as for the other targets."""
     sink = start_sink(work)
     smtp_port = free_port()
     env = mta_env(smtp_port, sink.port)
-    static_mx = json.loads(env["MTA_DNS_STATIC_MX"])
-    static_mx["example.com"] = static_mx["d1.bench.test"]
-    env["MTA_DNS_STATIC_MX"] = json.dumps(static_mx)
+    rcpts = ",".join(f"user@d{n}.bench.test" for n in range(1, DEST_DOMAINS + 1))
     answered = 0
     try:
         with bench_server(extra_env=env) as server:
@@ -563,7 +562,7 @@ def phase_pipelined(args: argparse.Namespace, work: Path, fig: dict[str, str]) -
                 prefix = f"mta_pipelined_e2e_{max(args.sessions)}s_{size_label(size)}"
                 before = server.query("SELECT count(*) FROM recipients WHERE state = 'delivered'")
                 clients = Clients(smtp_port, "reused", max(args.sessions), size, 1, work, prefix,
-                                  "auto")
+                                  "auto", rcpt=rcpts)
                 clients.wait_ready()
                 started = time.time()
                 now = time.monotonic()

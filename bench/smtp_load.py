@@ -96,11 +96,13 @@ class Load:
         blob = f"\0{args.login}\0{args.password}".encode()
         self.auth = b"AUTH PLAIN " + base64.b64encode(blob) + b"\r\n"
         sender = args.mail_from or args.login
-        self.envelope = (
-            f"MAIL FROM:<{sender}> SIZE={args.size}\r\nRCPT TO:<{args.rcpt}>\r\nDATA\r\n"
-        ).encode()
         self.tag = f"{args.tag}.{os.getpid()}"
-        self.head, self.tail = build_message(args.size, sender, self.tag, args.rcpt)
+        # (envelope, head, tail) per recipient; message n goes to the n-th, round robin
+        self.messages = [
+            (f"MAIL FROM:<{sender}> SIZE={args.size}\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n".encode(),
+             *build_message(args.size, sender, self.tag, rcpt))
+            for rcpt in args.rcpt.split(",")
+        ]
         self.serial = 0
         self.ids: list[str] = []
         self.latencies: list[float] = []
@@ -148,12 +150,13 @@ class Load:
     async def send_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.serial += 1
         msg_id = f"{self.tag}.{self.serial:09d}@bench.client".encode()
+        envelope, head, tail = self.messages[self.serial % len(self.messages)]
         started = time.monotonic()
-        writer.write(self.envelope)
+        writer.write(envelope)
         await self.reply(reader, "mail", b"250")
         await self.reply(reader, "rcpt", b"250")
         await self.reply(reader, "data", b"354")
-        writer.write(self.head + msg_id + self.tail + b".\r\n")
+        writer.write(head + msg_id + tail + b".\r\n")
         line = await self.reply(reader, "end_of_data", b"250")
         now = time.monotonic()
         start, end = line.find(b"<"), line.rfind(b">")
@@ -323,7 +326,8 @@ def main() -> None:
         "--plain", action="store_true", help="reused/session: no STARTTLS, no AUTH (MX port)"
     )
     parser.add_argument("--mail-from", default="", help="envelope sender (default: --login)")
-    parser.add_argument("--rcpt", default="recipient@example.com", help="envelope recipient")
+    parser.add_argument("--rcpt", default="recipient@example.com",
+                        help="envelope recipient, or several (comma-separated) taken in turn")
     parser.add_argument("--ids", required=True, help="Message-Ids answered 250 go here")
     parser.add_argument("--tag", default="m", help="makes Message-Ids unique across runs")
     parser.add_argument("--tls", action="store_true", help="idle: STARTTLS and AUTH as well")
