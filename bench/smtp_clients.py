@@ -60,6 +60,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from common import (
@@ -476,16 +477,33 @@ def mta_env(smtp_port: int, sink_port: int | None) -> dict[str, str]:
     return env
 
 
+@contextlib.contextmanager
+def mta_server(smtp_port: int, sink_port: int | None) -> Iterator[BenchServer]:
+    """`mta serve` on `smtp_port` with the bench's domain and login (delivering to the sink
+    when there is one)."""
+    with bench_server(extra_env=mta_env(smtp_port, sink_port)) as server:
+        wait_for_port(smtp_port, server.proc)
+        server.cli("domain", "add", DOMAIN)
+        server.cli("credential", "add", DOMAIN, LOGIN, "--password", PASSWORD)
+        yield server
+
+
+def wait_finished(server: BenchServer, count: int) -> None:
+    """Until `count` recipients are delivered or failed, or the drain timeout has passed."""
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while server.query(
+            "SELECT count(*) FROM recipients WHERE state != 'queued'"
+    ) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def phase_mta(args: argparse.Namespace, work: Path, fig: dict[str, str], e2e: bool) -> None:
     name = "mta_e2e" if e2e else "mta_accept"
     sink = start_sink(work) if e2e else None
     smtp_port = free_port()
     total_ok = 0
     try:
-        with bench_server(extra_env=mta_env(smtp_port, sink.port if sink else None)) as server:
-            wait_for_port(smtp_port, server.proc)
-            server.cli("domain", "add", DOMAIN)
-            server.cli("credential", "add", DOMAIN, LOGIN, "--password", PASSWORD)
+        with mta_server(smtp_port, sink.port if sink else None) as server:
             for sessions, size in combos(args):
                 prefix = f"{name}_{sessions}s_{size_label(size)}"
                 before = server.query("SELECT count(*) FROM recipients")
@@ -500,11 +518,7 @@ def phase_mta(args: argparse.Namespace, work: Path, fig: dict[str, str], e2e: bo
                     profiler.wait(60)
                 total_ok += res["ok"]
                 if e2e:
-                    deadline = time.monotonic() + DRAIN_TIMEOUT_S
-                    while server.query(
-                            "SELECT count(*) FROM recipients WHERE state != 'queued'"
-                    ) < before + res["ok"] and time.monotonic() < deadline:
-                        time.sleep(0.05)
+                    wait_finished(server, before + res["ok"])
                     last = server.query("SELECT max(ts) FROM events WHERE event = 'delivered'")
                     done = server.query(
                         "SELECT count(*) FROM recipients WHERE state = 'delivered'") - before
@@ -533,16 +547,6 @@ def phase_mta(args: argparse.Namespace, work: Path, fig: dict[str, str], e2e: bo
                 fig[f"{name}_sink_check"] = f"FAILED: the sink counted {got} of {total_ok}"
 
 
-def wait_delivered(server: BenchServer, count: int) -> int:
-    """Delivered recipients once `count` are, or the drain timeout has passed."""
-    deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    while True:
-        done = server.query("SELECT count(*) FROM recipients WHERE state = 'delivered'")
-        if done >= count or time.monotonic() > deadline:
-            return done
-        time.sleep(0.05)
-
-
 def phase_pipelined(args: argparse.Namespace, work: Path, fig: dict[str, str]) -> None:
     """A pipelining client (bench/smtp_load.py's reused mode: MAIL+RCPT+DATA in one write, as
     Postfix and Exim send; the most sessions of --sessions, STARTTLS + AUTH once each) against
@@ -550,17 +554,13 @@ def phase_pipelined(args: argparse.Namespace, work: Path, fig: dict[str, str]) -
     sink, as for the other targets."""
     sink = start_sink(work)
     smtp_port = free_port()
-    env = mta_env(smtp_port, sink.port)
     rcpts = ",".join(f"user@d{n}.bench.test" for n in range(1, DEST_DOMAINS + 1))
     answered = 0
     try:
-        with bench_server(extra_env=env) as server:
-            wait_for_port(smtp_port, server.proc)
-            server.cli("domain", "add", DOMAIN)
-            server.cli("credential", "add", DOMAIN, LOGIN, "--password", PASSWORD)
+        with mta_server(smtp_port, sink.port) as server:
             for size in args.sizes:
                 prefix = f"mta_pipelined_e2e_{max(args.sessions)}s_{size_label(size)}"
-                before = server.query("SELECT count(*) FROM recipients WHERE state = 'delivered'")
+                before = server.query("SELECT count(*) FROM recipients")
                 clients = Clients(smtp_port, "reused", max(args.sessions), size, 1, work, prefix,
                                   "auto", rcpt=rcpts)
                 clients.wait_ready()
@@ -570,7 +570,9 @@ def phase_pipelined(args: argparse.Namespace, work: Path, fig: dict[str, str]) -
                 load = clients.finish(timeout=args.warmup + args.duration + 120)
                 got = len(clients.answered())
                 answered += got
-                done = wait_delivered(server, before + got) - before
+                wait_finished(server, before + got)
+                done = server.query(
+                    "SELECT count(*) FROM recipients WHERE state = 'delivered'") - before
                 last = server.query("SELECT max(ts) FROM events WHERE event = 'delivered'")
                 fig[f"{prefix}_accept_msgs_per_s"] = f"{got / (args.warmup + args.duration):.0f}"
                 fig[f"{prefix}_msgs_per_s"] = f"{done / (last - started):.0f}"

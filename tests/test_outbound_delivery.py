@@ -58,7 +58,6 @@ async def test_accepted_message_is_delivered_signed_and_recorded(
     assert status["attempt-no"] == 1
 
 
-
 async def test_lines_starting_with_a_dot_arrive_as_they_were_sent(
     start_server: Callable[..., Any], mx: Capture
 ):
